@@ -1,0 +1,58 @@
+-- pcrun: parallel compute for LuaJIT. `require "pcrun"` returns this
+-- table; the work happens in the C core (pcrun.core), this layer checks
+-- arguments and shapes results.
+local core = require "pcrun.core"
+local process = require "pcrun.process"
+
+local M = {
+  _VERSION = "pcrun " .. core.version,
+  version = core.version,
+}
+
+--- Number of CPUs this process may run on (honours the affinity mask).
+function M.cpu_count()
+  return core.cpu_count()
+end
+
+--- Serialize any value that can cross a process boundary to a string.
+M.encode = core.encode
+
+--- Rebuild a value from pcrun.encode's output. Functions (bytecode) are
+-- refused unless opts.trusted is true: LuaJIT does not verify bytecode.
+M.decode = core.decode
+
+--- Two connected endpoints. duplex (default true): both ends send and
+-- receive; false: the first end only receives, the second only sends.
+function M.pipe(duplex, opts)
+  if duplex ~= nil and type(duplex) ~= "boolean" then
+    error("pcrun.pipe: duplex must be a boolean, got " .. type(duplex), 2)
+  end
+  local size
+  if opts ~= nil then
+    if type(opts) ~= "table" then
+      error("pcrun.pipe: opts must be a table", 2)
+    end
+    size = opts.buffer
+    if size ~= nil and (type(size) ~= "number" or size < 4096
+                        or size > 2^30 or size % 1 ~= 0) then
+      error("pcrun.pipe: buffer must be an integer from 4096 to 2^30", 2)
+    end
+  end
+  return core.pipe(duplex ~= false, size)
+end
+
+M.process = process.new
+M.Process = process.Process
+M.Connection = core.Connection
+
+--- The pid of the calling process.
+function M.getpid()
+  return core.getpid()
+end
+
+--- Arena statistics: { size = bytes mapped, used = bytes allocated }.
+function M.arena()
+  return core.arena()
+end
+
+return M

@@ -1,0 +1,108 @@
+/* The pcrun command: a thin host on the embedding API. Runs a script, a
+** string or stdin; Ctrl-C becomes a Lua error and exit status 130. */
+#include "pcrun.h"
+
+#include <lua.h>
+#include <luajit.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static lua_State *globalL;
+static volatile sig_atomic_t gotint;
+
+static void stop(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  lua_sethook(L, NULL, 0, 0);
+  lua_pushliteral(L, "interrupted");
+  lua_error(L);
+}
+
+static void onint(int sig) {
+  (void)sig;
+  gotint = 1;
+  lua_sethook(globalL, stop, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}
+
+static void usage(FILE *f) {
+  fputs("usage: pcrun [options] [script [args...]]\n"
+        "  -e code     run code\n"
+        "  -l module   require module into a global of that name\n"
+        "  -n N        default size of the pools the script creates\n"
+        "  -v, --version  print the version\n"
+        "  -h, --help     print this help\n"
+        "  -           run the script read from standard input\n", f);
+}
+
+static int report(pcr_runtime *rt, int r) {
+  if (r == PCR_OK) return 0;
+  fprintf(stderr, "pcrun: %s\n", pcr_last_error(rt));
+  return gotint ? 130 : 1;
+}
+
+int main(int argc, char **argv) {
+  pcr_options o;
+  pcr_options_init(&o);
+  int i = 1, status = 0;
+  const char *codes[64];
+  char kinds[64];
+  int ncode = 0;
+  for (; i < argc && argv[i][0] == '-' && argv[i][1]; i++) {
+    const char *a = argv[i];
+    if (!strcmp(a, "--")) { i++; break; }
+    if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
+    if (!strcmp(a, "-v") || !strcmp(a, "--version")) {
+      printf("pcrun %s (%s)\n", pcr_version(), LUAJIT_VERSION);
+      return 0;
+    }
+    if ((!strcmp(a, "-e") || !strcmp(a, "-l") || !strcmp(a, "-n"))) {
+      if (i + 1 >= argc) {
+        fprintf(stderr, "pcrun: '%s' needs an argument\n", a);
+        usage(stderr);
+        return 1;
+      }
+      if (a[1] == 'n') {
+        char *end;
+        long n = strtol(argv[++i], &end, 10);
+        if (*end || n < 1 || n > 4096) {
+          fprintf(stderr, "pcrun: -n must be a positive integer\n");
+          return 1;
+        }
+        o.workers = (int)n;
+        continue;
+      }
+      if (ncode == 64) { fprintf(stderr, "pcrun: too many -e/-l\n"); return 1; }
+      kinds[ncode] = a[1];
+      codes[ncode++] = argv[++i];
+      continue;
+    }
+    fprintf(stderr, "pcrun: unrecognized option '%s'\n", a);
+    usage(stderr);
+    return 1;
+  }
+  pcr_runtime *rt;
+  int r = pcr_open(&rt, &o);
+  if (r) {
+    fprintf(stderr, "pcrun: cannot start: %s\n", pcr_strerror(r));
+    return 1;
+  }
+  globalL = pcr_lua_state(rt);
+  struct sigaction sa = {.sa_handler = onint};
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, NULL);  /* no SA_RESTART: waits see EINTR */
+  for (int k = 0; k < ncode && status == 0; k++)
+    status = report(rt, kinds[k] == 'e' ? pcr_run_string(rt, codes[k],
+                                                          "=(command line)")
+                                        : pcr_require(rt, codes[k]));
+  if (status == 0 && i < argc)
+    status = report(rt, pcr_run_file(rt, argv[i], argc - i, argv + i));
+  else if (status == 0 && ncode == 0) {
+    usage(stderr);
+    status = 1;
+  }
+  if (status) pcr_kill_children(rt);
+  signal(SIGINT, SIG_IGN);
+  pcr_close(rt);
+  return status;
+}

@@ -1,0 +1,204 @@
+/* Frames over arena rings, with socket wake-ups only when a side sleeps:
+** a busy sender and receiver exchange frames without a system call. */
+#include "pipe.h"
+#include "pcrdef.h"
+
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define SPIN 4000          /* polls of the ring before sleeping */
+#define RECHECK 0.2        /* seconds; guards a wake-up another sharer ate */
+#define HDR 8
+
+int pcr__pipe_open(pcr_conn *a, pcr_conn *b, int duplex, size_t cap) {
+  int sv[2];
+  memset(a, 0, sizeof *a);
+  memset(b, 0, sizeof *b);
+  a->fd = b->fd = -1;
+  pcr_ring *ab = pcr__ring_new(cap), *ba = duplex ? pcr__ring_new(cap) : NULL;
+  if (!ab || (duplex && !ba)) goto nospace;
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0,
+                 sv) < 0) {
+    int e = errno;
+    if (ab) pcr__obj_unref(&ab->hdr);
+    if (ba) pcr__obj_unref(&ba->hdr);
+    return -e;
+  }
+  if (duplex) {
+    a->in = ba; a->out = ab; b->in = ab; b->out = ba;
+  } else {  /* a reads, b writes, as Python's Pipe(duplex=False) */
+    a->in = ab; b->out = ab;
+  }
+  pcr__obj_ref(&ab->hdr);  /* one reference per end that holds it */
+  if (ba) pcr__obj_ref(&ba->hdr);
+  a->fd = sv[0];
+  b->fd = sv[1];
+  return 0;
+nospace:
+  if (ab) pcr__obj_unref(&ab->hdr);
+  if (ba) pcr__obj_unref(&ba->hdr);
+  return -ENOSPC;
+}
+
+/* Wake the peer if it sleeps on flag. */
+static void wake(pcr_conn *c, _Atomic uint32_t *flag) {
+  if (atomic_load_explicit(flag, memory_order_seq_cst) &&
+      atomic_exchange(flag, 0)) {
+    ssize_t r;
+    PCR_EINTR_LOOP(r, send(c->fd, "w", 1, MSG_NOSIGNAL | MSG_DONTWAIT));
+    if (r < 0 && errno == EPIPE) c->eof = 1;  /* EAGAIN: one is queued */
+  }
+}
+
+/* Eat queued wake-ups; notice the peer's end closing. */
+static void drain(pcr_conn *c) {
+  char junk[256];
+  for (;;) {
+    ssize_t r = read(c->fd, junk, sizeof junk);
+    if (r > 0) continue;
+    if (r == 0) c->eof = 1;
+    if (r < 0 && errno == EINTR) continue;
+    return;
+  }
+}
+
+/* Sleep on our socket until woken, the peer closes or the deadline.
+** Returns 0, -ETIMEDOUT or -EINTR. */
+static int sleepfd(pcr_conn *c, double deadline) {
+  double until = pcr__now() + RECHECK;
+  if (deadline >= 0 && deadline < until) until = deadline;
+  int ms = (int)((until - pcr__now()) * 1000.0 + 0.999);
+  struct pollfd p = {.fd = c->fd, .events = POLLIN};
+  int r = poll(&p, 1, ms < 0 ? 0 : ms);
+  if (r < 0) return errno == EINTR ? -EINTR : -errno;
+  if (r > 0) drain(c);
+  if (deadline >= 0 && pcr__now() >= deadline) return -ETIMEDOUT;
+  return 0;
+}
+
+/* Wait until `ready` holds for ring r, sleeping with *flag raised. */
+static int waitfor(pcr_conn *c, pcr_ring *r, _Atomic uint32_t *flag,
+                   size_t (*amount)(pcr_ring *), double deadline) {
+  for (int i = 0; i < SPIN; i++) {
+    if (amount(r)) return 0;
+    pcr__cpu_relax();
+  }
+  for (;;) {
+    atomic_exchange(flag, 1);
+    if (amount(r)) { atomic_store(flag, 0); return 0; }
+    if (c->eof) { atomic_store(flag, 0); return -EPIPE; }
+    int e = sleepfd(c, deadline);
+    if (amount(r)) { atomic_store(flag, 0); return 0; }
+    if (e < 0) { atomic_store(flag, 0); return e; }
+  }
+}
+
+static size_t space(pcr_ring *r) { return pcr__ring_space(r); }
+static size_t avail(pcr_ring *r) { return pcr__ring_avail(r); }
+
+static int lockring(pcr_lock *l, double deadline) {
+  int e = pcr__lock_lock(l, deadline);
+  return e == PCR_LOCK_OWNERDEAD ? 0 : e;  /* its frame is lost, not ours */
+}
+
+int pcr__conn_send(pcr_conn *c, unsigned kind, const void *p, size_t n,
+                   double deadline) {
+  pcr_ring *r = c->out;
+  if (c->fd < 0 || !r) return -EBADF;
+  if (c->eof) return -EPIPE;
+  int e = lockring(&r->wlock, deadline);
+  if (e < 0) return e;
+  uint64_t h = ((uint64_t)n << 8) | kind;
+  const char *s = p;
+  size_t done = 0, total = n + HDR;
+  if (pcr__ring_space(r) >= total) {  /* fast path: the whole frame fits */
+    pcr__ring_write_frame(r, &h, HDR, s, n);
+    done = total;
+  }
+  while (done < total) {
+    size_t k;
+    if (done < HDR) k = pcr__ring_write(r, (char *)&h + done, HDR - done);
+    else k = pcr__ring_write(r, s + (done - HDR), total - done);
+    if (k) { done += k; wake(c, &r->rsleep); continue; }
+    e = waitfor(c, r, &r->wsleep, space, done ? -1 : deadline);
+    if (e == -EINTR && done) e = 0;  /* never leave half a frame */
+    if (e < 0) break;
+  }
+  if (done == total) wake(c, &r->rsleep);
+  pcr__lock_unlock(&r->wlock);
+  return e < 0 ? e : 0;
+}
+
+static int reserve(pcr_conn *c, size_t n) {
+  if (n <= c->bufcap) return 0;
+  size_t cap = c->bufcap ? c->bufcap : 256;
+  while (cap < n) cap *= 2;
+  char *b = malloc(cap);
+  if (!b) return -ENOMEM;
+  free(c->buf);
+  c->buf = b;
+  c->bufcap = cap;
+  return 0;
+}
+
+int pcr__conn_recv(pcr_conn *c, unsigned *kind, const char **p, size_t *n,
+                   double deadline) {
+  pcr_ring *r = c->in;
+  if (c->fd < 0 || !r) return -EBADF;
+  int e = lockring(&r->rlock, deadline);
+  if (e < 0) return e;
+  uint64_t h;
+  size_t got = 0;
+  while (got < HDR) {
+    size_t k = pcr__ring_read(r, (char *)&h + got, HDR - got);
+    if (k) { got += k; continue; }
+    e = waitfor(c, r, &r->rsleep, avail, got ? -1 : deadline);
+    if (e == -EINTR && got) e = 0;
+    if (e < 0) goto out;
+  }
+  size_t len = (size_t)(h >> 8);
+  if ((e = reserve(c, len + 1)) < 0) goto out;
+  for (got = 0; got < len;) {
+    size_t k = pcr__ring_read(r, c->buf + got, len - got);
+    if (k) { got += k; wake(c, &r->wsleep); continue; }
+    e = waitfor(c, r, &r->rsleep, avail, -1);
+    if (e == -EINTR) e = 0;
+    if (e < 0) goto out;
+  }
+  wake(c, &r->wsleep);
+  *kind = (unsigned)(h & 0xff);
+  *p = c->buf;
+  *n = len;
+out:
+  pcr__lock_unlock(&r->rlock);
+  return e < 0 ? e : 0;
+}
+
+int pcr__conn_poll(pcr_conn *c, double deadline) {
+  if (c->fd < 0 || !c->in) return -EBADF;
+  int e = waitfor(c, c->in, &c->in->rsleep, avail, deadline);
+  if (e == -ETIMEDOUT) return 0;
+  return e == -EPIPE ? 1 : (e < 0 ? e : 1);
+}
+
+void pcr__conn_trim(pcr_conn *c) {
+  if (c->bufcap > ((size_t)1 << 20)) {
+    free(c->buf);
+    c->buf = NULL;
+    c->bufcap = 0;
+  }
+}
+
+void pcr__conn_close(pcr_conn *c) {
+  if (c->fd >= 0) close(c->fd);
+  c->fd = -1;
+  if (c->in) pcr__obj_unref(&c->in->hdr);
+  if (c->out && c->out != c->in) pcr__obj_unref(&c->out->hdr);
+  c->in = c->out = NULL;
+  free(c->buf);
+  c->buf = NULL;
+  c->bufcap = 0;
+}

@@ -1,0 +1,49 @@
+/* Connections: the two ends of a pcrun pipe. Data flows through rings in
+** the arena; a socketpair between the ends only carries wake-ups (when the
+** other side sleeps) and tells, through the kernel's fd counting, when
+** every copy of the peer's end is closed. Free of Lua. */
+#ifndef PCR_PIPE_H
+#define PCR_PIPE_H
+
+#include "ring.h"
+
+typedef struct pcr_conn {
+  pcr_ring *in;      /* ring this end reads, NULL if write-only */
+  pcr_ring *out;     /* ring this end writes, NULL if read-only */
+  int fd;            /* our socket end; -1 once closed */
+  int eof;           /* peer's every copy is closed */
+  char *buf;         /* receive buffer, owned */
+  size_t bufcap;
+} pcr_conn;
+
+#define PCR_RING_DEFAULT ((size_t)1 << 20)
+
+/* Frame kinds: what the payload of a frame is. */
+enum { PCR_FRAME_VALUE = 1, PCR_FRAME_BYTES = 2, PCR_FRAME_STRING = 3 };
+
+/* Create the two ends. duplex = 0 makes a read-only, b write-only.
+** Returns 0, -ENOSPC (arena full) or a negative errno. */
+int pcr__pipe_open(pcr_conn *a, pcr_conn *b, int duplex, size_t cap);
+
+/* Send one frame of n bytes. Returns 0, -EPIPE (peer closed), -ETIMEDOUT
+** or -EINTR; the last two only before the first byte went out. */
+int pcr__conn_send(pcr_conn *c, unsigned kind, const void *p, size_t n,
+                   double deadline);
+
+/* Receive one frame into c->buf. *kind, *p, *n describe it, valid until the
+** next call on c. Returns 0, -EPIPE (peer closed, nothing left),
+** -ETIMEDOUT or -EINTR. */
+int pcr__conn_recv(pcr_conn *c, unsigned *kind, const char **p, size_t *n,
+                   double deadline);
+
+/* Wait until a frame can be read or the peer is gone. Returns 1, 0 on
+** timeout, or -EINTR. */
+int pcr__conn_poll(pcr_conn *c, double deadline);
+
+/* Shrink a large receive buffer after its payload was consumed. */
+void pcr__conn_trim(pcr_conn *c);
+
+/* Close this end in this process (drops its ring references). */
+void pcr__conn_close(pcr_conn *c);
+
+#endif

@@ -1,0 +1,43 @@
+/* ser.h -- the value serializer: Lua values to bytes and back.
+   Owns the wire format (docs/format.md); knows nothing of pipes or the arena,
+   which carry the bytes it produces. */
+#ifndef PCR_SER_H
+#define PCR_SER_H
+
+#include <stddef.h>
+#include <lua.h>
+
+#define PCR_SER_VERSION 1      /* wire format version written and read */
+#define PCR_SER_MAXDEPTH 1000  /* nesting limit, encoder and decoder */
+#define PCR_SER_TRUSTED 1      /* decode flag: allow Lua bytecode */
+
+/* Encodes the value at stack index idx. Returns a buffer owned by the
+   encoder state of L (a userdata in the registry, reused): it stays valid
+   until the next encode on the same L at the same nesting level, and the
+   caller must not free it. *len receives its size. A value that cannot cross
+   raises a Lua error naming its path from "value"; nothing leaks. A
+   __serialize hook may itself encode (nested calls use their own buffer).
+   Either process may call it; not between fork and exec. */
+const char *pcr__ser_encode(lua_State *L, int idx, size_t *len);
+
+/* As pcr__ser_encode, naming the root root in error paths ("args" gives
+   "pcrun.encode: args[2].conn: cannot send a userdata"). */
+const char *pcr__ser_encode_named(lua_State *L, int idx, size_t *len,
+                                  const char *root);
+
+/* Decodes len bytes at buf and pushes exactly one value. flags is 0 or
+   PCR_SER_TRUSTED; without it functions (bytecode or by name) are refused.
+   Truncated or corrupt input raises a Lua error; buf is only read, within
+   [buf, buf + len), and may be freed once the call returns. */
+void pcr__ser_decode(lua_State *L, const char *buf, size_t len, int flags);
+
+/* Forgets the reverse index of package.loaded so that the next encode
+   rebuilds it (call after fork or after loading many modules). */
+void pcr__ser_names_reset(lua_State *L);
+
+/* Adds the Lua-facing functions to the table on top of the stack:
+   encode(v [, root]) -> string, decode(s [, opts]) -> v,
+   register_type(name, mt), refresh_names(), and format_version. */
+void pcr__ser_open(lua_State *L);
+
+#endif

@@ -1,0 +1,56 @@
+/* The shared arena: one memfd mapping created before any fork, so it lies
+** at the same address in every process of the tree, plus its allocator and
+** reference-counted object headers. Free of Lua. */
+#ifndef PCR_SHM_H
+#define PCR_SHM_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define PCR_ARENA_DEFAULT ((size_t)1 << 30)
+
+/* Map the arena of `size` bytes (0: $PCRUN_ARENA, else 1 GiB) if this
+** process has none yet. Returns 0 or a negative errno. Parent only, before
+** forking the processes that are to share it; idempotent. */
+int pcr__shm_attach(size_t size);
+
+/* Base address and size of the arena, or NULL/0 before attach. */
+char *pcr__shm_base(void);
+size_t pcr__shm_size(void);
+/* Bytes currently handed out by the allocator (all processes together). */
+size_t pcr__shm_used(void);
+
+/* Allocate n bytes aligned to 16 (64 for n >= 64). Returns NULL when the
+** arena is full. Any process; takes the arena lock. */
+void *pcr__shm_alloc(size_t n);
+/* Return a block from pcr__shm_alloc. NULL is a no-op. */
+void pcr__shm_free(void *p);
+
+/* Offsets let a pointer cross a process boundary in encoded form. */
+uint64_t pcr__shm_offset(const void *p);
+/* Pointer for an offset, or NULL if it does not name a live object of
+** `size` bytes inside the arena. */
+void *pcr__shm_at(uint64_t off, size_t size);
+
+/* Every shared object starts with this header. refs counts the handles
+** that hold it in all processes; the last unref frees it. */
+typedef struct pcr_obj {
+  uint32_t magic;           /* PCR_OBJ_MAGIC while live; written once */
+  uint32_t type;            /* PCR_OBJ_* */
+  _Atomic uint32_t refs;    /* atomic inc/dec by any holder */
+  uint32_t flags;
+} pcr_obj;
+
+#define PCR_OBJ_MAGIC 0x6f524350u  /* "PCRo" */
+enum { PCR_OBJ_RING = 1, PCR_OBJ_QUEUE, PCR_OBJ_ARRAY, PCR_OBJ_SYNC };
+
+/* Allocate an object of `size` bytes (header included) with refs = 1 and
+** the rest zeroed. NULL when the arena is full. */
+pcr_obj *pcr__obj_new(size_t size, uint32_t type);
+void pcr__obj_ref(pcr_obj *o);
+/* Drop one reference; frees the object when it was the last. Returns 1 if
+** freed. Types with sub-allocations free them before the last unref. */
+int pcr__obj_unref(pcr_obj *o);
+
+#endif
