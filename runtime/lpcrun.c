@@ -166,7 +166,7 @@ static int recvframe(lua_State *L, int raw, const char *who) {
   }
   if (raw || kind != PCR_FRAME_VALUE) lua_pushlstring(L, p, n);
   else pcr__ser_decode(L, p, n, PCR_SER_TRUSTED);
-  pcr__conn_trim(&lc->c);
+  pcr__conn_done(&lc->c);
   return 1;
 }
 

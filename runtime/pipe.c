@@ -12,6 +12,8 @@
 #define SPIN 4000          /* polls of the ring before sleeping */
 #define RECHECK 0.2        /* seconds; guards a wake-up another sharer ate */
 #define HDR 8
+#define INDIRECT 0x80     /* frame kind flag: payload is an arena block */
+#define BIG ((size_t)1 << 18)  /* frames from here on go through a block */
 
 int pcr__pipe_open(pcr_conn *a, pcr_conn *b, int duplex, size_t cap) {
   int sv[2];
@@ -45,7 +47,10 @@ nospace:
 
 /* Wake the peer if it sleeps on flag. */
 static void wake(pcr_conn *c, _Atomic uint32_t *flag) {
-  if (atomic_load_explicit(flag, memory_order_seq_cst) &&
+  /* Pairs with the sleeper's exchange: it raises the flag then looks at
+  ** the counters, we moved a counter and now look at the flag. */
+  atomic_thread_fence(memory_order_seq_cst);
+  if (atomic_load_explicit(flag, memory_order_relaxed) &&
       atomic_exchange(flag, 0)) {
     ssize_t r;
     PCR_EINTR_LOOP(r, send(c->fd, "w", 1, MSG_NOSIGNAL | MSG_DONTWAIT));
@@ -111,10 +116,20 @@ int pcr__conn_send(pcr_conn *c, unsigned kind, const void *p, size_t n,
   if (c->eof) return -EPIPE;
   int e = lockring(&r->wlock, deadline);
   if (e < 0) return e;
-  uint64_t h = ((uint64_t)n << 8) | kind;
+  void *blk = n >= BIG ? pcr__shm_alloc(n) : NULL;
+  uint64_t off;
+  if (blk) {  /* one copy here, one into the Lua string there */
+    memcpy(blk, p, n);
+    off = pcr__shm_offset(blk);
+    p = &off;
+    kind |= INDIRECT;
+  }
+  size_t len = n;
+  if (blk) n = sizeof off;
+  uint64_t h = ((uint64_t)len << 8) | kind;
   const char *s = p;
   size_t done = 0, total = n + HDR;
-  if (pcr__ring_space(r) >= total) {  /* fast path: the whole frame fits */
+  if (pcr__ring_room(r, total) >= total) {  /* fast path: it all fits */
     pcr__ring_write_frame(r, &h, HDR, s, n);
     done = total;
   }
@@ -128,6 +143,7 @@ int pcr__conn_send(pcr_conn *c, unsigned kind, const void *p, size_t n,
     if (e < 0) break;
   }
   if (done == total) wake(c, &r->rsleep);
+  else if (blk && done < HDR) pcr__shm_free(blk);
   pcr__lock_unlock(&r->wlock);
   return e < 0 ? e : 0;
 }
@@ -160,6 +176,7 @@ int pcr__conn_recv(pcr_conn *c, unsigned *kind, const char **p, size_t *n,
     if (e < 0) goto out;
   }
   size_t len = (size_t)(h >> 8);
+  if (h & INDIRECT) len = sizeof(uint64_t);
   if ((e = reserve(c, len + 1)) < 0) goto out;
   for (got = 0; got < len;) {
     size_t k = pcr__ring_read(r, c->buf + got, len - got);
@@ -169,9 +186,18 @@ int pcr__conn_recv(pcr_conn *c, unsigned *kind, const char **p, size_t *n,
     if (e < 0) goto out;
   }
   wake(c, &r->wsleep);
-  *kind = (unsigned)(h & 0xff);
+  *kind = (unsigned)(h & 0x7f);
   *p = c->buf;
   *n = len;
+  if (h & INDIRECT) {
+    uint64_t off;
+    memcpy(&off, c->buf, sizeof off);
+    size_t big = (size_t)(h >> 8);
+    c->held = pcr__shm_at(off, big);
+    if (!c->held) { e = -EPROTO; goto out; }
+    *p = c->held;
+    *n = big;
+  }
 out:
   pcr__lock_unlock(&r->rlock);
   return e < 0 ? e : 0;
@@ -184,7 +210,11 @@ int pcr__conn_poll(pcr_conn *c, double deadline) {
   return e == -EPIPE ? 1 : (e < 0 ? e : 1);
 }
 
-void pcr__conn_trim(pcr_conn *c) {
+void pcr__conn_done(pcr_conn *c) {
+  if (c->held) {
+    pcr__shm_free(c->held);
+    c->held = NULL;
+  }
   if (c->bufcap > ((size_t)1 << 20)) {
     free(c->buf);
     c->buf = NULL;
@@ -198,6 +228,7 @@ void pcr__conn_close(pcr_conn *c) {
   if (c->in) pcr__obj_unref(&c->in->hdr);
   if (c->out && c->out != c->in) pcr__obj_unref(&c->out->hdr);
   c->in = c->out = NULL;
+  pcr__conn_done(c);
   free(c->buf);
   c->buf = NULL;
   c->bufcap = 0;

@@ -13,6 +13,7 @@ typedef struct pcr_conn {
   int fd;            /* our socket end; -1 once closed */
   int eof;           /* peer's every copy is closed */
   char *buf;         /* receive buffer, owned */
+  void *held;        /* arena block of the last large frame received */
   size_t bufcap;
 } pcr_conn;
 
@@ -40,8 +41,9 @@ int pcr__conn_recv(pcr_conn *c, unsigned *kind, const char **p, size_t *n,
 ** timeout, or -EINTR. */
 int pcr__conn_poll(pcr_conn *c, double deadline);
 
-/* Shrink a large receive buffer after its payload was consumed. */
-void pcr__conn_trim(pcr_conn *c);
+/* Release what the last received frame held (an arena block, a large
+** buffer) once its payload was consumed. */
+void pcr__conn_done(pcr_conn *c);
 
 /* Close this end in this process (drops its ring references). */
 void pcr__conn_close(pcr_conn *c);

@@ -15,8 +15,7 @@ pcr_ring *pcr__ring_new(size_t cap) {
 
 size_t pcr__ring_write(pcr_ring *r, const void *p, size_t n) {
   uint64_t h = atomic_load_explicit(&r->head, memory_order_relaxed);
-  uint64_t t = atomic_load_explicit(&r->tail, memory_order_acquire);
-  size_t space = (size_t)(r->cap - (h - t));
+  size_t space = pcr__ring_room(r, n);
   if (n > space) n = space;
   if (n == 0) return 0;
   size_t at = (size_t)(h & (r->cap - 1)), first = r->cap - at;
@@ -32,8 +31,7 @@ size_t pcr__ring_write(pcr_ring *r, const void *p, size_t n) {
 
 size_t pcr__ring_read(pcr_ring *r, void *p, size_t n) {
   uint64_t t = atomic_load_explicit(&r->tail, memory_order_relaxed);
-  uint64_t h = atomic_load_explicit(&r->head, memory_order_acquire);
-  size_t avail = (size_t)(h - t);
+  size_t avail = pcr__ring_ready(r, n);
   if (n > avail) n = avail;
   if (n == 0) return 0;
   size_t at = (size_t)(t & (r->cap - 1)), first = r->cap - at;

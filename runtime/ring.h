@@ -10,12 +10,16 @@
 typedef struct pcr_ring {
   pcr_obj hdr;
   uint64_t cap;               /* power of two; constant */
-  pcr_lock wlock;             /* held by the process writing a frame */
-  pcr_lock rlock;             /* held by the process reading a frame */
-  _Alignas(64) _Atomic uint64_t head;  /* bytes written; writer, release */
+  /* The writers' line: only a sleeping reader writes here (rsleep). */
+  _Alignas(64) pcr_lock wlock;         /* held while writing a frame */
   _Atomic uint32_t rsleep;    /* 1 while a reader sleeps; reader sets */
-  _Alignas(64) _Atomic uint64_t tail;  /* bytes read; reader, release */
+  _Atomic uint64_t head;      /* bytes written; writer, release */
+  uint64_t tailseen;          /* writer's last view of tail; under wlock */
+  /* The readers' line, mirror image. */
+  _Alignas(64) pcr_lock rlock;         /* held while reading a frame */
   _Atomic uint32_t wsleep;    /* 1 while a writer waits for space */
+  _Atomic uint64_t tail;      /* bytes read; reader, release */
+  uint64_t headseen;          /* reader's last view of head; under rlock */
   _Alignas(64) char data[];
 } pcr_ring;
 _Static_assert(offsetof(pcr_ring, data) % 64 == 0, "ring data aligned");
@@ -30,6 +34,25 @@ size_t pcr__ring_write(pcr_ring *r, const void *p, size_t n);
 /* Copy up to n bytes out of the ring; returns how many (0 when empty).
 ** Caller holds rlock. */
 size_t pcr__ring_read(pcr_ring *r, void *p, size_t n);
+
+/* Free space as the writer sees it, reading the shared tail only when
+** the cached view says there is not enough. Caller holds wlock. */
+static inline size_t pcr__ring_room(pcr_ring *r, size_t want) {
+  uint64_t h = atomic_load_explicit(&r->head, memory_order_relaxed);
+  size_t room = (size_t)(r->cap - (h - r->tailseen));
+  if (room >= want) return room;
+  r->tailseen = atomic_load_explicit(&r->tail, memory_order_acquire);
+  return (size_t)(r->cap - (h - r->tailseen));
+}
+
+/* Bytes readable as the reader sees it; mirror of pcr__ring_room. */
+static inline size_t pcr__ring_ready(pcr_ring *r, size_t want) {
+  uint64_t t = atomic_load_explicit(&r->tail, memory_order_relaxed);
+  size_t ready = (size_t)(r->headseen - t);
+  if (ready >= want) return ready;
+  r->headseen = atomic_load_explicit(&r->head, memory_order_acquire);
+  return (size_t)(r->headseen - t);
+}
 
 /* Write a header and payload as one publish; the caller checked that
 ** hn + n bytes of space are free. Caller holds wlock. */

@@ -15,7 +15,9 @@
 #define MIN_SHIFT 5               /* smallest block: 32 bytes */
 #define NCLASS 48
 #define BLOCK_HDR 16
-#define RELEASE_MIN ((size_t)1 << 18)  /* give back pages of blocks >= this */
+/* Freed blocks keep their pages for reuse (refaulting shared memory costs
+** more than copying it) unless they are this large. */
+#define RELEASE_MIN ((size_t)1 << 28)
 
 typedef struct block {
   uint32_t magic;      /* BLOCK_LIVE or BLOCK_FREE */
