@@ -276,7 +276,39 @@ static int conn_deserialize(lua_State *L) {
   return 1;
 }
 
+/* select(conns, timeout) -> index of the first readable one, or nil. */
+static int l_select(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  int n = (int)lua_objlen(L, 1);
+  double deadline = deadline_arg(L, 2);
+  pcr_conn *cs[PCR_SELECT_MAX];
+  luaL_argcheck(L, n > 0 && n <= PCR_SELECT_MAX, 1, "1 to 1024 connections");
+  for (int i = 0; i < n; i++) {
+    lua_rawgeti(L, 1, i + 1);
+    lconn *lc = luaL_testudata(L, -1, CONN_MT);
+    if (!lc || lc->c.fd < 0 || !lc->c.in)
+      return luaL_error(L, "select: item %d is not an open readable "
+                           "connection", i + 1);
+    cs[i] = &lc->c;
+    lua_pop(L, 1);
+  }
+  for (;;) {
+    int r = pcr__conn_select(cs, n, deadline);
+    if (r >= 0) { lua_pushinteger(L, r + 1); return 1; }
+    if (r == -EINTR) { interrupted(L); continue; }
+    if (r == -ETIMEDOUT) return 0;
+    return luaL_error(L, "select: %s", strerror(-r));
+  }
+}
+
+/* Mark a connection as used by one process per end (pools' channels). */
+static int conn_exclusive(lua_State *L) {
+  toconn(L)->c.exclusive = lua_toboolean(L, 2);
+  return 0;
+}
+
 static const luaL_Reg conn_methods[] = {
+  {"_exclusive", conn_exclusive},
   {"send", conn_send}, {"recv", conn_recv},
   {"send_bytes", conn_send_bytes}, {"recv_bytes", conn_recv_bytes},
   {"poll", conn_poll}, {"close", conn_close}, {"closed", conn_closed},
@@ -407,9 +439,33 @@ static int l_default_workers(lua_State *L) {
   return 1;
 }
 
+/* Raw zeroed arena memory for the pool's own bookkeeping (a lightuserdata
+** to cast with ffi); internal, freed with shm_free. */
+static int l_shm_alloc(lua_State *L) {
+  size_t n = (size_t)luaL_checknumber(L, 1);
+  void *p = pcr__shm_alloc(n);
+  if (!p) return luaL_error(L, "out of shared arena space (raise PCRUN_ARENA)");
+  memset(p, 0, n);
+  lua_pushlightuserdata(L, p);
+  return 1;
+}
+
+static int l_shm_free(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TLIGHTUSERDATA);
+  pcr__shm_free(lua_touserdata(L, 1));
+  return 0;
+}
+
+static int l_isatty(lua_State *L) {
+  lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
+  return 1;
+}
+
 static const luaL_Reg core_funcs[] = {
+  {"isatty", l_isatty},
+  {"shm_alloc", l_shm_alloc}, {"shm_free", l_shm_free},
   {"default_workers", l_default_workers},
-  {"pipe", l_pipe}, {"fork", l_fork}, {"child_exit", l_child_exit},
+  {"pipe", l_pipe}, {"select", l_select}, {"fork", l_fork}, {"child_exit", l_child_exit},
   {"wait", l_wait}, {"signal", l_signal}, {"is_child", l_is_child},
   {"set_daemon", l_set_daemon}, {"reap_all", l_reap_all},
   {"pid_alive", l_pid_alive}, {"cpu_count", l_cpu_count}, {"now", l_now},

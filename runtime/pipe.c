@@ -10,7 +10,7 @@
 #include <unistd.h>
 
 #define SPIN 4000          /* polls of the ring before sleeping */
-#define RECHECK 0.2        /* seconds; guards a wake-up another sharer ate */
+#define RECHECK 1.0        /* seconds; see pcr_conn.shared */
 #define HDR 8
 #define INDIRECT 0x80     /* frame kind flag: payload is an arena block */
 #define BIG ((size_t)1 << 18)  /* frames from here on go through a block */
@@ -73,11 +73,11 @@ static void drain(pcr_conn *c) {
 /* Sleep on our socket until woken, the peer closes or the deadline.
 ** Returns 0, -ETIMEDOUT or -EINTR. */
 static int sleepfd(pcr_conn *c, double deadline) {
-  double until = pcr__now() + RECHECK;
-  if (deadline >= 0 && deadline < until) until = deadline;
-  int ms = (int)((until - pcr__now()) * 1000.0 + 0.999);
+  double until = c->exclusive ? -1 : pcr__now() + RECHECK;
+  if (deadline >= 0 && (until < 0 || deadline < until)) until = deadline;
+  int ms = until < 0 ? -1 : (int)((until - pcr__now()) * 1000.0 + 0.999);
   struct pollfd p = {.fd = c->fd, .events = POLLIN};
-  int r = poll(&p, 1, ms < 0 ? 0 : ms);
+  int r = poll(&p, 1, until >= 0 && ms < 0 ? 0 : ms);
   if (r < 0) return errno == EINTR ? -EINTR : -errno;
   if (r > 0) drain(c);
   if (deadline >= 0 && pcr__now() >= deadline) return -ETIMEDOUT;
@@ -219,6 +219,45 @@ void pcr__conn_done(pcr_conn *c) {
     free(c->buf);
     c->buf = NULL;
     c->bufcap = 0;
+  }
+}
+
+static int readable(pcr_conn *c) {
+  return c->fd >= 0 && c->in && (pcr__ring_avail(c->in) || c->eof);
+}
+
+int pcr__conn_select(pcr_conn **cs, int n, double deadline) {
+  for (int spin = 0; spin < SPIN / 4; spin++) {
+    for (int i = 0; i < n; i++)
+      if (readable(cs[i])) return i;
+    pcr__cpu_relax();
+  }
+  struct pollfd ps[PCR_SELECT_MAX];
+  if (n > PCR_SELECT_MAX) return -E2BIG;
+  for (;;) {
+    for (int i = 0; i < n; i++) {
+      atomic_exchange(&cs[i]->in->rsleep, 1);
+      ps[i] = (struct pollfd){.fd = cs[i]->fd, .events = POLLIN};
+    }
+    int ready = -1;
+    for (int i = 0; i < n && ready < 0; i++)
+      if (readable(cs[i])) ready = i;
+    int ms = -1;
+    if (deadline >= 0) {
+      double left = deadline - pcr__now();
+      ms = left <= 0 ? 0 : (int)(left * 1000.0 + 0.999);
+    }
+    int r = ready >= 0 ? 0 : poll(ps, (nfds_t)n, ms);
+    int err = r < 0 ? errno : 0;
+    for (int i = 0; i < n; i++) {
+      atomic_store(&cs[i]->in->rsleep, 0);
+      if (r > 0 && ps[i].revents) drain(cs[i]);
+    }
+    for (int i = 0; i < n && ready < 0; i++)
+      if (readable(cs[i])) ready = i;
+    if (ready >= 0) return ready;
+    if (err) return err == EINTR ? -EINTR : -err;
+    if (deadline >= 0 && pcr__now() >= deadline) return -ETIMEDOUT;
   }
 }
 

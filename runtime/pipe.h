@@ -12,6 +12,9 @@ typedef struct pcr_conn {
   pcr_ring *out;     /* ring this end writes, NULL if read-only */
   int fd;            /* our socket end; -1 once closed */
   int eof;           /* peer's every copy is closed */
+  int exclusive;     /* one process per end: sleep without a recheck. An
+                        end shared by processes that read and write it at
+                        once can lose a wake-up; they recheck each second */
   char *buf;         /* receive buffer, owned */
   void *held;        /* arena block of the last large frame received */
   size_t bufcap;
@@ -44,6 +47,12 @@ int pcr__conn_poll(pcr_conn *c, double deadline);
 /* Release what the last received frame held (an arena block, a large
 ** buffer) once its payload was consumed. */
 void pcr__conn_done(pcr_conn *c);
+
+#define PCR_SELECT_MAX 1024
+
+/* Wait until one of n readable connections has a frame or lost its peer.
+** Returns its index, -ETIMEDOUT, -EINTR or a negative errno. */
+int pcr__conn_select(pcr_conn **cs, int n, double deadline);
 
 /* Close this end in this process (drops its ring references). */
 void pcr__conn_close(pcr_conn *c);

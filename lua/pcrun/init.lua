@@ -41,7 +41,15 @@ function M.pipe(duplex, opts)
   return core.pipe(duplex ~= false, size)
 end
 
+local pool = require "pcrun.pool"
+local future = require "pcrun.future"
+
 M.process = process.new
+M.pool = pool.new
+M.Pool = pool.Pool
+M.Future = future.Future
+M.as_completed = future.as_completed
+M.wait = future.wait
 M.Process = process.Process
 M.Connection = core.Connection
 

@@ -12,7 +12,7 @@ local unpack = unpack or table.unpack
 local SIGTERM, SIGKILL = 15, 9
 
 -- "mod.fn" names a function of a module the child requires.
-local function resolve(fn)
+function M.resolve(fn)
   if type(fn) == "function" then return fn end
   local mod, name = fn:match("^(.-)%.([%w_]+)$")
   local f = mod and require(mod)[name]
@@ -41,7 +41,7 @@ end
 
 local function childmain(self)
   local ok, err = xpcall(function()
-    return resolve(self.fn)(unpack(self.args, 1, self.args.n))
+    return M.resolve(self.fn)(unpack(self.args, 1, self.args.n))
   end, debug.traceback)
   if not ok then
     io.stderr:write(("pcrun: process %d failed: %s\n")

@@ -1,0 +1,765 @@
+-- pcrun.pool: a pool of forked workers with map, imap, starmap, apply and
+-- futures. The parent drives everything while it waits (no threads): it
+-- hands out chunks, collects results, notices dead or late workers and
+-- forks replacements. Each worker talks to the parent over its own pipe.
+local core = require "pcrun.core"
+local ffi = require "ffi"
+local future = require "pcrun.future"
+local process = require "pcrun.process"
+
+local M = {}
+local Pool = {}
+Pool.__index = Pool
+Pool.__name = "pcrun.Pool"
+M.Pool = Pool
+
+local unpack = unpack or table.unpack
+local now = core.now
+local floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
+
+local TARGET = 0.004  -- seconds of work per chunk once an item's cost is known
+local DEPTH = 2       -- chunks queued per worker, so none idles between two
+local QUEUE = 0.0005  -- ...and more while they hold less work than this
+local MAXDEPTH = 256
+local FLUSH = 0.001   -- a worker reports at least this often
+local FNCACHE = 256   -- functions a worker keeps before starting afresh
+local MAP, STAR, CALL = 1, 2, 3
+local SIGNAMES = { [1] = "SIGHUP", [2] = "SIGINT", [3] = "SIGQUIT",
+  [4] = "SIGILL", [6] = "SIGABRT", [7] = "SIGBUS", [8] = "SIGFPE",
+  [9] = "SIGKILL", [11] = "SIGSEGV", [13] = "SIGPIPE", [15] = "SIGTERM" }
+
+local function pack(...) return { n = select("#", ...), ... } end
+
+-- -- The worker side -----------------------------------------------------
+
+-- The worker's frames below the task (the pool's loop, and the parent's
+-- stack it inherited through fork) say nothing to the user: cut them.
+local function traceback(e)
+  local tb = debug.traceback(tostring(e), 2)
+  local cut = tb:find("\n%s*%[C%]: in function 'xpcall'")
+  return cut and tb:sub(1, cut - 1) or tb
+end
+
+-- One protected run over items[k..n]; progress[at + 1] names the running
+-- item so the parent can tell which task killed a worker.
+local function runmap(fn, items, res, k, n, progress, at)
+  for i = k, n do
+    progress[at] = i
+    res[i] = fn(items[i])
+  end
+end
+
+local function runstar(fn, items, res, k, n, progress, at)
+  for i = k, n do
+    progress[at] = i
+    local a = items[i]
+    res[i] = fn(unpack(a, 1, a.n or #a))
+  end
+end
+
+local function runcall(fn, items, res, k, n, progress, at)
+  for i = k, n do
+    progress[at] = i
+    local a = items[i]
+    res[i] = pack(fn(unpack(a, 1, a.n)))
+  end
+end
+
+local RUNNERS = { runmap, runstar, runcall }
+
+-- Run a chunk; only an error costs a new pcall, not every item.
+local function runchunk(fn, mode, items, n, progress, at)
+  local res, errs, k = {}, nil, 1
+  local run = RUNNERS[mode]
+  while k <= n do
+    local ok, err = xpcall(run, traceback, fn, items, res, k, n, progress, at)
+    if ok then break end
+    local i = progress[at]
+    errs = errs or {}
+    errs[i] = err
+    k = i + 1
+  end
+  return res, errs
+end
+
+-- Run one chunk message {id, fnid, items, n, mode [, fn]}; the reply is
+-- {id, results, errors, seconds}.
+local function runtask(t, fns, progress, slot)
+  local id, fnid, items, n = t[1], t[2], t[3], t[4]
+  local fn, why = fns[fnid], "function not available"
+  if fn == nil and t[6] ~= nil then
+    local ok, f = pcall(process.resolve, t[6])
+    if ok then fns[fnid], fn = f, f else why = f end
+  end
+  progress[2 * slot] = id
+  progress[2 * slot + 1] = 0
+  local t0 = now()
+  local res, errs = {}, {}
+  if fn then
+    res, errs = runchunk(fn, t[5], items, n, progress, 2 * slot + 1)
+  else
+    for k = 1, n do errs[k] = why end
+  end
+  return { id, res, errs, now() - t0 }
+end
+
+local function worker_main(pool, w)
+  for _, o in ipairs(pool.workers) do
+    if o.conn then o.conn:close() end  -- the parent's ends, not ours
+  end
+  local conn = w.wconn
+  conn:_exclusive(true)
+  if pool.initializer then
+    local ok, err = xpcall(pool.initializer, traceback,
+                           unpack(pool.initargs, 1, pool.initargs.n))
+    if not ok then
+      pcall(conn.send, conn, { "init", err })
+      core.child_exit(1)
+    end
+  end
+  local progress = ffi.cast("uint32_t *", pool.mem)
+  local slot, fns = w.slot, {}
+  while true do
+    local ok, batch = pcall(conn.recv, conn)
+    if not ok or batch == "exit" then core.child_exit(0) end
+    if batch.flush then fns = {} end
+    local out, last = {}, now()
+    for i = 1, #batch do
+      out[#out + 1] = runtask(batch[i], fns, progress, slot)
+      if i < #batch and now() - last > FLUSH then
+        conn:send(out)  -- long batch: report what is done
+        out, last = {}, now()
+      end
+    end
+    progress[2 * slot] = 0
+    conn:send(out)
+  end
+end
+
+-- -- Workers -----------------------------------------------------------
+
+local function spawn(self, i)
+  local a, b = core.pipe(true)
+  a:_exclusive(true)
+  local w = { index = i, slot = i - 1, conn = a, wconn = b, inflight = {},
+              fns = {}, nfns = 0, done = 0, queued = 0,
+              nitems = 0 }
+  self.workers[i] = w
+  local pid = core.fork()
+  if pid == 0 then worker_main(self, w) end
+  b:close()  -- now the worker's death closes its end: we see end of file
+  w.wconn, w.pid = nil, pid
+  return w
+end
+
+local function stopworker(w, sig)
+  if not w.pid then return end
+  if w.conn and not w.conn:closed() then
+    if not sig then pcall(w.conn.send, w.conn, "exit", 0) end
+    w.conn:close()
+  end
+  if sig then core.signal(w.pid, sig) end
+  if not core.wait(w.pid, sig and 5 or 30) then
+    core.signal(w.pid, 9)
+    core.wait(w.pid)
+  end
+  w.pid = nil
+end
+
+-- Runs from __gc or at exit: the pool object itself may be gone. box
+-- holds the progress slots so they are freed once.
+local function shutdown(ws, box)
+  for _, w in ipairs(ws) do pcall(stopworker, w, 15) end
+  if box[1] then core.shm_free(box[1]) box[1] = nil end
+end
+
+-- -- Jobs and chunks ----------------------------------------------------
+
+-- A job is one call (map, imap, submit...); its input is cut into chunks
+-- as workers free up, sized from the measured cost of its items.
+local function fnid(self, fn)
+  local id = self.fnids[fn]
+  if not id then
+    self.nextfn = self.nextfn + 1
+    id = self.nextfn
+    self.fnids[fn] = id
+  end
+  return id
+end
+
+local function newjob(self, kind, fn, mode, chunksize)
+  local job = { kind = kind, fn = fn, fnid = fnid(self, fn), mode = mode,
+                chunksize = chunksize, pos = 1, produced = 0, completed = 0,
+                consumed = 0, results = {}, errs = {}, got = {},
+                telapsed = 0, titems = 0 }
+  return job
+end
+
+local function chunksize(self, job)
+  if job.chunksize then return job.chunksize end
+  local size = 1
+  if job.cost then size = floor(TARGET / max(job.cost, 1e-9)) end
+  if job.total then  -- guided: shrink towards the end so all finish together
+    local left = job.total - job.pos + 1
+    size = min(size, max(1, ceil(left / (2 * self.n))))
+  end
+  return max(1, min(size, 1000000))
+end
+
+-- Cut the next chunk of job's input, or nil when none is ready.
+local function cut(self, job)
+  if job.window and job.produced - job.consumed >= job.window then
+    return nil
+  end
+  local size = chunksize(self, job)
+  if self.timeout then size = 1 end
+  local items, n, first = {}, 0, job.pos
+  if job.list then
+    local last = min(job.total, first + size - 1)
+    local list = job.list
+    for i = first, last do items[i - first + 1] = list[i] end
+    n = last - first + 1
+  elseif job.iter then
+    while n < size do
+      local v = job.iter()
+      if v == nil then job.exhausted = true break end
+      n = n + 1
+      items[n] = v
+    end
+  end
+  job.pos = first + n
+  job.produced = job.produced + n
+  if (job.total and job.pos > job.total) or job.exhausted then
+    job.exhausted = true
+  end
+  if n == 0 then return nil end
+  self.nextid = self.nextid + 1
+  return { id = self.nextid, job = job, first = first, n = n, items = items }
+end
+
+-- Retries first, then jobs in order; a stream held back by its window
+-- (its reader is slow or gone) does not hold back the jobs behind it.
+local function nextchunk(self)
+  local r = table.remove(self.retry, 1)
+  if r then return r end
+  local jobs, i = self.jobs, 1
+  while jobs[i] do
+    local job = jobs[i]
+    local c = not job.exhausted and cut(self, job)
+    if job.exhausted then table.remove(jobs, i) else i = i + 1 end
+    if c then return c end
+  end
+end
+
+local function taskmsg(self, w, c)
+  local job = c.job
+  local t = { c.id, job.fnid, c.items, c.n, job.mode }
+  if not w.fns[job.fnid] then
+    t[6] = job.fn
+    w.fns[job.fnid] = true
+    w.nfns = w.nfns + 1
+  end
+  if self.timeout then c.deadline = now() + self.timeout end
+  if job.future and job.future.state == "pending" then
+    job.future.state = "running"
+  end
+  return t
+end
+
+-- Give each worker chunks until it holds DEPTH of them and QUEUE seconds
+-- of work (by the measured cost), all in one message. A send that fails
+-- means the worker died; the end of file on its pipe reports it.
+local function feed(self)
+  if self.state == "terminated" or self.broken then return end
+  local limit = self.timeout and 1 or MAXDEPTH
+  for _, w in ipairs(self.workers) do
+    if w.pid and not w.retiring then
+      local batch, inf = nil, w.inflight
+      local quota = self.maxtasks and self.maxtasks - w.done or math.huge
+      while #inf < limit and (#inf < DEPTH or w.queued < QUEUE)
+            and w.nitems < quota do
+        local c = nextchunk(self)
+        if not c then break end
+        if not batch then
+          batch = {}
+          if w.nfns >= FNCACHE then  -- both sides start afresh
+            batch.flush, w.fns, w.nfns = true, {}, 0
+          end
+        end
+        c.est = c.n * (c.job.cost or 1)
+        w.queued, w.nitems = w.queued + c.est, w.nitems + c.n
+        inf[#inf + 1] = c
+        batch[#batch + 1] = taskmsg(self, w, c)
+      end
+      if batch then pcall(w.conn.send, w.conn, batch) end
+    end
+  end
+end
+
+-- -- Results ------------------------------------------------------------
+
+local function drawprogress(self, job, final)
+  if not job.bar then return end
+  local t = now()
+  if not final and t - (job.drawn or 0) < 0.1 then return end
+  job.drawn = t
+  local total = job.total or job.produced
+  local done, el = job.completed, t - job.t0
+  local rate = done / max(el, 1e-9)
+  local frac = total > 0 and done / total or 1
+  local w = 30
+  local bar = ("="):rep(floor(frac * w)) .. (" "):rep(w - floor(frac * w))
+  local eta = rate > 0 and (total - done) / rate or 0
+  io.stderr:write(("\r[%s] %d/%d %.0f/s ETA %.1fs "):format(
+    bar, done, total, rate, eta))
+  if final then io.stderr:write("\n") end
+end
+
+local function deliver1(self, job, idx, res, err)
+  if job.kind == "submit" then
+    if err then future.settle(job.future, false, err)
+    else future.settle(job.future, true, res) end
+  elseif job.kind == "unordered" then
+    job.rtail = job.rtail + 1  -- the reader clears from the front
+    job.ready[job.rtail] = { idx, res, err }
+  else
+    job.results[idx] = res
+    if err then job.errs[idx] = err end
+    job.got[idx] = true
+  end
+end
+
+local function taskerr(w, idx, err)
+  return ("worker %d: task %d: %s"):format(w.index, idx, tostring(err))
+end
+
+local function deliver(self, w, c, res, errs)
+  local job = c.job
+  for k = 1, c.n do
+    local idx = c.first + k - 1
+    local err = errs and errs[k]
+    deliver1(self, job, idx, res[k], err and taskerr(w, idx, err))
+  end
+  job.completed = job.completed + c.n
+  drawprogress(self, job, job.exhausted and job.completed == job.produced)
+end
+
+local function retire(self, w)
+  w.retiring = true
+  stopworker(w)
+  if self.state ~= "terminated" then spawn(self, w.index) end
+end
+
+local function complete(self, w, msg)
+  if msg[1] == "init" then
+    self.broken = "pcrun.pool: initializer failed in worker " .. w.index
+                  .. ": " .. tostring(msg[2])
+    return
+  end
+  for i = 1, #msg do
+    local r = msg[i]
+    local c = table.remove(w.inflight, 1)
+    if not c or c.id ~= r[1] then
+      self.broken = "pcrun.pool: worker " .. w.index .. " answered out of turn"
+      return
+    end
+    local job = c.job
+    w.done = w.done + c.n
+    w.queued, w.nitems = w.queued - c.est, w.nitems - c.n
+    job.telapsed = job.telapsed + r[4]
+    job.titems = job.titems + c.n
+    job.cost = job.telapsed / job.titems
+    deliver(self, w, c, r[2], r[3])
+  end
+  if #w.inflight == 0 then w.queued = 0 end  -- no drift from rounding
+  if self.maxtasks and w.done >= self.maxtasks and #w.inflight == 0 then
+    retire(self, w)
+  end
+end
+
+local function slice(items, from, to)
+  local t = {}
+  for i = from, to do t[i - from + 1] = items[i] end
+  return t
+end
+
+local function requeue(self, c, from, to)
+  if from > to then return end
+  self.nextid = self.nextid + 1
+  table.insert(self.retry, { id = self.nextid, job = c.job,
+                             first = c.first + from - 1, n = to - from + 1,
+                             items = slice(c.items, from, to) })
+end
+
+-- A worker's pipe hit end of file: it died. Fail the task it was running,
+-- hand its other tasks out again and fork a replacement.
+local function died(self, w)
+  local done, code = core.wait(w.pid, 2)
+  if not done then
+    core.signal(w.pid, 9)
+    done, code = core.wait(w.pid)
+  end
+  local why
+  if w.timedout then
+    why = ("timed out after %gs"):format(self.timeout)
+  elseif code and code < 0 then
+    why = ("killed by signal %d (%s)"):format(-code, SIGNAMES[-code] or "?")
+  else
+    why = ("exited with status %s"):format(tostring(code))
+  end
+  local progress = ffi.cast("uint32_t *", self.mem)
+  local running, at = progress[2 * w.slot], progress[2 * w.slot + 1]
+  progress[2 * w.slot], progress[2 * w.slot + 1] = 0, 0
+  local pid = w.pid
+  w.conn:close()
+  w.pid = nil
+  for _, c in ipairs(w.inflight) do
+    if c.id == running and at >= 1 and at <= c.n then
+      requeue(self, c, 1, at - 1)  -- done, but their results died with it
+      local idx = c.first + at - 1
+      deliver1(self, c.job, idx, nil, ("worker %d (pid %d) died running "
+        .. "task %d: %s"):format(w.index, pid, idx, why))
+      c.job.completed = c.job.completed + 1
+      requeue(self, c, at + 1, c.n)
+    else
+      requeue(self, c, 1, c.n)
+    end
+  end
+  w.inflight = {}
+  if self.state ~= "terminated" then spawn(self, w.index) end
+end
+
+local function checklate(self)
+  local t = now()
+  for _, w in ipairs(self.workers) do
+    local c = w.inflight[1]
+    if w.pid and c and c.deadline and c.deadline <= t and not w.timedout then
+      w.timedout = true
+      core.signal(w.pid, 9)
+    end
+  end
+end
+
+--- Drive pools until one event is handled or timeout seconds pass.
+-- Returns false when the pools have nothing in flight.
+function M.pump(pools, timeout)
+  local deadline = timeout and now() + timeout
+  local conns, owners = {}, {}
+  for _, p in ipairs(pools) do
+    if p.broken then error(p.broken, 0) end
+    feed(p)
+    for _, w in ipairs(p.workers) do
+      if w.pid and #w.inflight > 0 then
+        conns[#conns + 1] = w.conn
+        owners[#owners + 1] = { p, w }
+        local d = w.inflight[1].deadline
+        if d and not w.timedout and (not deadline or d < deadline) then
+          deadline = d
+        end
+      end
+    end
+  end
+  if #conns == 0 then return false end
+  local i = core.select(conns, deadline and max(0, deadline - now()))
+  if not i then
+    for _, p in ipairs(pools) do checklate(p) end
+    return true
+  end
+  local p, w, conn = owners[i][1], owners[i][2], conns[i]
+  repeat
+    local ok, msg = pcall(conn.recv, conn, 0)
+    if not ok then died(p, w) break end
+    if msg == nil then break end
+    complete(p, w, msg)
+  until #w.inflight == 0 or w.conn ~= conn or not conn:poll()
+  return true
+end
+
+-- -- The pool ------------------------------------------------------------
+
+local function checkfn(who, fn)
+  if type(fn) ~= "function" and not (type(fn) == "string"
+      and fn:find("^[%w_][%w_%.]*%.[%w_]+$")) then
+    error(who .. ": fn must be a function or a 'module.function' string, "
+          .. "got " .. type(fn), 3)
+  end
+end
+
+local function checkusable(self, who)
+  if getmetatable(self) ~= Pool then
+    error(who .. ": call it as pool:" .. who:match("[%w_]+$") .. "(...)", 3)
+  end
+  if self.state ~= "run" then
+    error(who .. ": the pool is " .. self.state, 3)
+  end
+  if self.broken then error(self.broken, 0) end
+end
+
+local function checkchunk(who, cs)
+  if cs ~= nil and (type(cs) ~= "number" or cs < 1 or cs % 1 ~= 0) then
+    error(who .. ": chunksize must be a positive integer", 3)
+  end
+end
+
+local function isint(n) return type(n) == "number" and n >= 1 and n % 1 == 0 end
+
+--- pcrun.pool([n] [, opts]): fork n workers (default: pcrun -n, else the
+-- CPU count). opts: initializer, initargs, maxtasksperchild, timeout,
+-- progress.
+function M.new(n, opts)
+  if type(n) == "table" and opts == nil then n, opts = nil, n end
+  if n ~= nil and not (isint(n) and n <= 1024) then
+    error("pcrun.pool: n must be an integer from 1 to 1024", 2)
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    error("pcrun.pool: opts must be a table", 2)
+  end
+  opts = opts or {}
+  if opts.initializer ~= nil and type(opts.initializer) ~= "function" then
+    error("pcrun.pool: initializer must be a function", 2)
+  end
+  if opts.initargs ~= nil and type(opts.initargs) ~= "table" then
+    error("pcrun.pool: initargs must be a table", 2)
+  end
+  if opts.maxtasksperchild ~= nil and not isint(opts.maxtasksperchild) then
+    error("pcrun.pool: maxtasksperchild must be a positive integer", 2)
+  end
+  local t = opts.timeout
+  if t ~= nil and (type(t) ~= "number" or not (t > 0)) then
+    error("pcrun.pool: timeout must be a positive number", 2)
+  end
+  local self = setmetatable({}, Pool)
+  self.n = n or core.default_workers()
+  self.initializer = opts.initializer
+  local ia = opts.initargs or {}
+  self.initargs = pack(unpack(ia, 1, ia.n or #ia))
+  self.maxtasks, self.timeout = opts.maxtasksperchild, t
+  local env = os.getenv("PCRUN_PROGRESS")
+  self.progress = (opts.progress or (env ~= nil and env ~= "" and env ~= "0"))
+                  and core.isatty(2)
+  self.mem = core.shm_alloc(8 * self.n)  -- progress: chunk id, item
+  self.membox = { self.mem }
+  self.workers, self.jobs, self.retry = {}, {}, {}
+  self.fnids = setmetatable({}, { __mode = "k" })
+  self.nextfn, self.nextid, self.state = 0, 0, "run"
+  -- The finalizer holds the workers, not the pool, so the pool can die.
+  local ws, box = self.workers, self.membox
+  local proxy = newproxy(true)
+  getmetatable(proxy).__gc = function() shutdown(ws, box) end
+  self.gc = proxy
+  for i = 1, self.n do spawn(self, i) end
+  return self
+end
+
+local function addjob(self, job, bar)
+  job.t0 = now()
+  job.bar = bar and self.progress
+  self.jobs[#self.jobs + 1] = job
+  feed(self)
+end
+
+local function runall(self, job)
+  while job.completed < job.total do
+    if not M.pump({ self }) and job.completed < job.total then
+      error("pcrun.pool: internal error: work lost", 0)
+    end
+  end
+end
+
+local function firsterr(job)
+  local lo
+  for i in pairs(job.errs) do if not lo or i < lo then lo = i end end
+  return lo and job.errs[lo]
+end
+
+local function listjob(self, who, fn, list, cs, mode)
+  checkusable(self, who)
+  checkfn(who, fn)
+  if type(list) ~= "table" then
+    error(who .. ": list must be a table, got " .. type(list), 3)
+  end
+  checkchunk(who, cs)
+  local job = newjob(self, "map", fn, mode, cs)
+  job.list, job.total = list, #list
+  if job.total == 0 then return {} end
+  addjob(self, job, true)
+  runall(self, job)
+  local err = firsterr(job)
+  if err then error(err, 0) end
+  return job.results
+end
+
+--- Apply fn to every item of list; results in input order.
+function Pool:map(fn, list, chunksize)
+  return listjob(self, "pcrun.Pool:map", fn, list, chunksize, MAP)
+end
+
+--- Like map, with each item a list of arguments: fn(unpack(item)).
+function Pool:starmap(fn, list, chunksize)
+  if type(list) == "table" then
+    for i = 1, #list do
+      if type(list[i]) ~= "table" then
+        error(("pcrun.Pool:starmap: item %d is not a table of arguments")
+              :format(i), 2)
+      end
+    end
+  end
+  return listjob(self, "pcrun.Pool:starmap", fn, list, chunksize, STAR)
+end
+
+--- Run fn(...) in a worker and return its results (a future otherwise).
+function Pool:submit(fn, ...)
+  checkusable(self, "pcrun.Pool:submit")
+  checkfn("pcrun.Pool:submit", fn)
+  local job = newjob(self, "submit", fn, CALL)
+  job.list, job.total = { pack(...) }, 1
+  job.future = future.new(self)
+  job.future.job = job
+  addjob(self, job, false)
+  return job.future
+end
+
+function Pool:apply(fn, ...)
+  checkusable(self, "pcrun.Pool:apply")
+  checkfn("pcrun.Pool:apply", fn)
+  return self:submit(fn, ...):result()
+end
+
+-- Remove a submitted job that no worker has yet; used by Future:cancel.
+function Pool:_unqueue(f)
+  for i, job in ipairs(self.jobs) do
+    if job.future == f and job.produced == 0 then
+      table.remove(self.jobs, i)
+      return true
+    end
+  end
+  return false
+end
+
+local function streamjob(self, who, fn, src, cs, kind)
+  checkusable(self, who)
+  checkfn(who, fn)
+  checkchunk(who, cs)
+  local job = newjob(self, kind, fn, MAP, cs)
+  if type(src) == "table" then
+    job.list, job.total = src, #src
+    if job.total == 0 then job.exhausted = true end
+  elseif type(src) == "function" then
+    job.iter = src
+  else
+    error(who .. ": input must be a table or an iterator function, got "
+          .. type(src), 3)
+  end
+  -- Bound what is cut but not yet consumed: streams stay small.
+  job.window = max(64, 8 * self.n * (cs or 64))
+  job.ready, job.rtail = {}, 0
+  addjob(self, job, true)
+  return job
+end
+
+-- Wait for the next event; with nothing in flight the stream's next
+-- result can never come.
+local function step(self)
+  if not M.pump({ self }) then
+    error("pcrun.pool: internal error: a streamed result was lost", 0)
+  end
+end
+
+--- Iterate (index, result) in input order, streaming the input.
+function Pool:imap(fn, src, chunksize)
+  local job = streamjob(self, "pcrun.Pool:imap", fn, src, chunksize,
+                        "imap")
+  local nexti = 1
+  return function()
+    while true do
+      if job.got[nexti] then
+        local i, r, e = nexti, job.results[nexti], job.errs[nexti]
+        job.results[i], job.errs[i], job.got[i] = nil, nil, nil
+        nexti, job.consumed = i + 1, job.consumed + 1
+        if e then error(e, 0) end
+        return i, r
+      end
+      if job.exhausted and nexti > job.produced then return nil end
+      step(self)
+    end
+  end
+end
+
+--- Iterate results as they finish: result, index.
+function Pool:imap_unordered(fn, src, chunksize)
+  local job = streamjob(self, "pcrun.Pool:imap_unordered", fn, src,
+                        chunksize, "unordered")
+  local head = 1
+  return function()
+    while true do
+      local r = job.ready[head]
+      if r then
+        job.ready[head] = nil
+        head, job.consumed = head + 1, job.consumed + 1
+        if r[3] then error(r[3], 0) end
+        return r[2], r[1]
+      end
+      if job.exhausted and job.consumed >= job.produced then return nil end
+      step(self)
+    end
+  end
+end
+
+--- No more tasks; workers exit once the queued ones are done (join).
+function Pool:close()
+  if getmetatable(self) ~= Pool then
+    error("pcrun.Pool:close: call it as pool:close()", 2)
+  end
+  if self.state == "run" then self.state = "closed" end
+end
+
+--- Wait for queued work and the workers' exit. Call close() first.
+function Pool:join()
+  if getmetatable(self) ~= Pool then
+    error("pcrun.Pool:join: call it as pool:join()", 2)
+  end
+  if self.state == "run" then
+    error("pcrun.Pool:join: close() or terminate() the pool first", 2)
+  end
+  if self.state == "closed" then
+    while M.pump({ self }) do end
+    for _, w in ipairs(self.workers) do stopworker(w) end
+    self.state = "joined"
+  end
+  shutdown(self.workers, self.membox)
+end
+
+--- Stop the workers now; unfinished futures fail.
+function Pool:terminate()
+  if getmetatable(self) ~= Pool then
+    error("pcrun.Pool:terminate: call it as pool:terminate()", 2)
+  end
+  if self.state == "terminated" then return end
+  self.state = "terminated"
+  shutdown(self.workers, self.membox)
+  local function fail(job)
+    if job.future then
+      future.settle(job.future, false, "pcrun.pool: the pool was terminated")
+    end
+  end
+  for _, job in ipairs(self.jobs) do fail(job) end
+  for _, c in ipairs(self.retry) do fail(c.job) end
+  for _, w in ipairs(self.workers) do
+    for _, c in ipairs(w.inflight) do fail(c.job) end
+    w.inflight = {}
+  end
+  self.jobs, self.retry = {}, {}
+end
+
+--- Worker pids, for monitoring and tests.
+function Pool:pids()
+  local t = {}
+  for i, w in ipairs(self.workers) do t[i] = w.pid end
+  return t
+end
+
+function Pool:__tostring()
+  return ("pcrun.Pool(%d workers, %s)"):format(self.n, self.state)
+end
+
+return M
