@@ -334,11 +334,21 @@ local function taskerr(w, idx, err)
 end
 
 local function deliver(self, w, c, res, errs)
-  local job = c.job
-  for k = 1, c.n do
-    local idx = c.first + k - 1
-    local err = errs and errs[k]
-    deliver1(self, job, idx, res[k], err and taskerr(w, idx, err))
+  local job, first = c.job, c.first - 1
+  if job.kind == "map" or job.kind == "imap" then  -- the hot path: bulk
+    local results, got = job.results, job.got
+    for k = 1, c.n do results[first + k] = res[k] end
+    if job.kind == "imap" then
+      for k = 1, c.n do got[first + k] = true end
+    end
+    for k, err in pairs(errs or {}) do
+      job.errs[first + k] = taskerr(w, first + k, err)
+    end
+  else
+    for k = 1, c.n do
+      local err = errs and errs[k]
+      deliver1(self, job, first + k, res[k], err and taskerr(w, first + k, err))
+    end
   end
   job.completed = job.completed + c.n
   drawprogress(self, job, job.exhausted and job.completed == job.produced)
