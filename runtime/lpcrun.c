@@ -124,7 +124,7 @@ static int conn_send(lua_State *L) {
   if (lua_type(L, 2) == LUA_TSTRING) {  /* strings go raw: no copy */
     p = lua_tolstring(L, 2, &n);
   } else {
-    p = pcr__ser_encode(L, 2, &n);
+    p = pcr__ser_encode_named(L, 2, &n, "message");
     kind = PCR_FRAME_VALUE;
   }
   int r = sendframe(L, lc, kind, p, n, deadline, "send");
@@ -365,8 +365,9 @@ static int l_wait(lua_State *L) {
   int st, child = pcr__proc_is_child(pid);
   for (;;) {
     int r = child ? pcr__proc_wait(pid, deadline, &st)
-                                    : pcr__proc_wait_any(pid, deadline);
+                  : pcr__proc_wait_any(pid, deadline);
     if (r == -EINTR) { interrupted(L); continue; }
+    if (r == -ECHILD) { child = 0; r = 1; }  /* reaped by another handle */
     if (r < 0) return luaL_error(L, "cannot wait for %d: %s", (int)pid,
                                  strerror(-r));
     lua_pushboolean(L, r > 0);

@@ -21,6 +21,14 @@ M.encode = core.encode
 -- refused unless opts.trusted is true: LuaJIT does not verify bytecode.
 M.decode = core.decode
 
+--- Let values with metatable mt cross by mt.__serialize (any value out)
+-- and mt.__deserialize (that value in), under the name given.
+M.register_type = core.register_type
+
+--- Rebuild the index of package.loaded used to send modules by name.
+M.refresh_names = core.refresh_names
+M.format_version = core.format_version
+
 --- Two connected endpoints. duplex (default true): both ends send and
 -- receive; false: the first end only receives, the second only sends.
 function M.pipe(duplex, opts)
@@ -43,6 +51,9 @@ end
 
 local pool = require "pcrun.pool"
 local future = require "pcrun.future"
+
+core.register_type("pcrun.Process", process.Process)
+core.register_type("pcrun.Connection", core.Connection)
 
 M.process = process.new
 M.pool = pool.new

@@ -103,7 +103,23 @@ local function runtask(t, fns, progress, slot)
   return { id, res, errs, now() - t0 }
 end
 
-local function worker_main(pool, w)
+-- Send the replies; a result that cannot cross becomes that task's error.
+local function reply(conn, out)
+  local ok, err = pcall(conn.send, conn, out)
+  if ok then return end
+  if err:find("peer closed", 1, true) then core.child_exit(0) end
+  for _, r in ipairs(out) do
+    local res, errs = r[2], r[3] or {}
+    for k, v in pairs(res) do
+      local eok, eerr = pcall(core.encode, v, "result")
+      if not eok then res[k], errs[k] = nil, eerr end
+    end
+    r[3] = errs
+  end
+  conn:send(out)
+end
+
+local function worker_loop(pool, w)
   for _, o in ipairs(pool.workers) do
     if o.conn then o.conn:close() end  -- the parent's ends, not ours
   end
@@ -127,13 +143,24 @@ local function worker_main(pool, w)
     for i = 1, #batch do
       out[#out + 1] = runtask(batch[i], fns, progress, slot)
       if i < #batch and now() - last > FLUSH then
-        conn:send(out)  -- long batch: report what is done
+        reply(conn, out)  -- long batch: report what is done
         out, last = {}, now()
       end
     end
     progress[2 * slot] = 0
-    conn:send(out)
+    reply(conn, out)
   end
+end
+
+-- Nothing may unwind out of here: below is the parent's stack, which the
+-- fork copied.
+local function worker_main(pool, w)
+  local ok, err = xpcall(worker_loop, debug.traceback, pool, w)
+  if not ok then
+    io.stderr:write(("pcrun: worker %d (pid %d) failed: %s\n")
+                    :format(w.index, core.getpid(), tostring(err)))
+  end
+  core.child_exit(ok and 0 or 70)
 end
 
 -- -- Workers -----------------------------------------------------------
@@ -266,6 +293,25 @@ local function taskmsg(self, w, c)
   return t
 end
 
+local deliver
+
+-- A batch that cannot be encoded fails its tasks here, in the parent; a
+-- worker that is gone shows up as end of file on its pipe instead.
+local function sendbatch(self, w, batch)
+  local ok, err = pcall(w.conn.send, w.conn, batch, nil)
+  if ok or err:find("peer closed", 1, true) then return end
+  local n = #batch
+  for _ = 1, n do
+    local c = table.remove(w.inflight)
+    w.queued, w.nitems = w.queued - c.est, w.nitems - c.n
+    local errs = {}
+    for k = 1, c.n do
+      errs[k] = "cannot send the task's arguments: " .. tostring(err)
+    end
+    deliver(self, nil, c, {}, errs)
+  end
+end
+
 -- Give each worker chunks until it holds DEPTH of them and QUEUE seconds
 -- of work (by the measured cost), all in one message. A send that fails
 -- means the worker died; the end of file on its pipe reports it.
@@ -291,7 +337,7 @@ local function feed(self)
         inf[#inf + 1] = c
         batch[#batch + 1] = taskmsg(self, w, c)
       end
-      if batch then pcall(w.conn.send, w.conn, batch) end
+      if batch then sendbatch(self, w, batch) end
     end
   end
 end
@@ -329,11 +375,13 @@ local function deliver1(self, job, idx, res, err)
   end
 end
 
+-- w is nil for errors raised in the parent (arguments that cannot cross).
 local function taskerr(w, idx, err)
+  if not w then return ("task %d: %s"):format(idx, tostring(err)) end
   return ("worker %d: task %d: %s"):format(w.index, idx, tostring(err))
 end
 
-local function deliver(self, w, c, res, errs)
+function deliver(self, w, c, res, errs)
   local job, first = c.job, c.first - 1
   if job.kind == "map" or job.kind == "imap" then  -- the hot path: bulk
     local results, got = job.results, job.got

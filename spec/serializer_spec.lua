@@ -1,0 +1,448 @@
+-- Specs of the value serializer: pcrun.encode / pcrun.decode (runtime/ser.c).
+local pcrun = require "pcrun"
+local ffi = require "ffi"
+
+local TRUSTED = {trusted = true}
+
+local function rt(v, opts)
+  return pcrun.decode(pcrun.encode(v), opts)
+end
+
+local function errof(f, ...)
+  local ok, msg = pcall(f, ...)
+  assert.is_false(ok, "expected an error")
+  return tostring(msg)
+end
+
+local function has(msg, part)
+  assert(string.find(msg, part, 1, true),
+         string.format("%q does not contain %q", msg, part))
+end
+
+-- A userdata with no hook that is not in package.loaded.
+local function proxy()
+  return newproxy(true)
+end
+
+ffi.cdef [[
+  struct pcr_spec_point { double x, y; };
+  struct pcr_spec_node { int v; struct pcr_spec_node *next; };
+  typedef struct { int32_t a; uint8_t b[3]; } pcr_spec_rec;
+  struct pcr_spec_vls { int n; double v[?]; };
+]]
+
+describe("serializer", function()
+  it("round-trips nil and booleans", function()
+    assert.is_nil(rt(nil))
+    assert.equal(true, rt(true))
+    assert.equal(false, rt(false))
+  end)
+
+  it("round-trips integers and doubles exactly", function()
+    local xs = {0, 1, 63, 64, -1, -64, 2^31 - 1, -2^31, 2^31, -2^31 - 1,
+                2^53, -2^53, 0.5, -1.25, 1e300, -1e-300, 5e-324, math.pi}
+    for _, x in ipairs(xs) do assert.equal(x, rt(x)) end
+  end)
+
+  it("keeps the sign of negative zero", function()
+    assert.equal(-math.huge, 1 / rt(-0.0))
+    assert.equal(math.huge, 1 / rt(0.0))
+  end)
+
+  it("keeps NaN and infinities", function()
+    local n = rt(0 / 0)
+    assert.is_true(n ~= n)
+    assert.equal(math.huge, rt(math.huge))
+    assert.equal(-math.huge, rt(-math.huge))
+  end)
+
+  it("round-trips strings including NUL bytes and all byte values", function()
+    local bytes = {}
+    for i = 0, 255 do bytes[#bytes + 1] = string.char(i) end
+    for _, s in ipairs({"", "a", "a\0b", ("x"):rep(63), ("y"):rep(64),
+                        table.concat(bytes)}) do
+      assert.equal(s, rt(s))
+    end
+  end)
+
+  it("round-trips a 100 MB string", function()
+    local s = ("0123456789abcdef"):rep(100 * 2^20 / 16)
+    local e = pcrun.encode(s)
+    assert.is_true(#e < #s + 16)
+    assert.equal(s, pcrun.decode(e))
+    e = nil
+    collectgarbage()
+  end)
+
+  it("round-trips nested tables with array and hash parts", function()
+    local t = {1, 2, 3, "four", {5, {6}}, a = 1, b = {c = {d = "e"}},
+               [1.5] = "x", [true] = false, [-1] = 0, [0] = "zero"}
+    assert.same(t, rt(t))
+  end)
+
+  it("round-trips tables with holes and large sizes", function()
+    local t = {1, nil, 3, nil, 5}
+    assert.same(t, rt(t))
+    local big = {}
+    for i = 1, 1000 do big[i] = i * 3 end
+    for i = 1, 300 do big["k" .. i] = i end
+    assert.same(big, rt(big))
+  end)
+
+  it("preserves shared references as one table", function()
+    local shared = {1, 2}
+    local t = rt({a = shared, b = shared, c = {shared}})
+    assert.is_true(rawequal(t.a, t.b))
+    assert.is_true(rawequal(t.a, t.c[1]))
+    assert.same({1, 2}, t.a)
+  end)
+
+  it("preserves cycles", function()
+    local a, b = {name = "a"}, {name = "b"}
+    a.next, b.next, a.self = b, a, a
+    local x = rt(a)
+    assert.is_true(rawequal(x, x.self))
+    assert.is_true(rawequal(x, x.next.next))
+    assert.equal("b", x.next.name)
+  end)
+
+  it("preserves a table used as a key and as a value", function()
+    local k = {}
+    local x = rt({[k] = k})
+    local key, val = next(x)
+    assert.is_true(rawequal(key, val))
+  end)
+
+  it("shares a long string reached twice", function()
+    local s = ("z"):rep(1000)
+    local e = pcrun.encode({s, s, s})
+    assert.is_true(#e < 1100)
+    assert.same({s, s, s}, pcrun.decode(e))
+  end)
+
+  it("copies a plain metatable with the table", function()
+    local mt = {__index = {kind = "thing"}}
+    local x = rt(setmetatable({}, mt))
+    assert.equal("thing", x.kind)
+    assert.is_false(rawequal(getmetatable(x), mt))
+  end)
+
+  it("shares one copied metatable between objects", function()
+    local mt = {tag = 1}
+    local x = rt({setmetatable({}, mt), setmetatable({}, mt)})
+    assert.is_true(rawequal(getmetatable(x[1]), getmetatable(x[2])))
+  end)
+
+  it("sends a metatable that is a registered type by name", function()
+    local Vec = {}
+    Vec.__index = Vec
+    function Vec.len(v) return math.sqrt(v.x * v.x + v.y * v.y) end
+    pcrun.register_type("spec.Vec", Vec)
+    local x = rt(setmetatable({x = 3, y = 4}, Vec))
+    assert.is_true(rawequal(getmetatable(x), Vec))
+    assert.equal(5, x:len())
+  end)
+
+  it("sends a metatable found in package.loaded by name", function()
+    local Class = {}
+    Class.__index = Class
+    package.loaded["spec_class_mod"] = Class
+    pcrun.refresh_names()
+    local x = rt(setmetatable({}, Class))
+    assert.is_true(rawequal(getmetatable(x), Class))
+    package.loaded["spec_class_mod"] = nil
+    pcrun.refresh_names()
+  end)
+
+  it("sends modules by name and never copies them", function()
+    assert.is_true(rawequal(math, rt(math)))
+    assert.is_true(rawequal(string, rt({string})[1]))
+    local mod = {answer = 42}
+    package.loaded["spec_user_mod"] = mod
+    pcrun.refresh_names()
+    local e = pcrun.encode({m = mod})
+    assert.is_nil(string.find(e, "answer", 1, true))
+    assert.is_true(rawequal(mod, pcrun.decode(e).m))
+    package.loaded["spec_user_mod"] = nil
+    pcrun.refresh_names()
+  end)
+
+  it("sends module functions by name when trusted", function()
+    assert.is_true(rawequal(math.floor, rt(math.floor, TRUSTED)))
+    assert.is_true(rawequal(print, rt(print, TRUSTED)))
+    local x = rt({f = string.format}, TRUSTED)
+    assert.is_true(rawequal(string.format, x.f))
+  end)
+
+  it("finds a module loaded after an earlier encode", function()
+    pcrun.encode({})
+    local cf = coroutine.wrap(function() end)
+    package.loaded["spec_late_mod"] = {f = cf}
+    assert.is_true(rawequal(cf, rt(cf, TRUSTED)))
+    package.loaded["spec_late_mod"] = nil
+    pcrun.refresh_names()
+  end)
+
+  it("sends Lua functions as bytecode with their upvalues", function()
+    local k = 10
+    local function add(x) return x + k end
+    local f = rt(add, TRUSTED)
+    assert.equal(15, f(5))
+    assert.is_false(rawequal(f, add))
+  end)
+
+  it("keeps one upvalue shared by two closures", function()
+    local n = 0
+    local function inc() n = n + 1 return n end
+    local function get() return n end
+    local x = rt({inc = inc, get = get}, TRUSTED)
+    x.inc()
+    x.inc()
+    assert.equal(2, x.get())
+    assert.equal(0, n)
+  end)
+
+  it("keeps a function reached twice as one function", function()
+    local function f() return 1 end
+    local x = rt({f, f, {f}}, TRUSTED)
+    assert.is_true(rawequal(x[1], x[2]))
+    assert.is_true(rawequal(x[1], x[3][1]))
+  end)
+
+  it("encodes recursive local functions", function()
+    local fact
+    fact = function(n) if n <= 1 then return 1 end return n * fact(n - 1) end
+    assert.equal(120, rt(fact, TRUSTED)(5))
+  end)
+
+  it("gives decoded functions the decoder's globals", function()
+    local function g() return tostring(_G ~= nil) .. type(print) end
+    local f = rt(g, TRUSTED)
+    assert.equal("truefunction", f())
+    assert.is_true(rawequal(_G, getfenv(f)))
+  end)
+
+  it("refuses bytecode unless decoding is trusted", function()
+    local e = pcrun.encode(function() return 1 end)
+    local msg = errof(pcrun.decode, e)
+    has(msg, "pcrun.decode: functions refused")
+    has(msg, "{trusted = true}")
+    assert.equal(1, pcrun.decode(e, {trusted = true})())
+    assert.equal(1, pcrun.decode(e, {bytecode = true})())
+    has(errof(pcrun.decode, e, {trusted = false}), "functions refused")
+  end)
+
+  it("refuses module functions by name unless trusted", function()
+    has(errof(pcrun.decode, pcrun.encode(os.execute)), "functions refused")
+  end)
+
+  it("round-trips 64-bit integer cdata", function()
+    local a = rt(ffi.new("int64_t", -9007199254740993LL))
+    assert.is_true(ffi.istype("int64_t", a))
+    assert.is_true(a == -9007199254740993LL)
+    local b = rt(0xfedcba9876543210ULL)
+    assert.is_true(ffi.istype("uint64_t", b))
+    assert.is_true(b == 0xfedcba9876543210ULL)
+  end)
+
+  it("round-trips plain-data structs and arrays by ctype", function()
+    local p = rt(ffi.new("struct pcr_spec_point", 1.5, -2))
+    assert.is_true(ffi.istype("struct pcr_spec_point", p))
+    assert.equal(1.5, p.x)
+    assert.equal(-2, p.y)
+    local a = rt(ffi.new("double[?]", 4, {1, 2, 3, 4}))
+    assert.equal(32, ffi.sizeof(a))
+    assert.equal(4, a[3])
+    local f = rt(ffi.new("int[3]", {7, 8, 9}))
+    assert.equal(9, f[2])
+  end)
+
+  it("round-trips typedef'd and variable-length structs", function()
+    local r = rt(ffi.new("pcr_spec_rec", {5, {1, 2, 3}}))
+    assert.equal(5, r.a)
+    assert.equal(3, r.b[2])
+    local v = ffi.new("struct pcr_spec_vls", 3)
+    v.n, v.v[2] = 3, 2.5
+    local w = rt(v)
+    assert.equal(ffi.sizeof(v), ffi.sizeof(w))
+    assert.equal(2.5, w.v[2])
+  end)
+
+  it("refuses pointers and cdata containing pointers", function()
+    has(errof(pcrun.encode, ffi.new("int *")),
+        "pcrun.encode: value: cannot send cdata with pointers")
+    has(errof(pcrun.encode, {node = ffi.new("struct pcr_spec_node")}),
+        "value.node: cannot send cdata with pointers")
+  end)
+
+  it("refuses cdata of an anonymous ctype with advice", function()
+    local anon = ffi.new(ffi.typeof("struct { int q; }"))
+    has(errof(pcrun.encode, anon), "cannot send cdata of anonymous")
+  end)
+
+  it("rebuilds objects with __serialize and __deserialize", function()
+    local Pt = {__name = "spec.Pt"}
+    Pt.__index = Pt
+    function Pt.new(x, y) return setmetatable({x = x, y = y}, Pt) end
+    Pt.__serialize = function(p) return {p.x, p.y} end
+    Pt.__deserialize = function(v) return Pt.new(v[1], v[2]) end
+    pcrun.register_type("spec.Pt", Pt)
+    local p = Pt.new(1, 2)
+    local x = rt({p, p})
+    assert.is_true(rawequal(getmetatable(x[1]), Pt))
+    assert.equal(2, x[1].y)
+    assert.is_true(rawequal(x[1], x[2]))
+  end)
+
+  it("sends userdata that have a __serialize hook", function()
+    local u = newproxy(true)
+    local mt = getmetatable(u)
+    mt.__serialize = function() return "state" end
+    mt.__deserialize = function(s) return {restored = s} end
+    pcrun.register_type("spec.Proxy", mt)
+    assert.same({restored = "state"}, rt(u))
+  end)
+
+  it("names a type by __name when it is not registered", function()
+    local mt = {__name = "spec.Unregistered",
+                __serialize = function() return 1 end}
+    local e = pcrun.encode(setmetatable({}, mt))
+    has(errof(pcrun.decode, e), "unknown type 'spec.Unregistered'")
+  end)
+
+  it("lets a __serialize hook call encode itself", function()
+    local mt = {__name = "spec.Nested"}
+    mt.__serialize = function(o) return pcrun.encode(o.inner) end
+    mt.__deserialize = function(s) return {inner = pcrun.decode(s)} end
+    pcrun.register_type("spec.Nested", mt)
+    local outer = pcrun.encode({setmetatable({inner = {1, 2}}, mt), "tail"})
+    local x = pcrun.decode(outer)
+    assert.same({1, 2}, x[1].inner)
+    assert.equal("tail", x[2])
+  end)
+
+  it("refuses a cycle through __serialize", function()
+    local mt = {__name = "spec.Cyc"}
+    local o = setmetatable({}, mt)
+    mt.__serialize = function(self) return {self} end
+    has(errof(pcrun.encode, o), "cannot send a cycle through __serialize")
+  end)
+
+  it("names the path of a value that cannot be sent", function()
+    local args = {1, {conn = proxy()}}
+    has(errof(pcrun.encode, args, "args"),
+        "pcrun.encode: args[2].conn: cannot send a userdata")
+    has(errof(pcrun.encode, {a = {coroutine.create(print)}}),
+        "pcrun.encode: value.a[1]: cannot send a coroutine")
+    has(errof(pcrun.encode, {["odd key"] = proxy()}),
+        "value[\"odd key\"]: cannot send a userdata")
+  end)
+
+  it("names upvalues, metatables and keys in error paths", function()
+    local conn = proxy()
+    local function f() return conn end
+    has(errof(pcrun.encode, {f}), "value[1]<upvalue conn>: cannot send")
+    has(errof(pcrun.encode, setmetatable({}, {bad = proxy()})),
+        "value<metatable>.bad: cannot send a userdata")
+    has(errof(pcrun.encode, {[proxy()] = 1}), "value<key>: cannot send")
+  end)
+
+  it("refuses light userdata and C functions outside package.loaded",
+     function()
+    local up = 1
+    local function f() return up end
+    has(errof(pcrun.encode, {k = debug.upvalueid(f, 1)}),
+        "value.k: cannot send a light userdata")
+    has(errof(pcrun.encode, {string.gmatch("a", "a")}),
+        "value[1]: cannot send a C function")
+  end)
+
+  it("reports nesting deeper than the limit instead of crashing", function()
+    local deep = {}
+    local cur = deep
+    for _ = 1, 100000 do
+      cur.n = {}
+      cur = cur.n
+    end
+    has(errof(pcrun.encode, deep), "nesting deeper than 1000")
+    local ok = {}
+    cur = ok
+    for _ = 1, 900 do
+      cur[1] = {}
+      cur = cur[1]
+    end
+    assert.is_table(rt(ok))
+  end)
+
+  it("refuses input nested deeper than the limit", function()
+    local parts = {"\183\1\0"}
+    for _ = 1, 100000 do parts[#parts + 1] = "\6\1\0" end
+    parts[#parts + 1] = "\0"
+    has(errof(pcrun.decode, table.concat(parts)), "nesting deeper than")
+  end)
+
+  it("rejects every truncated prefix of a valid encoding", function()
+    local function f() return 1 end
+    local v = {1, -7, 2.5, "s", ("L"):rep(70), {a = {b = true}},
+               ffi.new("int64_t", 3), math, f, f}
+    local e = pcrun.encode(v)
+    for n = 0, #e - 1 do
+      local ok, msg = pcall(pcrun.decode, e:sub(1, n), TRUSTED)
+      assert.is_false(ok)
+      has(msg, "pcrun.decode: ")
+    end
+    assert.same(v[6], pcrun.decode(e, TRUSTED)[6])
+  end)
+
+  it("rejects random bytes with an error, never a crash", function()
+    math.randomseed(1234)
+    local seed = pcrun.encode({1, "two", {3}, x = 4.5})
+    for _ = 1, 5000 do
+      local b = {}
+      for i = 1, math.random(0, 40) do
+        b[i] = string.char(math.random(0, 255))
+      end
+      pcall(pcrun.decode, table.concat(b))
+      local s = seed:sub(1, 3) .. table.concat(b) .. seed:sub(4)
+      pcall(pcrun.decode, s)
+      local i = math.random(1, #seed)
+      pcall(pcrun.decode, seed:sub(1, i - 1) .. string.char(math.random(0, 255))
+            .. seed:sub(i + 1))
+    end
+  end)
+
+  it("rejects a wrong magic, a wrong version and trailing bytes", function()
+    local e = pcrun.encode({1})
+    has(errof(pcrun.decode, "x" .. e:sub(2)), "not a pcrun encoding")
+    has(errof(pcrun.decode, e:sub(1, 1) .. "\99" .. e:sub(3)),
+        "unsupported format version 99")
+    has(errof(pcrun.decode, e .. "\0"), "trailing bytes")
+    has(errof(pcrun.decode, ""), "not a pcrun encoding")
+  end)
+
+  it("rejects a non-string argument to decode", function()
+    has(errof(pcrun.decode, nil), "pcrun.decode: expected a string, got nil")
+    has(errof(pcrun.decode, {}), "pcrun.decode: expected a string, got table")
+    has(errof(pcrun.decode, pcrun.encode(1), 5),
+        "pcrun.decode: options must be a table")
+  end)
+
+  it("rejects bad back-references", function()
+    has(errof(pcrun.decode, "\183\1\1\1\9\1"), "bad back-reference")
+    has(errof(pcrun.decode, "\183\1\0\9\1"), "bad back-reference")
+  end)
+
+  it("checks register_type arguments", function()
+    has(errof(pcrun.register_type, 1, {}), "pcrun.register_type: name")
+    has(errof(pcrun.register_type, "x", 1), "metatable must be a table")
+    has(errof(pcrun.register_type, "x", {__serialize = print}),
+        "has __serialize but no __deserialize")
+  end)
+
+  it("writes a versioned header", function()
+    local e = pcrun.encode(true)
+    assert.equal(0xB7, e:byte(1))
+    assert.equal(pcrun.format_version, e:byte(2))
+    assert.equal(1, pcrun.format_version)
+  end)
+end)
