@@ -47,13 +47,18 @@ typedef struct pslot {
 typedef struct pmap {
   pslot *s;
   uint32_t mask, n, gen;
+  int mix;  /* scramble keys: for maps where lookups mostly miss */
 } pmap;
 
 /* Objects allocated together are usually visited together: keep nearby
    addresses in nearby slots rather than scattering them. */
-static uint32_t phash(const void *k)
+static uint32_t phash(const pmap *m, const void *k)
 {
   uint64_t x = (uint64_t)(uintptr_t)k;
+  if (m->mix) {
+    x *= 0x9e3779b97f4a7c15ull;
+    return (uint32_t)(x >> 32);
+  }
   return (uint32_t)((x >> 4) ^ (x >> 21) ^ (x >> 39));
 }
 
@@ -74,7 +79,7 @@ static void pclear(pmap *m)
 static pslot *pfind(pmap *m, const void *k)
 {
   if (!m->s) return NULL;
-  for (uint32_t i = phash(k) & m->mask;; i = (i + 1) & m->mask) {
+  for (uint32_t i = phash(m, k) & m->mask;; i = (i + 1) & m->mask) {
     pslot *s = &m->s[i];
     if (s->gen != m->gen) return NULL;
     if (s->k == k) return s;
@@ -89,7 +94,7 @@ static void pgrow(lua_State *L, pmap *m)
   if (m->gen == 0) m->gen = 1;
   for (uint32_t i = 0; m->s && i <= m->mask; i++) {
     if (m->s[i].gen != m->gen) continue;
-    uint32_t j = phash(m->s[i].k) & (cap - 1);
+    uint32_t j = phash(m, m->s[i].k) & (cap - 1);
     while (ns[j].gen == m->gen) j = (j + 1) & (cap - 1);
     ns[j] = m->s[i];
   }
@@ -102,7 +107,7 @@ static void pgrow(lua_State *L, pmap *m)
 static pslot *plook(lua_State *L, pmap *m, const void *k, uint32_t v)
 {
   if (!m->s || (m->n + 1) * 2 > m->mask + 1) pgrow(L, m);
-  uint32_t i = phash(k) & m->mask;
+  uint32_t i = phash(m, k) & m->mask;
   for (;; i = (i + 1) & m->mask) {
     pslot *s = &m->s[i];
     if (s->gen != m->gen) break;
@@ -153,6 +158,7 @@ static sstate *getstate(lua_State *L)
   lua_pop(L, 1);
   S = lua_newuserdata(L, sizeof *S);
   memset(S, 0, sizeof *S);
+  S->names.mix = 1;
   lua_createtable(L, 0, 1);
   lua_pushcfunction(L, state_gc);
   lua_setfield(L, -2, "__gc");
@@ -517,7 +523,9 @@ static void enter(enc *e)
     snprintf(m, sizeof m, "nesting deeper than %d", PCR_SER_MAXDEPTH);
     fail(e, m);
   }
-  if (!lua_checkstack(e->L, 8)) fail(e, "Lua stack overflow");
+  /* A level holds at most 6 slots: check room for 8 levels at a time. */
+  if ((e->np & 7) == 0 && !lua_checkstack(e->L, 64))
+    fail(e, "Lua stack overflow");
 }
 
 /* Encodes obj (mt on top, __serialize above it) as T_EXT. */
@@ -616,17 +624,18 @@ static void enctab(enc *e, int t)
   e->b->n += 2;
   uint64_t na = 0, nh = 0;
   int np = e->np++, k = lua_gettop(L) + 1;
+  pathent *pe = &e->path[np];
+  *pe = (pathent){ P_KEY, k };
   lua_pushnil(L);
   while (lua_next(L, t)) {
     if (nh == 0 && lua_type(L, k) == LUA_TNUMBER &&
         lua_tonumber(L, k) == (double)(na + 1)) {
-      e->path[np] = (pathent){ P_KEY, k };
       encval(e, k + 1);
       na++;
     } else {
-      e->path[np] = (pathent){ P_KEYOF, k };
+      pe->kind = P_KEYOF;
       encval(e, k);
-      e->path[np].kind = P_KEY;
+      pe->kind = P_KEY;
       encval(e, k + 1);
       nh++;
     }
@@ -986,7 +995,7 @@ static unsigned rd1(dec *d)
   return *d->p++;
 }
 
-static uint64_t rdvar(dec *d)
+static uint64_t rdvarslow(dec *d)
 {
   uint64_t v = 0;
   for (int sh = 0; sh < 64; sh += 7) {
@@ -996,6 +1005,12 @@ static uint64_t rdvar(dec *d)
   }
   dfail(d, "corrupt input (bad varint)");
   return 0;
+}
+
+static inline uint64_t rdvar(dec *d)
+{
+  if (d->p < d->e && *d->p < 0x80) return *d->p++;
+  return rdvarslow(d);
 }
 
 /* Reads a length that must fit in what is left, divided by per. */
@@ -1063,7 +1078,8 @@ static void dectab(dec *d, int hasmt)
   lua_State *L = d->L;
   size_t na = rdlen(d, 1), nh = rdlen(d, 2);
   denter(d);
-  lua_createtable(L, (int)na, (int)nh);
+  lua_createtable(L, (int)(na < 0x3ffffff ? na : 0x3ffffff),
+                  (int)(nh < 0x3ffffff ? nh : 0x3ffffff));
   reg(d, newobj(d));
   int t = lua_gettop(L);
   for (size_t i = 1; i <= na; i++) {
