@@ -19,6 +19,27 @@
 typedef struct kid { pid_t pid; int daemon; } kid;
 static kid *kids;
 static int nkids, capkids;
+
+/* Statuses of children reaped by a sweep, kept for a later wait. */
+#define NDEAD 1024
+typedef struct corpse { pid_t pid; int status; } corpse;
+static corpse dead[NDEAD];
+static unsigned ndead;
+
+static void bury(pid_t pid, int status) {
+  dead[ndead++ % NDEAD] = (corpse){pid, status};
+}
+
+static int exhume(pid_t pid, int *status) {
+  unsigned n = ndead < NDEAD ? ndead : NDEAD;
+  for (unsigned i = 0; i < n; i++)
+    if (dead[i].pid == pid) {
+      *status = dead[i].status;
+      dead[i].pid = 0;
+      return 1;
+    }
+  return 0;
+}
 static pid_t owner;
 static int atexit_done;
 
@@ -32,7 +53,13 @@ static int find(pid_t pid) {
   return -1;
 }
 
-int pcr__proc_is_child(pid_t pid) { return find(pid) >= 0; }
+int pcr__proc_is_child(pid_t pid) {
+  if (find(pid) >= 0) return 1;
+  unsigned n = ndead < NDEAD ? ndead : NDEAD;
+  for (unsigned i = 0; i < n; i++)
+    if (dead[i].pid == pid) return 1;
+  return 0;
+}
 
 void pcr__proc_set_daemon(pid_t pid, int on) {
   int i = find(pid);
@@ -71,6 +98,7 @@ pid_t pcr__proc_spawn(void) {
   if (pid == 0) {
     pcr__self_reset();
     nkids = 0;
+    ndead = 0;
     owner = 0;
     signal(SIGINT, SIG_IGN);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -114,7 +142,7 @@ static int pollpid(pid_t pid, double deadline) {
 
 int pcr__proc_wait(pid_t pid, double deadline, int *status) {
   int i = find(pid);
-  if (i < 0) return -ECHILD;
+  if (i < 0) return exhume(pid, status) ? 1 : -ECHILD;
   for (;;) {
     pid_t r = waitpid(pid, status, WNOHANG);
     if (r == pid) { forget(find(pid)); return 1; }
@@ -138,6 +166,7 @@ void pcr__proc_sweep(void) {
   for (int i = 0; i < nkids;) {
     int st;
     pid_t r = waitpid(kids[i].pid, &st, WNOHANG);
+    if (r == kids[i].pid) bury(r, st);
     if (r == kids[i].pid || (r < 0 && errno == ECHILD)) forget(i);
     else i++;
   }
