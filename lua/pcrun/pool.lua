@@ -176,6 +176,7 @@ local function spawn(self, i)
   if pid == 0 then worker_main(self, w) end
   b:close()  -- now the worker's death closes its end: we see end of file
   w.wconn, w.pid = nil, pid
+  core.set_daemon(pid, true)  -- an exit without lua_close must not wait
   return w
 end
 
