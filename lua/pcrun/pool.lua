@@ -30,6 +30,23 @@ local SIGNAMES = { [1] = "SIGHUP", [2] = "SIGINT", [3] = "SIGQUIT",
 
 local function pack(...) return { n = select("#", ...), ... } end
 
+-- A worker's chunks in flight, oldest first: a queue that does not shift.
+local function qnew() return { head = 1, tail = 0 } end
+local function qlen(q) return q.tail - q.head + 1 end
+local function qpush(q, v) q.tail = q.tail + 1 q[q.tail] = v end
+local function qshift(q)
+  local v = q[q.head]
+  if v == nil then return nil end
+  q[q.head], q.head = nil, q.head + 1
+  return v
+end
+local function qpop(q)
+  local v = q[q.tail]
+  if v == nil then return nil end
+  q[q.tail], q.tail = nil, q.tail - 1
+  return v
+end
+
 -- -- The worker side -----------------------------------------------------
 
 -- The worker's frames below the task (the pool's loop, and the parent's
@@ -168,7 +185,7 @@ end
 local function spawn(self, i)
   local a, b = core.pipe(true)
   a:_exclusive(true)
-  local w = { index = i, slot = i - 1, conn = a, wconn = b, inflight = {},
+  local w = { index = i, slot = i - 1, conn = a, wconn = b, inflight = qnew(),
               fns = {}, nfns = 0, done = 0, queued = 0,
               nitems = 0 }
   self.workers[i] = w
@@ -303,7 +320,7 @@ local function sendbatch(self, w, batch)
   if ok or err:find("peer closed", 1, true) then return end
   local n = #batch
   for _ = 1, n do
-    local c = table.remove(w.inflight)
+    local c = qpop(w.inflight)
     w.queued, w.nitems = w.queued - c.est, w.nitems - c.n
     local errs = {}
     for k = 1, c.n do
@@ -323,7 +340,7 @@ local function feed(self)
     if w.pid and not w.retiring then
       local batch, inf = nil, w.inflight
       local quota = self.maxtasks and self.maxtasks - w.done or math.huge
-      while #inf < limit and (#inf < DEPTH or w.queued < QUEUE)
+      while qlen(inf) < limit and (qlen(inf) < DEPTH or w.queued < QUEUE)
             and w.nitems < quota do
         local c = nextchunk(self)
         if not c then break end
@@ -335,7 +352,7 @@ local function feed(self)
         end
         c.est = c.n * (c.job.cost or 1)
         w.queued, w.nitems = w.queued + c.est, w.nitems + c.n
-        inf[#inf + 1] = c
+        qpush(inf, c)
         batch[#batch + 1] = taskmsg(self, w, c)
       end
       if batch then sendbatch(self, w, batch) end
@@ -417,7 +434,7 @@ local function complete(self, w, msg)
   end
   for i = 1, #msg do
     local r = msg[i]
-    local c = table.remove(w.inflight, 1)
+    local c = qshift(w.inflight)
     if not c or c.id ~= r[1] then
       self.broken = "pcrun.pool: worker " .. w.index .. " answered out of turn"
       return
@@ -430,8 +447,8 @@ local function complete(self, w, msg)
     job.cost = job.telapsed / job.titems
     deliver(self, w, c, r[2], r[3])
   end
-  if #w.inflight == 0 then w.queued = 0 end  -- no drift from rounding
-  if self.maxtasks and w.done >= self.maxtasks and #w.inflight == 0 then
+  if qlen(w.inflight) == 0 then w.queued = 0 end  -- no drift from rounding
+  if self.maxtasks and w.done >= self.maxtasks and qlen(w.inflight) == 0 then
     retire(self, w)
   end
 end
@@ -472,7 +489,8 @@ local function died(self, w)
   local pid = w.pid
   w.conn:close()
   w.pid = nil
-  for _, c in ipairs(w.inflight) do
+  for i = w.inflight.head, w.inflight.tail do
+    local c = w.inflight[i]
     if c.id == running and at >= 1 and at <= c.n then
       requeue(self, c, 1, at - 1)  -- done, but their results died with it
       local idx = c.first + at - 1
@@ -484,14 +502,14 @@ local function died(self, w)
       requeue(self, c, 1, c.n)
     end
   end
-  w.inflight = {}
+  w.inflight = qnew()
   if self.state ~= "terminated" then spawn(self, w.index) end
 end
 
 local function checklate(self)
   local t = now()
   for _, w in ipairs(self.workers) do
-    local c = w.inflight[1]
+    local c = w.inflight[w.inflight.head]
     if w.pid and c and c.deadline and c.deadline <= t and not w.timedout then
       w.timedout = true
       core.signal(w.pid, 9)
@@ -508,10 +526,10 @@ function M.pump(pools, timeout)
     if p.broken then error(p.broken, 0) end
     feed(p)
     for _, w in ipairs(p.workers) do
-      if w.pid and #w.inflight > 0 then
+      if w.pid and qlen(w.inflight) > 0 then
         conns[#conns + 1] = w.conn
         owners[#owners + 1] = { p, w }
-        local d = w.inflight[1].deadline
+        local d = w.inflight[w.inflight.head].deadline
         if d and not w.timedout and (not deadline or d < deadline) then
           deadline = d
         end
@@ -530,7 +548,7 @@ function M.pump(pools, timeout)
     if not ok then died(p, w) break end
     if msg == nil then break end
     complete(p, w, msg)
-  until #w.inflight == 0 or w.conn ~= conn or not conn:poll()
+  until qlen(w.inflight) == 0 or w.conn ~= conn or not conn:poll()
   return true
 end
 
@@ -804,8 +822,8 @@ function Pool:terminate()
   for _, job in ipairs(self.jobs) do fail(job) end
   for _, c in ipairs(self.retry) do fail(c.job) end
   for _, w in ipairs(self.workers) do
-    for _, c in ipairs(w.inflight) do fail(c.job) end
-    w.inflight = {}
+    for i = w.inflight.head, w.inflight.tail do fail(w.inflight[i].job) end
+    w.inflight = qnew()
   end
   self.jobs, self.retry = {}, {}
 end
