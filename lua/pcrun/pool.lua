@@ -330,6 +330,20 @@ local function sendbatch(self, w, batch)
   end
 end
 
+-- Merge c into prev when it continues it: chunks of one job cut for one
+-- worker in one round travel as one message (with chunksize 1 that saves
+-- a message per task; errors and crashes are still told per task).
+local function merge(prev, c)
+  if not prev or prev.job ~= c.job or prev.first + prev.n ~= c.first
+      or c.job.kind == "submit" then
+    return false
+  end
+  local items, n = prev.items, prev.n
+  for k = 1, c.n do items[n + k] = c.items[k] end
+  prev.n, prev.est = n + c.n, prev.est + c.est
+  return true
+end
+
 -- Give each worker chunks until it holds DEPTH of them and QUEUE seconds
 -- of work (by the measured cost), all in one message. A send that fails
 -- means the worker died; the end of file on its pipe reports it.
@@ -338,24 +352,32 @@ local function feed(self)
   local limit = self.timeout and 1 or MAXDEPTH
   for _, w in ipairs(self.workers) do
     if w.pid and not w.retiring then
-      local batch, inf = nil, w.inflight
+      local inf, cut, last = w.inflight, {}, nil
+      local held = qlen(inf)
       local quota = self.maxtasks and self.maxtasks - w.done or math.huge
-      while qlen(inf) < limit and (qlen(inf) < DEPTH or w.queued < QUEUE)
+      while held < limit and (held < DEPTH or w.queued < QUEUE)
             and w.nitems < quota do
         local c = nextchunk(self)
         if not c then break end
-        if not batch then
-          batch = {}
-          if w.nfns >= FNCACHE then  -- both sides start afresh
-            batch.flush, w.fns, w.nfns = true, {}, 0
-          end
-        end
         c.est = c.n * (c.job.cost or 1)
         w.queued, w.nitems = w.queued + c.est, w.nitems + c.n
-        qpush(inf, c)
-        batch[#batch + 1] = taskmsg(self, w, c)
+        held = held + 1
+        if not (limit > 1 and merge(last, c)) then
+          cut[#cut + 1] = c
+          last = c
+        end
       end
-      if batch then sendbatch(self, w, batch) end
+      if #cut > 0 then
+        local batch = {}
+        if w.nfns >= FNCACHE then  -- both sides start afresh
+          batch.flush, w.fns, w.nfns = true, {}, 0
+        end
+        for i, c in ipairs(cut) do
+          qpush(inf, c)
+          batch[i] = taskmsg(self, w, c)
+        end
+        sendbatch(self, w, batch)
+      end
     end
   end
 end
