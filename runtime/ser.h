@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <lua.h>
 
-#define PCR_SER_VERSION 1      /* wire format version written and read */
+#define PCR_SER_VERSION 2      /* wire format version written and read */
 #define PCR_SER_MAXDEPTH 1000  /* nesting limit, encoder and decoder */
 #define PCR_SER_TRUSTED 1      /* decode flag: allow Lua bytecode */
 

@@ -375,7 +375,7 @@ describe("serializer", function()
   end)
 
   it("refuses input nested deeper than the limit", function()
-    local parts = {"\183\1\0"}
+    local parts = {"\183\2\0"}
     for _ = 1, 100000 do parts[#parts + 1] = "\6\1\0" end
     parts[#parts + 1] = "\0"
     has(errof(pcrun.decode, table.concat(parts)), "nesting deeper than")
@@ -428,8 +428,8 @@ describe("serializer", function()
   end)
 
   it("rejects bad back-references", function()
-    has(errof(pcrun.decode, "\183\1\1\1\9\1"), "bad back-reference")
-    has(errof(pcrun.decode, "\183\1\0\9\1"), "bad back-reference")
+    has(errof(pcrun.decode, "\183\2\1\1\9\1"), "bad back-reference")
+    has(errof(pcrun.decode, "\183\2\0\9\1"), "bad back-reference")
   end)
 
   it("checks register_type arguments", function()
@@ -443,6 +443,150 @@ describe("serializer", function()
     local e = pcrun.encode(true)
     assert.equal(0xB7, e:byte(1))
     assert.equal(pcrun.format_version, e:byte(2))
-    assert.equal(1, pcrun.format_version)
+    assert.equal(2, pcrun.format_version)
+  end)
+
+  -- Arrays of numbers travel as T_AI32 (0x12) or T_ANUM (0x13): byte 4.
+  -- The encoder packs them only on its fast path (PCRUN_SER_NOFAST unset).
+  local PACKS = pcrun.encode({1, 2, 3, 4}):byte(4) == 0x12
+  local function tag(e, want)
+    if PACKS then assert.equal(want, e:byte(4)) end
+  end
+  local function nan_safe_same(a, b)
+    assert.equal(#a, #b)
+    for i = 1, #a do
+      local x, y = a[i], b[i]
+      if x ~= x then
+        assert(y ~= y, "NaN expected at " .. i)
+      else
+        assert.equal(x, y)
+        assert.equal(1 / x, 1 / y)  -- the sign of zero too
+      end
+    end
+  end
+
+  it("packs arrays of int32 and of doubles", function()
+    local ints = {0, 1, -1, 63, 64, 2147483647, -2147483648, 7}
+    local e = pcrun.encode(ints)
+    tag(e, 0x12)
+    nan_safe_same(ints, pcrun.decode(e))
+    local dbls = {0.5, -0.0, 1 / 0, -1 / 0, 0 / 0, 1e308, 5e-324, 3}
+    e = pcrun.encode(dbls)
+    tag(e, 0x13)
+    nan_safe_same(dbls, pcrun.decode(e))
+  end)
+
+  it("packs int and double mixes as doubles, exactly", function()
+    for _, t in ipairs{{1, 2, 3, 4.5}, {1, 2, 3, 2147483648},
+                       {1, 2, 3, -0.0}, {-2147483649, 1, 2, 3},
+                       {1, 2, 0 / 0, 4}} do
+      local e = pcrun.encode(t)
+      tag(e, 0x13)
+      nan_safe_same(t, pcrun.decode(e))
+    end
+  end)
+
+  it("keeps holes, mixed values and hash parts out of packed arrays",
+     function()
+    local cases = {
+      {1, 2, nil, 4, 5, 6}, {1, 2, 3, 4, "five"}, {1, 2, 3, 4, x = 1},
+      {1, 2, 3, 4, [0] = 0}, {1, 2, 3, {4}}, {true, 1, 2, 3},
+      setmetatable({1, 2, 3, 4}, {__index = {}}),
+    }
+    for _, t in ipairs(cases) do
+      local e = pcrun.encode(t)
+      assert.is_true(e:byte(4) == 6 or e:byte(4) == 7)
+      local d = pcrun.decode(e)
+      for k, v in pairs(t) do assert.same(v, d[k]) end
+      for k in pairs(d) do assert.is_not_nil(t[k]) end
+    end
+    local t = {}
+    for i = 1, 100 do t[i] = i end
+    for i = 50, 100 do t[i] = nil end  -- array part with trailing nils
+    assert.same(t, rt(t))
+  end)
+
+  it("round-trips a million ints and a million doubles", function()
+    local ints, dbls = {}, {}
+    for i = 1, 1000000 do
+      ints[i] = (i % 2 == 0 and -i or i) * 2000
+      dbls[i] = i * 0.37 - 1e5
+    end
+    local di, dd = rt(ints), rt(dbls)
+    assert.equal(1000000, #di)
+    assert.equal(1000000, #dd)
+    for i = 1, 1000000 do
+      if di[i] ~= ints[i] or dd[i] ~= dbls[i] then
+        error("element " .. i .. " differs")
+      end
+    end
+  end)
+
+  it("shares a packed array reached twice", function()
+    local a = {1, 2, 3, 4, 5}
+    local t = rt({a, {x = a}, a, "s"})
+    assert.equal(t[1], t[2].x)
+    assert.equal(t[1], t[3])
+    assert.same(a, t[1])
+  end)
+
+  it("rejects every truncated prefix of packed arrays", function()
+    local v = {{1, 2, 3, 4, 5}, {0.5, 1, 2, 3}, {1, 2, nil, 4.5}, "x"}
+    local e = pcrun.encode(v)
+    for n = 0, #e - 1 do
+      local ok, msg = pcall(pcrun.decode, e:sub(1, n))
+      assert.is_false(ok)
+      has(msg, "pcrun.decode: ")
+    end
+    has(errof(pcrun.decode, "\183\2\0\18\255\255\255\127\0\0\0\0"),
+        "truncated input")
+    has(errof(pcrun.decode, "\183\2\0\19\2" .. ("\0"):rep(15)),
+        "truncated input")
+  end)
+
+  it("decodes any NaN payload as a plain NaN", function()
+    local odd = "\52\18\0\0\0\0\251\255"  -- 0xfffb000000001234 LE
+    local v = pcrun.decode("\183\2\0\19\2" .. odd .. odd)
+    assert.equal("number", type(v[1]))
+    assert.is_true(v[1] ~= v[1] and v[2] ~= v[2])
+    v = pcrun.decode("\183\2\0\6\2\0\3" .. odd .. "\3" .. odd)
+    assert.equal("number", type(v[2]))
+    assert.is_true(v[1] ~= v[1] and v[2] ~= v[2])
+  end)
+
+  it("stays usable after encodes that raised errors", function()
+    local mt = {__name = "spec.Boom"}
+    mt.__serialize = function() error("boom") end
+    mt.__deserialize = function(x) return x end
+    for _ = 1, 20 do
+      has(errof(pcrun.encode, {setmetatable({}, mt)}), "boom")
+    end
+    local inner = {__name = "spec.Inner"}
+    inner.__serialize = function(o)
+      pcall(pcrun.encode, {setmetatable({}, mt)})  -- fails inside a hook
+      return pcrun.encode(o[1])
+    end
+    inner.__deserialize = function(s) return {pcrun.decode(s)} end
+    pcrun.register_type("spec.Inner", inner)
+    local x = rt({setmetatable({{1, 2, 3, 4, 5}}, inner), {6}})
+    assert.same({1, 2, 3, 4, 5}, x[1][1])
+    assert.same({6}, x[2])
+  end)
+
+  it("never crashes when a hook changes the table being encoded", function()
+    local parent = {}
+    local mt = {__name = "spec.Grow"}
+    mt.__serialize = function()
+      for i = 1, 200 do parent["k" .. i] = i; parent[i + 10] = i end
+      return 1
+    end
+    mt.__deserialize = function(x) return x end
+    pcrun.register_type("spec.Grow", mt)
+    parent[1] = setmetatable({}, mt)
+    parent.a = {setmetatable({}, mt)}
+    for _ = 1, 3 do
+      local ok, msg = pcall(pcrun.encode, parent)
+      if not ok then assert.equal("string", type(msg)) end
+    end
   end)
 end)
