@@ -54,7 +54,10 @@ static void conn_release(lconn *lc) {
 ** a hook is pending (luajit's and pcrun's Ctrl-C handlers set one);
 ** otherwise the caller retries. */
 static int interrupted(lua_State *L) {
-  if (lua_gethookmask(L)) return luaL_error(L, "interrupted");
+  if (lua_gethookmask(L)) {
+    lua_sethook(L, NULL, 0, 0);  /* the hook has done its work: we raise */
+    return luaL_error(L, "interrupted");
+  }
   return 0;
 }
 
@@ -228,8 +231,7 @@ static int conn_serialize(lua_State *L) {
   wireconn w = {lc->c.in ? pcr__shm_offset(lc->c.in) : 0,
                 lc->c.out ? pcr__shm_offset(lc->c.out) : 0,
                 (uint64_t)st.st_ino, (int32_t)getpid(), lc->c.fd};
-  if (lc->c.in) pcr__obj_ref(&lc->c.in->hdr);
-  if (lc->c.out) pcr__obj_ref(&lc->c.out->hdr);
+  pcr__conn_hold(lc->c.in, lc->c.out);  /* the receiver adopts it */
   lua_pushlstring(L, (const char *)&w, sizeof w);
   return 1;
 }
@@ -336,16 +338,42 @@ static void conn_open(lua_State *L) {
 
 /* -- Processes -------------------------------------------------------- */
 
-/* fork(): returns the child's pid in the parent, 0 in the child, where
-** every live connection takes its own ring references. */
+/* The ring references a child inherited, dropped by the parent when it
+** reaps the child: a child killed by a signal cannot drop them itself. */
+typedef struct holds {
+  int n;
+  struct { pcr_ring *in, *out; } r[];
+} holds;
+
+static void drop_holds(void *arg) {
+  holds *h = arg;
+  for (int i = 0; i < h->n; i++) pcr__conn_drop(h->r[i].in, h->r[i].out);
+  free(h);
+}
+
+/* fork(): returns the child's pid in the parent, 0 in the child. The
+** parent takes the child's references before forking, so no ring can be
+** freed under a child that has not yet counted itself. */
 static int l_fork(lua_State *L) {
-  pid_t pid = pcr__proc_spawn();
-  if (pid < 0) return luaL_error(L, "cannot fork: %s", strerror(-pid));
-  if (pid == 0)
-    for (lconn *lc = live; lc; lc = lc->next) {
-      if (lc->c.in) pcr__obj_ref(&lc->c.in->hdr);
-      if (lc->c.out && lc->c.out != lc->c.in) pcr__obj_ref(&lc->c.out->hdr);
-    }
+  int n = 0;
+  for (lconn *lc = live; lc; lc = lc->next) n++;
+  holds *h = malloc(sizeof *h + (size_t)n * sizeof h->r[0]);
+  if (!h) return luaL_error(L, "cannot fork: out of memory");
+  h->n = 0;
+  for (lconn *lc = live; lc; lc = lc->next, h->n++) {
+    h->r[h->n].in = lc->c.in;
+    h->r[h->n].out = lc->c.out;
+    pcr__conn_hold(lc->c.in, lc->c.out);
+  }
+  pid_t pid = pcr__proc_spawn(drop_holds, h);
+  if (pid < 0) {
+    drop_holds(h);
+    return luaL_error(L, "cannot fork: %s", strerror(-pid));
+  }
+  if (pid == 0) {
+    free(h);
+    for (lconn *lc = live; lc; lc = lc->next) lc->c.borrowed = 1;
+  }
   lua_pushinteger(L, pid);
   return 1;
 }

@@ -17,7 +17,41 @@
 #define INDIRECT 0x80     /* frame kind flag: payload is an arena block */
 #define BIG ((size_t)1 << 18)  /* frames from here on go through a block */
 
+/* A ring's last reference: free the arena blocks of frames nobody read. */
+static void ringdtor(pcr_obj *o) {
+  pcr_ring *r = (pcr_ring *)o;
+  uint64_t t = atomic_load(&r->tail), h = atomic_load(&r->head);
+  while (h - t >= HDR) {
+    uint64_t hdr, off;
+    for (int i = 0; i < HDR; i++)
+      ((char *)&hdr)[i] = r->data[(t + i) & (r->cap - 1)];
+    t += HDR;
+    size_t len = (hdr & INDIRECT) ? sizeof off : (size_t)(hdr >> 8);
+    if (h - t < len) break;  /* a writer died mid-frame */
+    if (hdr & INDIRECT) {
+      for (size_t i = 0; i < sizeof off; i++)
+        ((char *)&off)[i] = r->data[(t + i) & (r->cap - 1)];
+      pcr__shm_free(pcr__shm_at(off, (size_t)(hdr >> 8)));
+    }
+    t += len;
+  }
+}
+
+void pcr__conn_hold(pcr_ring *in, pcr_ring *out) {
+  if (in) { atomic_fetch_add(&in->readers, 1); pcr__obj_ref(&in->hdr); }
+  if (out) { atomic_fetch_add(&out->writers, 1); pcr__obj_ref(&out->hdr); }
+}
+
+void pcr__conn_drop(pcr_ring *in, pcr_ring *out) {
+  if (in) { atomic_fetch_sub(&in->readers, 1); pcr__obj_unref(&in->hdr); }
+  if (out) {
+    atomic_fetch_sub(&out->writers, 1);
+    pcr__obj_unref(&out->hdr);
+  }
+}
+
 int pcr__pipe_open(pcr_conn *a, pcr_conn *b, int duplex, size_t cap) {
+  pcr__obj_set_dtor(PCR_OBJ_RING, ringdtor);
   int sv[2];
   memset(a, 0, sizeof *a);
   memset(b, 0, sizeof *b);
@@ -36,8 +70,11 @@ int pcr__pipe_open(pcr_conn *a, pcr_conn *b, int duplex, size_t cap) {
   } else {  /* a reads, b writes, as Python's Pipe(duplex=False) */
     a->in = ab; b->out = ab;
   }
-  pcr__obj_ref(&ab->hdr);  /* one reference per end that holds it */
-  if (ba) pcr__obj_ref(&ba->hdr);
+  /* Each ring starts with one reference; each end takes its own. */
+  pcr__conn_hold(a->in, a->out);
+  pcr__conn_hold(b->in, b->out);
+  pcr__obj_unref(&ab->hdr);
+  if (ba) pcr__obj_unref(&ba->hdr);
   a->fd = sv[0];
   b->fd = sv[1];
   return 0;
@@ -86,12 +123,22 @@ static int sleepfd(pcr_conn *c, double deadline) {
   return 0;
 }
 
-/* Wait until `ready` holds for ring r, sleeping with *flag raised. */
+/* The other side of ring r is gone: no handle of it is left anywhere. */
+static int gone(pcr_conn *c, pcr_ring *r, int reading) {
+  if (c->eof) return 1;
+  return atomic_load_explicit(reading ? &r->writers : &r->readers,
+                              memory_order_relaxed) == 0;
+}
+
+/* Wait until amount(r) >= need, sleeping with *flag raised. */
 static int waitfor(pcr_conn *c, pcr_ring *r, _Atomic uint32_t *flag,
-                   size_t (*amount)(pcr_ring *), double deadline) {
+                   size_t (*amount)(pcr_ring *), size_t need,
+                   double deadline) {
+  int reading = flag == &r->rsleep;
   double until = 0;
   for (unsigned i = 1;; i++) {
-    if (amount(r)) return 0;
+    if (amount(r) >= need) return 0;
+    if ((i & 63) == 0 && gone(c, r, reading)) break;
     pcr__cpu_relax();
     if ((i & 63) == 0) {
       double t = pcr__now();
@@ -101,10 +148,10 @@ static int waitfor(pcr_conn *c, pcr_ring *r, _Atomic uint32_t *flag,
   }
   for (;;) {
     atomic_exchange(flag, 1);
-    if (amount(r)) { atomic_store(flag, 0); return 0; }
-    if (c->eof) { atomic_store(flag, 0); return -EPIPE; }
+    if (amount(r) >= need) { atomic_store(flag, 0); return 0; }
+    if (gone(c, r, reading)) { atomic_store(flag, 0); return -EPIPE; }
     int e = sleepfd(c, deadline);
-    if (amount(r)) { atomic_store(flag, 0); return 0; }
+    if (amount(r) >= need) { atomic_store(flag, 0); return 0; }
     if (e < 0) { atomic_store(flag, 0); return e; }
   }
 }
@@ -121,7 +168,7 @@ int pcr__conn_send(pcr_conn *c, unsigned kind, const void *p, size_t n,
                    double deadline) {
   pcr_ring *r = c->out;
   if (c->fd < 0 || !r) return -EBADF;
-  if (c->eof) return -EPIPE;
+  if (gone(c, r, 0)) return -EPIPE;
   int e = lockring(&r->wlock, deadline);
   if (e < 0) return e;
   void *blk = n >= BIG ? pcr__shm_alloc(n) : NULL;
@@ -137,16 +184,18 @@ int pcr__conn_send(pcr_conn *c, unsigned kind, const void *p, size_t n,
   uint64_t h = ((uint64_t)len << 8) | kind;
   const char *s = p;
   size_t done = 0, total = n + HDR;
-  if (pcr__ring_room(r, total) >= total) {  /* fast path: it all fits */
+  if (total <= r->cap && pcr__ring_room(r, total) < total)  /* whole or not */
+    e = waitfor(c, r, &r->wsleep, space, total, deadline);
+  if (e == 0 && pcr__ring_room(r, total) >= total) {  /* it all fits */
     pcr__ring_write_frame(r, &h, HDR, s, n);
     done = total;
   }
-  while (done < total) {
+  while (e == 0 && done < total) {
     size_t k;
     if (done < HDR) k = pcr__ring_write(r, (char *)&h + done, HDR - done);
     else k = pcr__ring_write(r, s + (done - HDR), total - done);
     if (k) { done += k; wake(c, &r->rsleep); continue; }
-    e = waitfor(c, r, &r->wsleep, space, done ? -1 : deadline);
+    e = waitfor(c, r, &r->wsleep, space, 1, done ? -1 : deadline);
     if (e == -EINTR && done) e = 0;  /* never leave half a frame */
     if (e < 0) break;
   }
@@ -179,7 +228,7 @@ int pcr__conn_recv(pcr_conn *c, unsigned *kind, const char **p, size_t *n,
   while (got < HDR) {
     size_t k = pcr__ring_read(r, (char *)&h + got, HDR - got);
     if (k) { got += k; continue; }
-    e = waitfor(c, r, &r->rsleep, avail, got ? -1 : deadline);
+    e = waitfor(c, r, &r->rsleep, avail, 1, got ? -1 : deadline);
     if (e == -EINTR && got) e = 0;
     if (e < 0) goto out;
   }
@@ -189,7 +238,7 @@ int pcr__conn_recv(pcr_conn *c, unsigned *kind, const char **p, size_t *n,
   for (got = 0; got < len;) {
     size_t k = pcr__ring_read(r, c->buf + got, len - got);
     if (k) { got += k; wake(c, &r->wsleep); continue; }
-    e = waitfor(c, r, &r->rsleep, avail, -1);
+    e = waitfor(c, r, &r->rsleep, avail, 1, -1);
     if (e == -EINTR) e = 0;
     if (e < 0) goto out;
   }
@@ -213,7 +262,7 @@ out:
 
 int pcr__conn_poll(pcr_conn *c, double deadline) {
   if (c->fd < 0 || !c->in) return -EBADF;
-  int e = waitfor(c, c->in, &c->in->rsleep, avail, deadline);
+  int e = waitfor(c, c->in, &c->in->rsleep, avail, 1, deadline);
   if (e == -ETIMEDOUT) return 0;
   return e == -EPIPE ? 1 : (e < 0 ? e : 1);
 }
@@ -231,7 +280,8 @@ void pcr__conn_done(pcr_conn *c) {
 }
 
 static int readable(pcr_conn *c) {
-  return c->fd >= 0 && c->in && (pcr__ring_avail(c->in) || c->eof);
+  return c->fd >= 0 && c->in && (pcr__ring_avail(c->in) || c->eof ||
+                                  atomic_load(&c->in->writers) == 0);
 }
 
 int pcr__conn_select(pcr_conn **cs, int n, double deadline) {
@@ -278,8 +328,7 @@ int pcr__conn_select(pcr_conn **cs, int n, double deadline) {
 void pcr__conn_close(pcr_conn *c) {
   if (c->fd >= 0) close(c->fd);
   c->fd = -1;
-  if (c->in) pcr__obj_unref(&c->in->hdr);
-  if (c->out && c->out != c->in) pcr__obj_unref(&c->out->hdr);
+  if (!c->borrowed) pcr__conn_drop(c->in, c->out);
   c->in = c->out = NULL;
   pcr__conn_done(c);
   free(c->buf);

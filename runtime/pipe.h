@@ -12,6 +12,8 @@ typedef struct pcr_conn {
   pcr_ring *out;     /* ring this end writes, NULL if read-only */
   int fd;            /* our socket end; -1 once closed */
   int eof;           /* peer's every copy is closed */
+  int borrowed;      /* inherited through fork: the parent drops its
+                        ring references when it reaps this process */
   int exclusive;     /* one process per end: sleep without a recheck. An
                         end shared by processes that read and write it at
                         once can lose a wake-up; they recheck each second */
@@ -53,6 +55,11 @@ void pcr__conn_done(pcr_conn *c);
 /* Wait until one of n readable connections has a frame or lost its peer.
 ** Returns its index, -ETIMEDOUT, -EINTR or a negative errno. */
 int pcr__conn_select(pcr_conn **cs, int n, double deadline);
+
+/* Count one more handle of c's ends (a copy in another process, or one
+** in flight inside a message); pcr__conn_drop undoes it. */
+void pcr__conn_hold(pcr_ring *in, pcr_ring *out);
+void pcr__conn_drop(pcr_ring *in, pcr_ring *out);
 
 /* Close this end in this process (drops its ring references). */
 void pcr__conn_close(pcr_conn *c);

@@ -16,7 +16,12 @@
 #include <unistd.h>
 
 /* The registry is per process (a child starts with an empty one). */
-typedef struct kid { pid_t pid; int daemon; } kid;
+typedef struct kid {
+  pid_t pid;
+  int daemon;
+  void (*onreap)(void *);
+  void *arg;
+} kid;
 static kid *kids;
 static int nkids, capkids;
 
@@ -45,7 +50,11 @@ static int atexit_done;
 
 pid_t pcr__proc_owner(void) { return owner; }
 
-static void forget(int i) { kids[i] = kids[--nkids]; }
+static void forget(int i) {
+  kid k = kids[i];
+  kids[i] = kids[--nkids];
+  if (k.onreap) k.onreap(k.arg);
+}
 
 static int find(pid_t pid) {
   for (int i = 0; i < nkids; i++)
@@ -78,11 +87,11 @@ static int remember(pid_t pid) {
     kids = k;
     capkids = cap;
   }
-  kids[nkids++] = (kid){pid, 0};
+  kids[nkids++] = (kid){pid, 0, NULL, NULL};
   return 0;
 }
 
-pid_t pcr__proc_spawn(void) {
+pid_t pcr__proc_spawn(void (*onreap)(void *), void *arg) {
   pid_t parent = getpid();
   if (owner != parent) {  /* first spawn here, or we are a child ourselves */
     owner = parent;
@@ -106,6 +115,8 @@ pid_t pcr__proc_spawn(void) {
     return 0;
   }
   remember(pid);
+  kids[nkids - 1].onreap = onreap;
+  kids[nkids - 1].arg = arg;
   return pid;
 }
 

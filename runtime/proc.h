@@ -8,8 +8,9 @@
 
 /* Fork a child. In the child: SIGINT ignored, killed when the parent dies,
 ** registries reset; returns 0 there. In the parent returns the pid, which
-** is registered for reaping, or a negative errno. Flush stdio first. */
-pid_t pcr__proc_spawn(void);
+** is registered for reaping, or a negative errno. onreap(arg), if given,
+** runs in the parent once the child is reaped (whoever reaps it). */
+pid_t pcr__proc_spawn(void (*onreap)(void *), void *arg);
 
 /* Wait for child pid until deadline (pcr__now() seconds, < 0 forever).
 ** Returns 1 with *status set (as waitpid) once reaped, 0 on timeout, or a

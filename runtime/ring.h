@@ -13,11 +13,13 @@ typedef struct pcr_ring {
   /* The writers' line: only a sleeping reader writes here (rsleep). */
   _Alignas(64) pcr_lock wlock;         /* held while writing a frame */
   _Atomic uint32_t rsleep;    /* 1 while a reader sleeps; reader sets */
+  _Atomic uint32_t readers;   /* handles that read it, all processes */
   _Atomic uint64_t head;      /* bytes written; writer, release */
   uint64_t tailseen;          /* writer's last view of tail; under wlock */
   /* The readers' line, mirror image. */
   _Alignas(64) pcr_lock rlock;         /* held while reading a frame */
   _Atomic uint32_t wsleep;    /* 1 while a writer waits for space */
+  _Atomic uint32_t writers;   /* handles that write it, all processes */
   _Atomic uint64_t tail;      /* bytes read; reader, release */
   uint64_t headseen;          /* reader's last view of head; under rlock */
   _Alignas(64) char data[];

@@ -109,9 +109,21 @@ void *pcr__shm_alloc(size_t n) {
   size_t bsize = (size_t)1 << (c + MIN_SHIFT);
   block *b = NULL;
   lock(a);
-  if (a->freelist[c]) {
-    b = (block *)(base + a->freelist[c]);
-    a->freelist[c] = b->next;
+  unsigned from = c;
+  while (from < NCLASS && !a->freelist[from]) from++;
+  if (from < NCLASS) {
+    /* Take the smallest free block that fits; halve it down to class c,
+    ** leaving the upper halves on their free lists. */
+    b = (block *)(base + a->freelist[from]);
+    a->freelist[from] = b->next;
+    while (from > c) {
+      from--;
+      block *half = (block *)((char *)b + ((size_t)1 << (from + MIN_SHIFT)));
+      half->magic = BLOCK_FREE;
+      half->cls = from;
+      half->next = a->freelist[from];
+      a->freelist[from] = (uint64_t)((char *)half - base);
+    }
   } else {
     /* Align big blocks so their payload can be page-released. */
     size_t align = bsize >= 4096 ? 4096 : 64;
@@ -160,6 +172,12 @@ void *pcr__shm_at(uint64_t off, size_t size) {
   return base + off;
 }
 
+static void (*dtors[8])(pcr_obj *);
+
+void pcr__obj_set_dtor(uint32_t type, void (*dtor)(pcr_obj *)) {
+  if (type < 8) dtors[type] = dtor;
+}
+
 pcr_obj *pcr__obj_new(size_t size, uint32_t type) {
   pcr_obj *o = pcr__shm_alloc(size);
   if (!o) return NULL;
@@ -177,6 +195,7 @@ void pcr__obj_ref(pcr_obj *o) {
 int pcr__obj_unref(pcr_obj *o) {
   if (atomic_fetch_sub_explicit(&o->refs, 1, memory_order_acq_rel) != 1)
     return 0;
+  if (o->type < 8 && dtors[o->type]) dtors[o->type](o);
   o->magic = 0;
   pcr__shm_free(o);
   return 1;

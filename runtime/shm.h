@@ -49,6 +49,9 @@ enum { PCR_OBJ_RING = 1, PCR_OBJ_QUEUE, PCR_OBJ_ARRAY, PCR_OBJ_SYNC };
 ** the rest zeroed. NULL when the arena is full. */
 pcr_obj *pcr__obj_new(size_t size, uint32_t type);
 void pcr__obj_ref(pcr_obj *o);
+/* Run dtor on an object of this type when its last reference goes, before
+** its memory is freed. Set once per type, before any fork. */
+void pcr__obj_set_dtor(uint32_t type, void (*dtor)(pcr_obj *));
 /* Drop one reference; frees the object when it was the last. Returns 1 if
 ** freed. Types with sub-allocations free them before the last unref. */
 int pcr__obj_unref(pcr_obj *o);
