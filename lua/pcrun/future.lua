@@ -155,8 +155,10 @@ function M.as_completed(fs, timeout)
   checkfutures("pcrun.as_completed", fs)
   checktimeout("pcrun.as_completed", timeout)
   local deadline = timeout and core.now() + timeout
-  local left, yielded = {}, {}
-  for _, f in ipairs(fs) do left[#left + 1] = f end
+  local left, yielded, seen = {}, {}, {}
+  for _, f in ipairs(fs) do  -- a future listed twice comes out once
+    if not seen[f] then seen[f] = true left[#left + 1] = f end
+  end
   return function()
     if #left == 0 then return nil end
     local found

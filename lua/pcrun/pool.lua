@@ -311,22 +311,37 @@ local function taskmsg(self, w, c)
   return t
 end
 
-local deliver
+local deliver1, requeue
 
--- A batch that cannot be encoded fails its tasks here, in the parent; a
+-- A batch that cannot be encoded: find the tasks whose arguments cannot
+-- cross, fail those here in the parent, hand the others out again. A
 -- worker that is gone shows up as end of file on its pipe instead.
 local function sendbatch(self, w, batch)
   local ok, err = pcall(w.conn.send, w.conn, batch, nil)
   if ok or err:find("peer closed", 1, true) then return end
-  local n = #batch
-  for _ = 1, n do
+  w.fns, w.nfns = {}, 0  -- the functions of this batch never arrived
+  for _ = 1, #batch do
     local c = qpop(w.inflight)
     w.queued, w.nitems = w.queued - c.est, w.nitems - c.n
-    local errs = {}
-    for k = 1, c.n do
-      errs[k] = "cannot send the task's arguments: " .. tostring(err)
+    local job, from = c.job, 1
+    for k = 1, c.n + 1 do
+      local bad
+      if k <= c.n then
+        local args = job.mode == MAP and { c.items[k] } or c.items[k]
+        local eok, e = pcall(core.encode, args, "args")
+        bad = not eok and e
+      end
+      if bad or k > c.n then
+        requeue(self, c, from, k - 1)
+        from = k + 1
+      end
+      if bad then
+        local idx = c.first + k - 1
+        deliver1(self, job, idx, nil, ("task %d: cannot send its "
+          .. "arguments: %s"):format(idx, tostring(bad)))
+        job.completed = job.completed + 1
+      end
     end
-    deliver(self, nil, c, {}, errs)
   end
 end
 
@@ -349,34 +364,39 @@ end
 -- means the worker died; the end of file on its pipe reports it.
 local function feed(self)
   if self.state == "terminated" or self.broken then return end
-  local limit = self.timeout and 1 or MAXDEPTH
-  for _, w in ipairs(self.workers) do
-    if w.pid and not w.retiring then
-      local inf, cut, last = w.inflight, {}, nil
-      local held = qlen(inf)
-      local quota = self.maxtasks and self.maxtasks - w.done or math.huge
-      while held < limit and (held < DEPTH or w.queued < QUEUE)
-            and w.nitems < quota do
-        local c = nextchunk(self)
-        if not c then break end
-        c.est = c.n * (c.job.cost or 1)
-        w.queued, w.nitems = w.queued + c.est, w.nitems + c.n
-        held = held + 1
-        if not (limit > 1 and merge(last, c)) then
-          cut[#cut + 1] = c
-          last = c
+  -- Idle workers first, one chunk each: a task never queues behind a
+  -- long one while a worker waits.
+  for pass = 1, 2 do
+    local limit = (pass == 1 or self.timeout) and 1 or MAXDEPTH
+    for _, w in ipairs(self.workers) do
+      local fits = pass == 2 or qlen(w.inflight) == 0
+      if w.pid and not w.retiring and fits then
+        local inf, cut, last = w.inflight, {}, nil
+        local held = qlen(inf)
+        local quota = self.maxtasks and self.maxtasks - w.done or math.huge
+        while held < limit and (held < DEPTH or w.queued < QUEUE)
+              and w.nitems < quota do
+          local c = nextchunk(self)
+          if not c then break end
+          c.est = c.n * (c.job.cost or 1)
+          w.queued, w.nitems = w.queued + c.est, w.nitems + c.n
+          held = held + 1
+          if not (limit > 1 and merge(last, c)) then
+            cut[#cut + 1] = c
+            last = c
+          end
         end
-      end
-      if #cut > 0 then
-        local batch = {}
-        if w.nfns >= FNCACHE then  -- both sides start afresh
-          batch.flush, w.fns, w.nfns = true, {}, 0
+        if #cut > 0 then
+          local batch = {}
+          if w.nfns >= FNCACHE then  -- both sides start afresh
+            batch.flush, w.fns, w.nfns = true, {}, 0
+          end
+          for i, c in ipairs(cut) do
+            qpush(inf, c)
+            batch[i] = taskmsg(self, w, c)
+          end
+          sendbatch(self, w, batch)
         end
-        for i, c in ipairs(cut) do
-          qpush(inf, c)
-          batch[i] = taskmsg(self, w, c)
-        end
-        sendbatch(self, w, batch)
       end
     end
   end
@@ -401,7 +421,7 @@ local function drawprogress(self, job, final)
   if final then io.stderr:write("\n") end
 end
 
-local function deliver1(self, job, idx, res, err)
+function deliver1(self, job, idx, res, err)
   if job.kind == "submit" then
     if err then future.settle(job.future, false, err)
     else future.settle(job.future, true, res) end
@@ -421,7 +441,7 @@ local function taskerr(w, idx, err)
   return ("worker %d: task %d: %s"):format(w.index, idx, tostring(err))
 end
 
-function deliver(self, w, c, res, errs)
+local function deliver(self, w, c, res, errs)
   local job, first = c.job, c.first - 1
   if job.kind == "map" or job.kind == "imap" then  -- the hot path: bulk
     local results, got = job.results, job.got
@@ -481,7 +501,7 @@ local function slice(items, from, to)
   return t
 end
 
-local function requeue(self, c, from, to)
+function requeue(self, c, from, to)
   if from > to then return end
   self.nextid = self.nextid + 1
   table.insert(self.retry, { id = self.nextid, job = c.job,
@@ -576,27 +596,29 @@ end
 
 -- -- The pool ------------------------------------------------------------
 
-local function checkfn(who, fn)
+-- The checks raise at level lvl: the user's call, seen from the check.
+local function checkfn(who, fn, lvl)
   if type(fn) ~= "function" and not (type(fn) == "string"
       and fn:find("^[%w_][%w_%.]*%.[%w_]+$")) then
     error(who .. ": fn must be a function or a 'module.function' string, "
-          .. "got " .. type(fn), 3)
+          .. "got " .. type(fn), lvl or 3)
   end
 end
 
-local function checkusable(self, who)
+local function checkusable(self, who, lvl)
   if getmetatable(self) ~= Pool then
-    error(who .. ": call it as pool:" .. who:match("[%w_]+$") .. "(...)", 3)
+    error(who .. ": call it as pool:" .. who:match("[%w_]+$") .. "(...)",
+          lvl or 3)
   end
   if self.state ~= "run" then
-    error(who .. ": the pool is " .. self.state, 3)
+    error(who .. ": the pool is " .. self.state, lvl or 3)
   end
   if self.broken then error(self.broken, 0) end
 end
 
-local function checkchunk(who, cs)
+local function checkchunk(who, cs, lvl)
   if cs ~= nil and (type(cs) ~= "number" or cs < 1 or cs % 1 ~= 0) then
-    error(who .. ": chunksize must be a positive integer", 3)
+    error(who .. ": chunksize must be a positive integer", lvl or 3)
   end
 end
 
@@ -672,12 +694,12 @@ local function firsterr(job)
 end
 
 local function listjob(self, who, fn, list, cs, mode)
-  checkusable(self, who)
-  checkfn(who, fn)
+  checkusable(self, who, 4)
+  checkfn(who, fn, 4)
   if type(list) ~= "table" then
     error(who .. ": list must be a table, got " .. type(list), 3)
   end
-  checkchunk(who, cs)
+  checkchunk(who, cs, 4)
   local job = newjob(self, "map", fn, mode, cs)
   job.list, job.total = list, #list
   if job.total == 0 then return {} end
@@ -690,7 +712,8 @@ end
 
 --- Apply fn to every item of list; results in input order.
 function Pool:map(fn, list, chunksize)
-  return listjob(self, "pcrun.Pool:map", fn, list, chunksize, MAP)
+  local r = listjob(self, "pcrun.Pool:map", fn, list, chunksize, MAP)
+  return r  -- not a tail call: errors point at the caller
 end
 
 --- Like map, with each item a list of arguments: fn(unpack(item)).
@@ -703,7 +726,8 @@ function Pool:starmap(fn, list, chunksize)
       end
     end
   end
-  return listjob(self, "pcrun.Pool:starmap", fn, list, chunksize, STAR)
+  local r = listjob(self, "pcrun.Pool:starmap", fn, list, chunksize, STAR)
+  return r
 end
 
 --- Run fn(...) in a worker and return its results (a future otherwise).
@@ -736,9 +760,9 @@ function Pool:_unqueue(f)
 end
 
 local function streamjob(self, who, fn, src, cs, kind)
-  checkusable(self, who)
-  checkfn(who, fn)
-  checkchunk(who, cs)
+  checkusable(self, who, 4)
+  checkfn(who, fn, 4)
+  checkchunk(who, cs, 4)
   local job = newjob(self, kind, fn, MAP, cs)
   if type(src) == "table" then
     job.list, job.total = src, #src
