@@ -278,11 +278,13 @@ static int conn_deserialize(lua_State *L) {
   return 1;
 }
 
-/* select(conns, timeout) -> index of the first readable one, or nil. */
+/* select(conns, timeout [, spin]) -> index of the first readable one, or
+** nil. spin: seconds to poll before sleeping (default 100 us). */
 static int l_select(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   int n = (int)lua_objlen(L, 1);
   double deadline = deadline_arg(L, 2);
+  double spin = luaL_optnumber(L, 3, 100e-6);
   pcr_conn *cs[PCR_SELECT_MAX];
   luaL_argcheck(L, n > 0 && n <= PCR_SELECT_MAX, 1, "1 to 1024 connections");
   for (int i = 0; i < n; i++) {
@@ -295,7 +297,7 @@ static int l_select(lua_State *L) {
     lua_pop(L, 1);
   }
   for (;;) {
-    int r = pcr__conn_select(cs, n, deadline);
+    int r = pcr__conn_select(cs, n, deadline, spin);
     if (r >= 0) { lua_pushinteger(L, r + 1); return 1; }
     if (r == -EINTR) { interrupted(L); continue; }
     if (r == -ETIMEDOUT) return 0;

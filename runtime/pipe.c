@@ -284,16 +284,16 @@ static int readable(pcr_conn *c) {
                                   atomic_load(&c->in->writers) == 0);
 }
 
-int pcr__conn_select(pcr_conn **cs, int n, double deadline) {
+int pcr__conn_select(pcr_conn **cs, int n, double deadline, double spin) {
   double until = 0;
-  for (unsigned spin = 1;; spin++) {
-    for (int i = 0; i < n; i++)
-      if (readable(cs[i])) return i;
+  for (unsigned i = 1;; i++) {
+    for (int k = 0; k < n; k++)
+      if (readable(cs[k])) return k;
     pcr__cpu_relax();
-    if ((spin & 31) == 0) {
+    if ((i & 31) == 0) {
       double t = pcr__now();
-      if (until == 0) until = t + SPIN_SECONDS;
-      else if (t >= until) break;
+      if (until == 0) until = t + spin;
+      if (t >= until) break;
     }
   }
   struct pollfd ps[PCR_SELECT_MAX];

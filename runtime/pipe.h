@@ -52,9 +52,10 @@ void pcr__conn_done(pcr_conn *c);
 
 #define PCR_SELECT_MAX 1024
 
-/* Wait until one of n readable connections has a frame or lost its peer.
-** Returns its index, -ETIMEDOUT, -EINTR or a negative errno. */
-int pcr__conn_select(pcr_conn **cs, int n, double deadline);
+/* Wait until one of n readable connections has a frame or lost its peer,
+** polling them for `spin` seconds before sleeping. Returns its index,
+** -ETIMEDOUT, -EINTR or a negative errno. */
+int pcr__conn_select(pcr_conn **cs, int n, double deadline, double spin);
 
 /* Count one more handle of c's ends (a copy in another process, or one
 ** in flight inside a message); pcr__conn_drop undoes it. */

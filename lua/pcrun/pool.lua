@@ -23,6 +23,7 @@ local QUEUE = 0.0005  -- ...and more while they hold less work than this
 local MAXDEPTH = 256
 local FLUSH = 0.001   -- a worker reports at least this often
 local FNCACHE = 256   -- functions a worker keeps before starting afresh
+local SPINFOR = 100e-6  -- the parent polls this long for a reply due soon
 local MAP, STAR, CALL = 1, 2, 3
 local SIGNAMES = { [1] = "SIGHUP", [2] = "SIGINT", [3] = "SIGQUIT",
   [4] = "SIGILL", [6] = "SIGABRT", [7] = "SIGBUS", [8] = "SIGFPE",
@@ -233,7 +234,9 @@ local function fnid(self, fn)
 end
 
 local function newjob(self, kind, fn, mode, chunksize)
-  local job = { kind = kind, fn = fn, fnid = fnid(self, fn), mode = mode,
+  local id = fnid(self, fn)
+  local job = { kind = kind, fn = fn, fnid = id, mode = mode,
+                cost = self.costs[id],  -- what this function cost last time
                 chunksize = chunksize, pos = 1, produced = 0, completed = 0,
                 consumed = 0, results = {}, errs = {}, got = {},
                 telapsed = 0, titems = 0 }
@@ -487,6 +490,7 @@ local function complete(self, w, msg)
     job.telapsed = job.telapsed + r[4]
     job.titems = job.titems + c.n
     job.cost = job.telapsed / job.titems
+    self.costs[job.fnid] = job.cost
     deliver(self, w, c, r[2], r[3])
   end
   if qlen(w.inflight) == 0 then w.queued = 0 end  -- no drift from rounding
@@ -563,7 +567,7 @@ end
 -- Returns false when the pools have nothing in flight.
 function M.pump(pools, timeout)
   local deadline = timeout and now() + timeout
-  local conns, owners = {}, {}
+  local conns, owners, soonest = {}, {}, math.huge
   for _, p in ipairs(pools) do
     if p.broken then error(p.broken, 0) end
     feed(p)
@@ -571,6 +575,7 @@ function M.pump(pools, timeout)
       if w.pid and qlen(w.inflight) > 0 then
         conns[#conns + 1] = w.conn
         owners[#owners + 1] = { p, w }
+        soonest = min(soonest, w.queued)
         local d = w.inflight[w.inflight.head].deadline
         if d and not w.timedout and (not deadline or d < deadline) then
           deadline = d
@@ -579,7 +584,10 @@ function M.pump(pools, timeout)
     end
   end
   if #conns == 0 then return false end
-  local i = core.select(conns, deadline and max(0, deadline - now()))
+  -- Spin before sleeping only when a reply is due soon: a parent spinning
+  -- through long tasks would take a core from its own workers.
+  local spin = soonest < SPINFOR and SPINFOR or 0
+  local i = core.select(conns, deadline and max(0, deadline - now()), spin)
   if not i then
     for _, p in ipairs(pools) do checklate(p) end
     return true
@@ -662,6 +670,7 @@ function M.new(n, opts)
   self.membox = { self.mem }
   self.workers, self.jobs, self.retry = {}, {}, {}
   self.fnids = setmetatable({}, { __mode = "k" })
+  self.costs = {}  -- seconds per task, by function id
   self.nextfn, self.nextid, self.state = 0, 0, "run"
   -- The finalizer holds the workers, not the pool, so the pool can die.
   local ws, box = self.workers, self.membox
