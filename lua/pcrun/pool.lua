@@ -18,8 +18,10 @@ local now = core.now
 local floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
 
 local TARGET = 0.004  -- seconds of work per chunk once an item's cost is known
-local DEPTH = 2       -- chunks queued per worker, so none idles between two
-local QUEUE = 0.0005  -- ...and more while they hold less work than this
+-- A worker holds one chunk, and more while it holds less than QUEUE
+-- seconds of work: enough to hide a round trip through the parent, not so
+-- much that one worker sits on queued work at the end while others idle.
+local QUEUE = 0.001
 local MAXDEPTH = 256
 local FLUSH = 0.001   -- a worker reports at least this often
 local FNCACHE = 256   -- functions a worker keeps before starting afresh
@@ -249,7 +251,7 @@ local function chunksize(self, job)
   if job.cost then size = floor(TARGET / max(job.cost, 1e-9)) end
   if job.total then  -- guided: shrink towards the end so all finish together
     local left = job.total - job.pos + 1
-    size = min(size, max(1, ceil(left / (2 * self.n))))
+    size = min(size, max(1, ceil(left / (4 * self.n))))
   end
   return max(1, min(size, 1000000))
 end
@@ -377,7 +379,7 @@ local function feed(self)
         local inf, cut, last = w.inflight, {}, nil
         local held = qlen(inf)
         local quota = self.maxtasks and self.maxtasks - w.done or math.huge
-        while held < limit and (held < DEPTH or w.queued < QUEUE)
+        while held < limit and (held < 1 or w.queued < QUEUE)
               and w.nitems < quota do
           local c = nextchunk(self)
           if not c then break end
