@@ -10,19 +10,15 @@ description = {
   license = "MIT",
 }
 dependencies = { "lua >= 5.1, < 5.2" }
+-- CMake, not the builtin type: the builtin type puts LUA_INCDIR (plain
+-- Lua 5.1 headers on Debian) ahead of LuaJIT's, whose API pcrun needs.
 build = {
-  type = "builtin",
-  modules = {
-    ["pcrun.core"] = {
-      sources = { "runtime/err.c", "runtime/shm.c", "runtime/futex.c",
-                  "runtime/ring.c", "runtime/pipe.c", "runtime/proc.c",
-                  "runtime/ser.c", "runtime/lpcrun.c" },
-      defines = { "_GNU_SOURCE", "PCR_BUILDING" },
-      incdirs = { "runtime" },
-    },
-    ["pcrun"] = "lua/pcrun/init.lua",
-    ["pcrun.process"] = "lua/pcrun/process.lua",
-    ["pcrun.pool"] = "lua/pcrun/pool.lua",
-    ["pcrun.future"] = "lua/pcrun/future.lua",
+  type = "cmake",
+  variables = {
+    CMAKE_INSTALL_PREFIX = "$(PREFIX)",
+    PCR_LUA_INSTALL_DIR = "$(LUADIR)",
+    PCR_LUA_CINSTALL_DIR = "$(LIBDIR)",
+    PCR_FUZZ = "OFF",
+    PCR_LUA_ONLY = "ON",
   },
 }

@@ -9,6 +9,7 @@
 
 #include <lauxlib.h>
 #include <lua.h>
+#include <luajit.h>  /* LuaJIT only: refuse plain Lua 5.1 headers */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
