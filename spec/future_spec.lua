@@ -7,36 +7,7 @@ local pcrun = require "pcrun"
 local has = helpers.assert_has
 local error_has = helpers.assert_error_has
 
-local pools = {}
-
-local function mkpool(...)
-  local p = pcrun.pool(...)
-  pools[#pools + 1] = p
-  return p
-end
-
--- Join (graceful) or terminate the pools made by the test. Joining
--- gives the workers' shared rings back to the arena, which busted and
--- the forked bodies share; terminating does not (yet).
-local function finish_all(graceful)
-  for _, p in ipairs(pools) do
-    if graceful then pcall(function() p:close() p:join() end) end
-    pcall(p.terminate, p)
-  end
-  pools = {}
-end
-
--- A test body run in a forked child under a deadline of secs seconds;
--- one that leaves slow tasks running terminates its pools itself.
-local function forked(secs, fn)
-  return function()
-    helpers.with_timeout(secs, function()
-      local ok, err = xpcall(fn, debug.traceback)
-      finish_all(ok)
-      if not ok then error(err, 0) end
-    end)
-  end
-end
+local mkpool, finish_all, forked = helpers.pool_tracker(pcrun)
 
 -- Tasks sleep through the module `helpers`, sent to workers by name.
 local function sleeper(s, v)

@@ -385,4 +385,35 @@ function M.has_serializer()
   return type(core.encode) == "function" and (pcall(core.encode, {}))
 end
 
+-- Pools made by a test body, joined (terminated if the body failed) when
+-- it ends, and the forked runner that does so: pool and future specs.
+-- Returns mkpool(...), finish_all(graceful), forked(secs, fn).
+function M.pool_tracker(pcrun)
+  local pools = {}
+  local function mkpool(...)
+    local p = pcrun.pool(...)
+    pools[#pools + 1] = p
+    return p
+  end
+  local function finish_all(graceful)
+    for _, p in ipairs(pools) do
+      if graceful then pcall(function() p:close() p:join() end) end
+      pcall(p.terminate, p)
+    end
+    pools = {}
+  end
+  -- A body run in a forked child under a deadline of secs seconds; one
+  -- that leaves slow tasks running terminates its pools itself.
+  local function forked(secs, fn)
+    return function()
+      M.with_timeout(secs, function()
+        local ok, err = xpcall(fn, debug.traceback)
+        finish_all(ok)
+        if not ok then error(err, 0) end
+      end)
+    end
+  end
+  return mkpool, finish_all, forked
+end
+
 return M

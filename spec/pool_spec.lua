@@ -8,39 +8,7 @@ local pcrun = require "pcrun"
 local has = helpers.assert_has
 local error_has = helpers.assert_error_has
 
--- Pools made by the running test; joined or terminated after it.
-local pools = {}
-
-local function mkpool(...)
-  local p = pcrun.pool(...)
-  pools[#pools + 1] = p
-  return p
-end
-
--- Join (graceful) or terminate the pools made by the test. Joining
--- gives the workers' shared rings back to the arena, which busted and
--- the forked bodies share; terminating does not (yet).
-local function finish_all(graceful)
-  for _, p in ipairs(pools) do
-    if graceful then pcall(function() p:close() p:join() end) end
-    pcall(p.terminate, p)
-  end
-  pools = {}
-end
-
--- A test body run in a forked child under a deadline of secs seconds.
--- Pools it made are joined (terminated if it failed) before the child
--- checks that it left no children behind. A body that leaves slow tasks
--- running terminates its pool itself.
-local function forked(secs, fn)
-  return function()
-    helpers.with_timeout(secs, function()
-      local ok, err = xpcall(fn, debug.traceback)
-      finish_all(ok)
-      if not ok then error(err, 0) end
-    end)
-  end
-end
+local mkpool, finish_all, forked = helpers.pool_tracker(pcrun)
 
 local function range(n, f)
   local t = {}
@@ -998,11 +966,13 @@ describe("pcrun.pool", function()
   end))
 
   it("checks the arguments of pcrun.pool", function()
+    local made = {}  -- pools that should not have been made
     local function pool_err(sub, ...)
       local args = { n = select("#", ...), ... }
       local err = error_has({ "pcrun.pool: ", sub }, function()
         local p = pcrun.pool(unpack(args, 1, args.n))
-        pools[#pools + 1] = p
+        made[#made + 1] = p
+        p:terminate()
       end)
       -- reported at the caller's line
       has(err, "pool_spec.lua:")
@@ -1023,7 +993,7 @@ describe("pcrun.pool", function()
     pool_err("timeout", 2, { timeout = 0 })
     pool_err("timeout", 2, { timeout = "1" })
     pool_err("timeout", 2, { timeout = 0 / 0 })
-    assert.are.equal(0, #pools)
+    assert.are.equal(0, #made)
     assert.are.equal(0, #helpers.children())  -- nothing was forked
   end)
 

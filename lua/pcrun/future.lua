@@ -9,7 +9,7 @@ Future.__index = Future
 Future.__name = "pcrun.Future"
 M.Future = Future
 
-local unpack = unpack or table.unpack
+local unpack = unpack  -- LuaJIT
 
 function M.new(pool)
   return setmetatable({ pool = pool, state = "pending", callbacks = {} },

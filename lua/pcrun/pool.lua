@@ -13,7 +13,7 @@ Pool.__index = Pool
 Pool.__name = "pcrun.Pool"
 M.Pool = Pool
 
-local unpack = unpack or table.unpack
+local unpack = unpack  -- LuaJIT
 local now = core.now
 local floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
 
@@ -245,7 +245,7 @@ local function newjob(self, kind, fn, mode, chunksize)
   return job
 end
 
-local function chunksize(self, job)
+local function sizefor(self, job)
   if job.chunksize then return job.chunksize end
   local size = 1
   if job.cost then size = floor(TARGET / max(job.cost, 1e-9)) end
@@ -261,7 +261,7 @@ local function cut(self, job)
   if job.window and job.produced - job.consumed >= job.window then
     return nil
   end
-  local size = chunksize(self, job)
+  local size = sizefor(self, job)
   if self.timeout then size = 1 end
   local items, n, first = {}, 0, job.pos
   if job.list then
@@ -376,7 +376,7 @@ local function feed(self)
     for _, w in ipairs(self.workers) do
       local fits = pass == 2 or qlen(w.inflight) == 0
       if w.pid and not w.retiring and fits then
-        local inf, cut, last = w.inflight, {}, nil
+        local inf, picked, last = w.inflight, {}, nil
         local held = qlen(inf)
         local quota = self.maxtasks and self.maxtasks - w.done or math.huge
         while held < limit and (held < 1 or w.queued < QUEUE)
@@ -391,12 +391,12 @@ local function feed(self)
             last = c
           end
         end
-        if #cut > 0 then
+        if #picked > 0 then
           local batch = {}
           if w.nfns >= FNCACHE then  -- both sides start afresh
             batch.flush, w.fns, w.nfns = true, {}, 0
           end
-          for i, c in ipairs(cut) do
+          for i, c in ipairs(picked) do
             qpush(inf, c)
             batch[i] = taskmsg(self, w, c)
           end
@@ -521,7 +521,7 @@ local function died(self, w)
   local done, code = core.wait(w.pid, 2)
   if not done then
     core.signal(w.pid, 9)
-    done, code = core.wait(w.pid)
+    code = select(2, core.wait(w.pid))
   end
   local why
   if w.timedout then

@@ -8,7 +8,7 @@ Process.__index = Process
 Process.__name = "pcrun.Process"
 M.Process = Process
 
-local unpack = unpack or table.unpack
+local unpack = unpack  -- LuaJIT
 local SIGTERM, SIGKILL = 15, 9
 
 -- "mod.fn" names a function of a module the child requires.
