@@ -4,6 +4,7 @@
 #include "pcrdef.h"
 
 #include <poll.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -144,6 +145,7 @@ static int waitfor(pcr_conn *c, pcr_ring *r, _Atomic uint32_t *flag,
       double t = pcr__now();
       if (until == 0) until = t + SPIN_SECONDS;
       else if (t >= until) break;
+      sched_yield();  /* on a full machine, let the other side run */
     }
   }
   for (;;) {
@@ -294,6 +296,7 @@ int pcr__conn_select(pcr_conn **cs, int n, double deadline, double spin) {
       double t = pcr__now();
       if (until == 0) until = t + spin;
       if (t >= until) break;
+      sched_yield();
     }
   }
   struct pollfd ps[PCR_SELECT_MAX];
