@@ -1137,4 +1137,33 @@ describe("pcrun.pool", function()
     local n = tonumber(r.stdout:match("^(%d+)"))
     assert.are.equal(pcrun.cpu_count(), n)
   end)
+  -- -- Progress bar ------------------------------------------------------
+
+  local PROGRESS = [[
+    local pcrun = require "pcrun"
+    local p = pcrun.pool(2)
+    local r = p:map(function(x) return x end, { 1, 2, 3, 4, 5, 6, 7, 8 })
+    print("sum", r[1] + r[8])
+  ]]
+
+  it("draws a progress bar on a terminal when PCRUN_PROGRESS=1", function()
+    local path = helpers.script(PROGRESS)
+    local cmd = ("PCRUN_PROGRESS=1 script -qec '%s %s' /dev/null 2>&1")
+      :format(os.getenv("PCRUN_BIN"), path)
+    local f = io.popen(cmd)
+    local out = f:read("*a")
+    f:close()
+    os.remove(path)
+    has(out, "8/8", "/s ETA", "sum\t9")
+  end)
+
+  it("draws nothing when stderr is not a terminal", function()
+    local path = helpers.script(PROGRESS)
+    local r = helpers.run_cli({ path }, nil,
+                              { env = { PCRUN_PROGRESS = "1" } })
+    os.remove(path)
+    assert.are.equal(0, r.status, r.stderr)
+    assert.are.equal("", r.stderr)
+    has(r.stdout, "sum\t9")
+  end)
 end)

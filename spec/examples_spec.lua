@@ -1,0 +1,35 @@
+-- Smoke runs of examples/: each runs through the pcrun CLI, small, and
+-- prints what it promises.
+local helpers = require "helpers"
+
+local has = helpers.assert_has
+local SRC = os.getenv("PCRUN_SRC") or "."
+
+local function example(name, ...)
+  local r = helpers.run_cli({ SRC .. "/examples/" .. name, ... }, nil,
+                            { timeout = 60 })
+  assert.are.equal(0, r.status, r.stderr)
+  return r.stdout
+end
+
+describe("examples", function()
+  after_each(helpers.assert_no_children)
+
+  it("pi.lua estimates pi on all cores", function()
+    local out = example("pi.lua", "2e6")
+    local pi = tonumber(out:match("pi ~ ([%d%.]+)"))
+    assert.is_true(math.abs(pi - math.pi) < 0.01, out)
+    has(out, "workers", "darts/s")
+  end)
+
+  it("pingpong.lua counts every round trip", function()
+    local out = example("pingpong.lua", "2000")
+    has(out, "2000 round trips", "counter = 2000", "exit code 0",
+        "child: ")
+  end)
+
+  it("mandelbrot.lua gives the serial checksum from a pool", function()
+    local out = example("mandelbrot.lua", "120", "50", "1", "2")
+    has(out, "serial", "workers  1:", "workers  2:", "speedup")
+  end)
+end)
