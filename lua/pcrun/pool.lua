@@ -387,7 +387,7 @@ local function feed(self)
           w.queued, w.nitems = w.queued + c.est, w.nitems + c.n
           held = held + 1
           if not (limit > 1 and merge(last, c)) then
-            cut[#cut + 1] = c
+            picked[#picked + 1] = c
             last = c
           end
         end
