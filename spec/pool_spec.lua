@@ -455,6 +455,52 @@ describe("pcrun.pool", function()
     assert.are.same({ 1.5, 2.5 }, p:map(task, { 1, 2 }))
   end))
 
+  it("fails only the task that segfaults its worker through ffi",
+     forked(20, function()
+    local p = mkpool(2)
+    local function task(x)
+      if x == 3 then
+        local ffi = require "ffi"
+        ffi.cast("int *", 0)[0] = 1  -- SIGSEGV
+      end
+      return x * 10
+    end
+    local vals, errs = drain(p:imap(task, range(6)))
+    assert.are.equal(1, #errs, table.concat(errs, "\n"))
+    has(errs[1], "died running task 3", "killed by signal 11 (SIGSEGV)")
+    for i = 1, 6 do
+      if i ~= 3 then assert.are.equal(i * 10, vals[i]) end
+    end
+  end))
+
+  it("fails only the task that runs its worker out of memory",
+     forked(30, function()
+    -- Each worker may map 1 GiB at most; task 2 asks for far more.
+    local p = mkpool(2, { initializer = function()
+      local ffi = require "ffi"
+      pcall(ffi.cdef, [[
+        struct pcr_rlimit { unsigned long cur, max; };
+        int setrlimit(int resource, const struct pcr_rlimit *rl);
+      ]])
+      local rl = ffi.new("struct pcr_rlimit", 2 ^ 30 + 2 ^ 29, 2 ^ 30 + 2 ^ 29)
+      assert(ffi.C.setrlimit(9, rl) == 0)  -- RLIMIT_AS
+    end })
+    local function task(x)
+      if x == 2 then
+        local t = {}
+        for i = 1, 1e9 do t[i] = ("x"):rep(64) .. i end
+      end
+      return x
+    end
+    local vals, errs = drain(p:imap(task, range(5)))
+    assert.are.equal(1, #errs, table.concat(errs, "\n"))
+    -- LuaJIT raises "not enough memory", or the worker dies: either way
+    -- only task 2 fails
+    assert.is_truthy(errs[1]:find("task 2", 1, true), errs[1])
+    assert.are.same({ 1, nil, 3, 4, 5 }, vals)
+    assert.are.same({ 7 }, p:map(function(x) return x end, { 7 }))
+  end))
+
   it("names the signal that killed a worker",
      forked(20, function()
     local p = mkpool(2)
