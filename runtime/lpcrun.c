@@ -10,12 +10,12 @@
 #include <lauxlib.h>
 #include <lua.h>
 #include <luajit.h>  /* LuaJIT only: refuse plain Lua 5.1 headers */
+#include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -27,8 +27,9 @@ typedef struct lconn {
   struct lconn *prev, *next;  /* live connections of this process */
 } lconn;
 
-/* Connections alive in this process: a forked child takes its own ring
-** references for each, and drops them when it exits normally. */
+/* Connections open in this process (all Lua states of it: handles are a
+** process resource). Before a fork the parent takes the child's ring
+** references for each of them; it drops them when it reaps the child. */
 static lconn *live;
 
 static void link_conn(lconn *lc) {
@@ -65,6 +66,7 @@ static int interrupted(lua_State *L) {
 static double deadline_arg(lua_State *L, int idx) {
   if (lua_isnoneornil(L, idx)) return -1;
   double t = luaL_checknumber(L, idx);
+  luaL_argcheck(L, t == t, idx, "timeout is NaN");
   return pcr__now() + (t < 0 ? 0 : t);
 }
 

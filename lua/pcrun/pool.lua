@@ -364,7 +364,7 @@ local function merge(prev, c)
   return true
 end
 
--- Give each worker chunks until it holds DEPTH of them and QUEUE seconds
+-- Give each worker chunks until it holds one, or QUEUE seconds
 -- of work (by the measured cost), all in one message. A send that fails
 -- means the worker died; the end of file on its pipe reports it.
 local function feed(self)
