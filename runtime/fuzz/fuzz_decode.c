@@ -1,6 +1,5 @@
 /* fuzz_decode.c -- libFuzzer target for pcr__ser_decode on untrusted input.
-   Build: clang -g -O1 -fsanitize=fuzzer,address -I/usr/include/luajit-2.1
-   runtime/fuzz/fuzz_decode.c runtime/ser.c runtime/ser_enc.c runtime/ser_dec.c -lluajit-5.1 */
+   Built and run by tests/fuzz.sh (ctest's fuzz_decode). */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
