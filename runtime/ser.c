@@ -214,7 +214,7 @@ sstate *pcr__ser_getstate(lua_State *L)
   lua_pushcfunction(L, state_gc);
   lua_setfield(L, -2, "__gc");
   lua_setmetatable(L, -2);
-  lua_createtable(L, 4, 0);
+  lua_createtable(L, E_KC + KCACHE, 0);
   lua_newtable(L);
   lua_rawseti(L, -2, E_TYPES);
   lua_setfenv(L, -2);

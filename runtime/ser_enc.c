@@ -28,9 +28,14 @@ static void tclear(tseen *t)
     t->cap = 0;
   }
   t->n = t->flushed = 0;
-  t->used = 0;
-  t->last = NULL;
-  pcr__ser_pclear(&t->dir);
+  /* The chunks assigned stay assigned (their bits are all clear now), so
+     the next encode of tables nearby finds them at once; unless the
+     encodes have spread over much address space. */
+  if (t->used > 64) {
+    t->used = 0;
+    t->last = NULL;
+    pcr__ser_pclear(&t->dir);
+  }
 }
 
 void pcr__ser_tfree(tseen *t)
@@ -126,8 +131,6 @@ typedef struct enc {
   int np;            /* entries in path */
   int hasrefs, refreshed;
   int sud, env, nm, anch; /* stack slots: state, its env, names, anchors */
-  int kc;            /* stack slot of the key cache table; 0 until used */
-  const void *kcs[KCACHE];  /* GCstr of each key cache entry */
   pathent path[PCR_SER_MAXDEPTH + 2];
 } enc;
 
@@ -565,28 +568,26 @@ static void encpushed(enc *e, uint64_t u, const ftab *T, const ftab *was)
 
 /* Pushes the string key k of a node. Through lua_pushlstring it would be
    hashed and compared again, and could run a GC step; the few keys that
-   lead to tables (records' "list", "nested") are kept in a cache table. */
+   lead to tables (records' "list", "nested") are kept in slots of the
+   state's environment, across encodes: a string held there stays alive,
+   so its address names it. */
 static void pushkey(enc *e, uint64_t k)
 {
   lua_State *L = e->L;
   const void *g = (const void *)(uintptr_t)(k & F_GCMASK);
-  unsigned i = (unsigned)(((uintptr_t)g >> 4) % KCACHE);
-  if (e->kc && e->kcs[i] == g) {
-    lua_rawgeti(L, e->kc, (int)i + 1);
+  unsigned i = (unsigned)(((uintptr_t)g >> 5) % KCACHE);
+  int env = getenv_e(e);
+  if (e->S->kcs[i] == g) {
+    lua_rawgeti(L, env, E_KC + (int)i);
     return;
   }
   size_t len;
   const char *s = f_str(e->fl, k, &len);
   e->epoch++;  /* allocation: a GC step may run */
-  if (!e->kc) {
-    lua_createtable(L, KCACHE, 0);
-    lua_replace(L, e->kc = e->sud + 4);
-    memset(e->kcs, 0, sizeof e->kcs);
-  }
   lua_pushlstring(L, s, len);
   lua_pushvalue(L, -1);
-  lua_rawseti(L, e->kc, (int)i + 1);  /* anchors what kcs[i] names */
-  e->kcs[i] = lua_tostring(L, -1) - F_STRHDR;
+  lua_rawseti(L, env, E_KC + (int)i);  /* anchors what kcs[i] names */
+  e->S->kcs[i] = lua_tostring(L, -1) - F_STRHDR;
 }
 
 /* Writes n numbers of a pure array: int32s when they all are, else
@@ -937,9 +938,8 @@ const char *pcr__ser_encode_state(lua_State *L, sstate *S, int sud,
   e->fl = S->fl.ok ? &S->fl : NULL;
   e->nobj = e->epoch = 0;
   e->np = e->hasrefs = e->refreshed = e->env = e->nm = e->anch = 0;
-  e->kc = 0;
   e->sud = sud;
-  lua_settop(L, sud + 4);  /* slots for env, names, anchors, key cache */
+  lua_settop(L, sud + 3);  /* slots for env, names, anchors */
   if (!S->names_ok) {
     pcr__ser_namesbuild(L, S, getenv_e(e));
     lua_replace(L, e->nm = sud + 2);

@@ -30,7 +30,8 @@ enum {
 };
 
 #define PACKMIN 4          /* shortest array written as T_AI32/T_ANUM */
-#define KCACHE 16          /* string keys kept on hand by the encoder */
+#define KCACHE 64          /* string keys kept on hand by the encoder */
+#define E_KC 8             /* env slots E_KC .. E_KC + KCACHE - 1: those keys */
 
 /* Slots of the state's environment table. */
 enum { E_NM = 1, E_TYPES, E_CDESC, E_CMAKE };
@@ -100,6 +101,7 @@ typedef struct sstate {
   int nloaded;    /* entries of package.loaded when it was built */
   pmap names;     /* module/field/type value -> 4 * index + kind */
   uint64_t nfilter[NFILTER / 64];  /* bit per hash of a names entry */
+  const void *kcs[KCACHE];  /* GCstr of each key cache entry (env-held) */
 } sstate;
 
 /* -- Names filter (the index itself is in ser.c) -------------------------- */

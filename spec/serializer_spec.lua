@@ -589,4 +589,36 @@ describe("serializer", function()
       if not ok then assert.equal("string", type(msg)) end
     end
   end)
+
+  it("keeps keys and shared tables right across many encodes", function()
+    -- The encoder's key cache and tables-seen chunks outlive one encode:
+    -- many distinct keys leading to tables, fresh tables spread over the
+    -- heap, collections between encodes, and sharing must all still hold.
+    local junk = {}
+    for round = 1, 300 do
+      local t, shared = {}, {round}
+      for k = 1, 100 do t["key" .. ((round * 7 + k) % 150)] = {k, shared} end
+      t.self = t
+      local x = pcrun.decode(pcrun.encode(t))
+      assert.equal(x, x.self)
+      local n = 0
+      for key, v in pairs(t) do
+        if key ~= "self" then
+          n = n + 1
+          assert.same(v[1], x[key][1])
+        end
+      end
+      local first
+      for key, v in pairs(x) do
+        if key ~= "self" then
+          first = first or v[2]
+          assert.equal(first, v[2])
+          assert.same({round}, v[2])
+        end
+      end
+      assert.equal(100, n)
+      junk[round % 50] = string.rep("j", 1e5 + round)
+      if round % 100 == 0 then collectgarbage() end
+    end
+  end)
 end)
