@@ -186,9 +186,12 @@ int pcr__conn_send(pcr_conn *c, unsigned kind, const void *p, size_t n,
   uint64_t h = ((uint64_t)len << 8) | kind;
   const char *s = p;
   size_t done = 0, total = n + HDR;
-  if (total <= r->cap && pcr__ring_room(r, total) < total)  /* whole or not */
+  size_t room = pcr__ring_room(r, total);
+  if (room < total && total <= r->cap) {  /* whole or not at all */
     e = waitfor(c, r, &r->wsleep, space, total, deadline);
-  if (e == 0 && pcr__ring_room(r, total) >= total) {  /* it all fits */
+    room = e == 0 ? pcr__ring_room(r, total) : 0;
+  }
+  if (e == 0 && room >= total) {  /* it all fits */
     pcr__ring_write_frame(r, &h, HDR, s, n);
     done = total;
   }

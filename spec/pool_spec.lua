@@ -915,32 +915,24 @@ describe("pcrun.pool", function()
     assert.are.equal(0, #helpers.children())
   end))
 
-  it("gives its arena memory back when joined", forked(20, function()
-    local used = pcrun.arena().used
-    for _ = 1, 5 do
-      local p = pcrun.pool(2)
-      p:map(function(x) return x end, range(10))
-      p:close()
-      p:join()
-    end
-    collectgarbage()
-    collectgarbage()
-    local grew = (pcrun.arena().used - used) / 2 ^ 20
-    assert.is_true(grew < 1, ("arena grew by %.1f MiB"):format(grew))
-  end))
-
-  it("gives its arena memory back when terminated", forked(20, function()
-    local used = pcrun.arena().used
-    for _ = 1, 5 do
-      local p = pcrun.pool(2)
-      p:map(function(x) return x end, range(10))
-      p:terminate()
-    end
-    collectgarbage()
-    collectgarbage()
-    local grew = (pcrun.arena().used - used) / 2 ^ 20
-    assert.is_true(grew < 1, ("arena grew by %.1f MiB"):format(grew))
-  end))
+  -- Each way a pool can end: it must give its arena memory back.
+  for _, way in ipairs({
+    { "joined", function(p) p:close() p:join() end },
+    { "terminated", function(p) p:terminate() end },
+  }) do
+    it("gives its arena memory back when " .. way[1], forked(20, function()
+      local used = pcrun.arena().used
+      for _ = 1, 5 do
+        local p = pcrun.pool(2)
+        p:map(function(x) return x end, range(10))
+        way[2](p)
+      end
+      collectgarbage()
+      collectgarbage()
+      local grew = (pcrun.arena().used - used) / 2 ^ 20
+      assert.is_true(grew < 1, ("arena grew by %.1f MiB"):format(grew))
+    end))
+  end
 
   it("gives its arena memory back when garbage-collected",
      forked(20, function()
