@@ -4,6 +4,7 @@
 #include "pcrdef.h"
 
 #include <linux/futex.h>
+#include <stdint.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -126,5 +127,92 @@ int pcr__lock_unlock(pcr_lock *l) {
   if ((w & ~PCR_LOCK_WAITERS) != pcr__self()) return -EPERM;
   w = atomic_exchange_explicit(&l->word, 0, memory_order_release);
   if (w & PCR_LOCK_WAITERS) pcr__futex_wake(&l->word, 1);
+  return 0;
+}
+
+/* -- Wait queues ------------------------------------------------------ */
+
+void pcr__wq_prepare(pcr_waitq *q, pcr_wqtok *t) {
+  uint32_t me = pcr__self();
+  t->seq = atomic_load(&q->seq);
+  t->slot = -1;
+  for (int i = 0, j = (int)(me % PCR_WQ_SLOTS); i < PCR_WQ_SLOTS; i++) {
+    uint32_t z = 0;
+    if (atomic_compare_exchange_strong(&q->pid[(j + i) % PCR_WQ_SLOTS], &z,
+                                       me)) {
+      t->slot = (j + i) % PCR_WQ_SLOTS;
+      break;
+    }
+  }
+  atomic_fetch_add(&q->nsleep, 1);  /* seq_cst: pairs with pcr__wq_wake */
+}
+
+void pcr__wq_cancel(pcr_waitq *q, pcr_wqtok *t) {
+  if (t->slot >= 0) atomic_store(&q->pid[t->slot], 0);
+  atomic_fetch_sub(&q->nsleep, 1);
+}
+
+/* Strike off sleepers that died asleep. The CAS lets one healer win. */
+static void heal(pcr_waitq *q) {
+  uint32_t me = pcr__self();
+  for (int i = 0; i < PCR_WQ_SLOTS; i++) {
+    uint32_t p = atomic_load_explicit(&q->pid[i], memory_order_relaxed);
+    if (p && p != me && pcr__pid_dead(p) &&
+        atomic_compare_exchange_strong(&q->pid[i], &p, 0))
+      atomic_fetch_sub(&q->nsleep, 1);
+  }
+}
+
+int pcr__wq_sleep(pcr_waitq *q, pcr_wqtok *t, double deadline) {
+  double now = pcr__now(), until = now + PCR_WQ_SLICE;
+  if (deadline >= 0 && deadline < until) until = deadline;
+  int r = until > now ? pcr__futex_wait(&q->seq, t->seq, until) : -ETIMEDOUT;
+  pcr__wq_cancel(q, t);
+  if (r == -EINTR) return r;
+  if (r == -ETIMEDOUT) {
+    if (deadline >= 0 && pcr__now() >= deadline) return -ETIMEDOUT;
+    heal(q);
+  }
+  return 0;
+}
+
+#ifndef SYS_futex_waitv
+#define SYS_futex_waitv 449
+#endif
+
+struct waitv {  /* struct futex_waitv, Linux 5.16 */
+  uint64_t val, uaddr;
+  uint32_t flags, reserved;
+};
+
+int pcr__wq_sleep_many(pcr_waitq **qs, pcr_wqtok *ts, int n,
+                       double deadline) {
+  struct waitv w[128];
+  double now = pcr__now(), until = now + PCR_WQ_SLICE;
+  if (deadline >= 0 && deadline < until) until = deadline;
+  for (int i = 0; i < n; i++)
+    w[i] = (struct waitv){ ts[i].seq, (uint64_t)(uintptr_t)&qs[i]->seq,
+                           2 /* FUTEX2_SIZE_U32, shared */, 0 };
+  struct timespec abs;
+  clock_gettime(CLOCK_MONOTONIC, &abs);
+  double left = until - now;
+  if (left < 0) left = 0;
+  abs.tv_sec += (time_t)left;
+  abs.tv_nsec += (long)((left - (double)(time_t)left) * 1e9);
+  if (abs.tv_nsec >= 1000000000L) { abs.tv_sec++; abs.tv_nsec -= 1000000000L; }
+  long r = syscall(SYS_futex_waitv, w, (unsigned)n, 0, &abs,
+                   CLOCK_MONOTONIC);
+  int e = r >= 0 || errno == EAGAIN ? 0 : -errno;
+  if (e == -ENOSYS) {  /* older kernels: sleep briefly, callers recheck */
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL);
+    e = 0;
+  }
+  for (int i = 0; i < n; i++) pcr__wq_cancel(qs[i], &ts[i]);
+  if (e == -EINTR) return e;
+  if (e == -ETIMEDOUT) {
+    if (deadline >= 0 && pcr__now() >= deadline) return -ETIMEDOUT;
+    for (int i = 0; i < n; i++) heal(qs[i]);
+  }
   return 0;
 }

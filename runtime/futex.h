@@ -38,6 +38,47 @@ int pcr__lock_trylock(pcr_lock *l);
 /* Release. Returns 0, or -EPERM when this process is not the owner. */
 int pcr__lock_unlock(pcr_lock *l);
 
+/* A wait queue: sleepers wait on seq; a waker bumps seq and calls futex
+** wake only when someone sleeps, so the busy path makes no syscall. Each
+** sleeper notes its pid in a slot: one that dies asleep is struck off by
+** the next sleeper whose slice ends, so a dead waiter does not cost every
+** later wake a syscall. */
+#define PCR_WQ_SLOTS 32
+#define PCR_WQ_SLICE 0.25  /* sleepers recheck their condition this often */
+
+typedef struct pcr_waitq {
+  _Atomic uint32_t seq;
+  _Atomic uint32_t nsleep;
+  _Atomic uint32_t pid[PCR_WQ_SLOTS];
+} pcr_waitq;
+
+typedef struct pcr_wqtok {
+  uint32_t seq;
+  int slot;
+} pcr_wqtok;
+
+/* Count this process as a sleeper and read seq; the caller then rechecks
+** its condition and calls pcr__wq_sleep (or pcr__wq_cancel). */
+void pcr__wq_prepare(pcr_waitq *q, pcr_wqtok *t);
+void pcr__wq_cancel(pcr_waitq *q, pcr_wqtok *t);
+/* Sleep until woken, a slice or the deadline passes. Returns 0, -ETIMEDOUT
+** (deadline passed) or -EINTR. Uncounts the sleeper. */
+int pcr__wq_sleep(pcr_waitq *q, pcr_wqtok *t, double deadline);
+/* Sleep on several queues at once (each prepared by the caller) until one
+** is woken, a slice or the deadline passes; uncounts the sleeper in each.
+** Returns as pcr__wq_sleep. n <= 128. */
+int pcr__wq_sleep_many(pcr_waitq **qs, pcr_wqtok *ts, int n, double deadline);
+
+/* Wake up to n sleepers, if any sleep; callers publish their change
+** first. */
+static inline void pcr__wq_wake(pcr_waitq *q, int n) {
+  atomic_thread_fence(memory_order_seq_cst);
+  if (atomic_load_explicit(&q->nsleep, memory_order_relaxed)) {
+    atomic_fetch_add(&q->seq, 1);
+    pcr__futex_wake(&q->seq, n);
+  }
+}
+
 /* Whether process pid is gone (exited, or a zombie nobody reaped yet). */
 int pcr__pid_dead(uint32_t pid);
 

@@ -2,6 +2,7 @@
 ** processes as Lua values; argument checks for user-facing names live in
 ** lua/pcrun/, this layer checks types and turns codes into errors. */
 #include "pcrun.h"
+#include "lshared.h"
 #include "pipe.h"
 #include "proc.h"
 #include "ser.h"
@@ -343,21 +344,25 @@ static void conn_open(lua_State *L) {
 
 /* -- Processes -------------------------------------------------------- */
 
-/* The ring references a child inherited, dropped by the parent when it
-** reaps the child: a child killed by a signal cannot drop them itself. */
+/* The references a child inherited (rings and shared objects), dropped by
+** the parent when it reaps the child: a child killed by a signal cannot
+** drop them itself. */
 typedef struct holds {
-  int n;
+  int n, nobj;
+  pcr_obj **obj;
   struct { pcr_ring *in, *out; } r[];
 } holds;
 
 static void drop_holds(void *arg) {
   holds *h = arg;
   for (int i = 0; i < h->n; i++) pcr__conn_drop(h->r[i].in, h->r[i].out);
+  for (int i = 0; i < h->nobj; i++) pcr__obj_unref(h->obj[i]);
+  free(h->obj);
   free(h);
 }
 
 /* fork(): returns the child's pid in the parent, 0 in the child. The
-** parent takes the child's references before forking, so no ring can be
+** parent takes the child's references before forking, so nothing can be
 ** freed under a child that has not yet counted itself. */
 static int l_fork(lua_State *L) {
   int n = 0;
@@ -365,6 +370,11 @@ static int l_fork(lua_State *L) {
   holds *h = malloc(sizeof *h + (size_t)n * sizeof h->r[0]);
   if (!h) return luaL_error(L, "cannot fork: out of memory");
   h->n = 0;
+  h->nobj = pcr__lshared_hold(&h->obj);
+  if (h->nobj < 0) {
+    free(h);
+    return luaL_error(L, "cannot fork: out of memory");
+  }
   for (lconn *lc = live; lc; lc = lc->next, h->n++) {
     h->r[h->n].in = lc->c.in;
     h->r[h->n].out = lc->c.out;
@@ -376,6 +386,7 @@ static int l_fork(lua_State *L) {
     return luaL_error(L, "cannot fork: %s", strerror(-pid));
   }
   if (pid == 0) {
+    free(h->obj);
     free(h);
     for (lconn *lc = live; lc; lc = lc->next) lc->c.borrowed = 1;
   }
@@ -388,6 +399,7 @@ static int l_child_exit(lua_State *L) {
   int code = (int)luaL_optinteger(L, 1, 0);
   fflush(NULL);
   while (live) conn_release(live);
+  pcr__lshared_exit();
   pcr__proc_reap_all(-1);
   _exit(code & 0xff);
 }
@@ -516,6 +528,7 @@ PCR_API int luaopen_pcrun_core(lua_State *L) {
   lua_newtable(L);
   luaL_register(L, NULL, core_funcs);
   pcr__ser_open(L);
+  pcr__lshared_open(L);
   lua_pushliteral(L, PCR_VERSION_STRING);
   lua_setfield(L, -2, "version");
   luaL_getmetatable(L, CONN_MT);

@@ -321,6 +321,7 @@ static const char cdata_lua[] =
   "local band, rshift = bit.band, bit.rshift\n"
   "local i64, u64 = typeof('int64_t'), typeof('uint64_t')\n"
   "local I64, U64 = tonumber(i64), tonumber(u64)\n"
+  "local hooks = ...\n"
   "local plain, decl, cts = {}, {}, {}\n"
   "local function isplain(id)\n"
   "  local r = plain[id]\n"
@@ -368,6 +369,8 @@ static const char cdata_lua[] =
   "  local ct = typeof(cd)\n"
   "  local id = tonumber(ct)\n"
   "  if id == I64 then return 1 elseif id == U64 then return 2 end\n"
+  "  local h = hooks[id]\n"
+  "  if h then return 4, h, 0, 0 end\n"
   "  local d = decl[id]\n"
   "  if d == nil then\n"
   "    if isplain(id) then d = name(ct) else d = 0 end\n"
@@ -407,6 +410,18 @@ static const char cdata_lua[] =
   "end\n"
   "return describe, make\n";
 
+/* Pushes the table of cdata types that cross through a hook: ctype id ->
+** metatable with __serialize and __name (pcrun's shared arrays). */
+void pcr__ser_cdhooks(lua_State *L)
+{
+  lua_getfield(L, LUA_REGISTRYINDEX, "pcrun.cdhooks");
+  if (!lua_isnil(L, -1)) return;
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, "pcrun.cdhooks");
+}
+
 /* Pushes the cdata helper in env slot which (loading it on first use). */
 void pcr__ser_cdhelper(lua_State *L, int env, int which)
 {
@@ -415,7 +430,8 @@ void pcr__ser_cdhelper(lua_State *L, int env, int which)
   lua_pop(L, 1);
   if (luaL_loadbuffer(L, cdata_lua, sizeof cdata_lua - 1, "=pcrun.ser"))
     lua_error(L);
-  lua_call(L, 0, 2);
+  pcr__ser_cdhooks(L);
+  lua_call(L, 1, 2);
   lua_rawseti(L, env, E_CMAKE);
   lua_rawseti(L, env, E_CDESC);
   lua_rawgeti(L, env, which);

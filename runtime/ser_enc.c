@@ -850,6 +850,20 @@ static void enccdata(enc *e, int i)
   int kind = (int)lua_tointeger(L, -4);
   const unsigned char *p = lua_topointer(L, i);
   if (kind == 0) fail(e, lua_tostring(L, -3));
+  if (kind == 4) {  /* a registered handle type: crosses by its hook */
+    lua_pushvalue(L, -3);
+    lua_getfield(L, -1, "__serialize");
+    pslot *s = pcr__ser_plook(L, &e->b->seen, p, e->nobj + 1);
+    if (s) {
+      lua_pop(L, 6);
+      putref(e, s);
+      return;
+    }
+    enter(e);
+    encext(e, i, lua_gettop(L) - 1);
+    lua_pop(L, 4);
+    return;
+  }
   if (kind == 1 || kind == 2) {
     put1(e, kind == 1 ? T_I64 : T_U64);
     uint64_t v;

@@ -129,6 +129,7 @@ sstate *pcr__ser_getstate(lua_State *L);
 int pcr__ser_loadedcount(lua_State *L);
 void pcr__ser_namesbuild(lua_State *L, sstate *S, int env);
 void pcr__ser_cdhelper(lua_State *L, int env, int which);
+void pcr__ser_cdhooks(lua_State *L);
 
 /* -- Defined in ser_enc.c ------------------------------------------------- */
 

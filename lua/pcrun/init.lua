@@ -51,9 +51,25 @@ end
 
 local pool = require "pcrun.pool"
 local future = require "pcrun.future"
+local shared = require "pcrun.shared"
 
 core.register_type("pcrun.Process", process.Process)
 core.register_type("pcrun.Connection", core.Connection)
+for _, name in ipairs { "Queue", "JoinableQueue", "Lock", "RLock",
+                        "Semaphore", "BoundedSemaphore", "Event",
+                        "Condition", "Barrier", "ObjRef" } do
+  core.register_type("pcrun." .. name, core[name])
+  M[name] = core[name]
+end
+core.register_type("pcrun.Array", shared.Array)
+core.register_type("pcrun.Value", shared.Value)
+for _, name in ipairs { "queue", "joinable_queue", "lock", "rlock",
+                        "semaphore", "bounded_semaphore", "event",
+                        "condition", "barrier", "array", "value",
+                        "select" } do
+  M[name] = shared[name]
+end
+M.Array, M.Value = shared.Array, shared.Value
 
 M.process = process.new
 M.pool = pool.new

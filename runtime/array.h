@@ -1,0 +1,22 @@
+/* Shared arrays: n elements of one ctype in an arena block, at the same
+** address in every process. The Lua side indexes them through ffi. */
+#ifndef PCR_ARRAY_H
+#define PCR_ARRAY_H
+
+#include "shm.h"
+
+#define PCR_CTYPE_MAX 120
+
+typedef struct pcr_array {
+  pcr_obj hdr;
+  uint64_t n;                    /* elements */
+  uint64_t esize;                /* bytes per element */
+  char ctype[PCR_CTYPE_MAX];     /* element type, as ffi.typeof reads it */
+  _Alignas(64) char data[];
+} pcr_array;
+
+/* A zero-filled array; NULL when the arena is full or n * esize
+** overflows. */
+pcr_array *pcr__array_new(const char *ctype, size_t esize, uint64_t n);
+
+#endif

@@ -1,0 +1,857 @@
+/* The Lua binding of the arena's shared objects: queues, locks and the
+** other synchronization objects, shared arrays and values. A handle is a
+** userdata holding one reference; it crosses a process boundary by offset
+** with a reference held for the receiver, and every handle of this process
+** sits on a list so that fork can take the child's references. */
+#include "array.h"
+#include "lshared.h"
+#include "queue.h"
+#include "ser.h"
+#include "ser_int.h"
+#include "sync.h"
+
+#include <errno.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct lobj {
+  pcr_obj *o;
+  uint32_t owner;             /* the process whose reference this is */
+  struct lobj *prev, *next;   /* live handles of this process */
+  pcr_qmsg m;                 /* queues: receive buffer */
+} lobj;
+
+static lobj *live;
+static int nlive;
+
+/* Metatable names, by kind; the user-facing name follows "pcrun.". */
+enum { K_QUEUE, K_JQUEUE, K_LOCK, K_RLOCK, K_SEM, K_BSEM, K_EVENT, K_COND,
+       K_BARRIER, K_REF, K_N };
+static const char *const kname[K_N] = {
+  "pcrun.Queue", "pcrun.JoinableQueue", "pcrun.Lock", "pcrun.RLock",
+  "pcrun.Semaphore", "pcrun.BoundedSemaphore", "pcrun.Event",
+  "pcrun.Condition", "pcrun.Barrier", "pcrun.ObjRef"
+};
+
+static void link_obj(lobj *h) {
+  h->prev = NULL;
+  h->next = live;
+  if (live) live->prev = h;
+  live = h;
+  nlive++;
+}
+
+static void unlink_obj(lobj *h) {
+  if (h->prev) h->prev->next = h->next;
+  else if (live == h) live = h->next;
+  if (h->next) h->next->prev = h->prev;
+  h->prev = h->next = NULL;
+  nlive--;
+}
+
+static void release(lobj *h) {
+  if (!h->o) return;
+  unlink_obj(h);
+  if (h->m.blk) pcr__shm_free(h->m.blk);
+  free(h->m.buf);
+  h->m.blk = h->m.buf = NULL;
+  h->m.bufcap = 0;
+  if (h->owner == pcr__self()) pcr__obj_unref(h->o);
+  h->o = NULL;
+}
+
+int pcr__lshared_hold(pcr_obj ***out) {
+  pcr_obj **v = malloc(sizeof *v * (size_t)(nlive + 1));
+  if (!v) return -1;
+  int n = 0;
+  for (lobj *h = live; h; h = h->next) {
+    pcr__obj_ref(h->o);
+    v[n++] = h->o;
+  }
+  *out = v;
+  return n;
+}
+
+void pcr__lshared_exit(void) {
+  while (live) release(live);
+}
+
+/* Wrap o (whose reference the new handle adopts) as a kind k userdata. */
+static lobj *pushobj(lua_State *L, pcr_obj *o, int k) {
+  lobj *h = lua_newuserdata(L, sizeof *h);
+  memset(h, 0, sizeof *h);
+  h->o = o;
+  h->owner = pcr__self();
+  link_obj(h);
+  luaL_getmetatable(L, kname[k]);
+  lua_setmetatable(L, -2);
+  return h;
+}
+
+static int nospace(lua_State *L, const char *who) {
+  return luaL_error(L, "%s: out of shared arena space (raise PCRUN_ARENA, "
+                       "now %d MiB)", who, (int)(pcr__shm_size() >> 20));
+}
+
+/* Which kind of handle is at idx, or -1. */
+static int kindof(lua_State *L, int idx) {
+  if (!lua_getmetatable(L, idx)) return -1;
+  lua_getfield(L, -1, "__kind");
+  int k = lua_isnumber(L, -1) ? (int)lua_tointeger(L, -1) : -1;
+  lua_pop(L, 2);
+  return k;
+}
+
+/* The method's name for messages: "pcrun.Queue:get". */
+static const char *who(lua_State *L, int k, const char *m) {
+  return lua_pushfstring(L, "%s:%s", kname[k], m);
+}
+
+static lobj *check(lua_State *L, int k, const char *m) {
+  lobj *h = lua_touserdata(L, 1);
+  int got = h ? kindof(L, 1) : -1;
+  if (got != k && !(k == K_QUEUE && got == K_JQUEUE) &&
+      !(k == K_LOCK && got == K_RLOCK))
+    luaL_error(L, "%s: call it as obj:%s(...) on a %s", who(L, k, m), m,
+               kname[k]);
+  if (!h->o) luaL_error(L, "%s: the object was released", who(L, k, m));
+  return h;
+}
+
+static double timeout(lua_State *L, int idx, int k, const char *m) {
+  if (lua_isnoneornil(L, idx)) return -1;
+  if (lua_type(L, idx) != LUA_TNUMBER || lua_tonumber(L, idx) !=
+                                             lua_tonumber(L, idx))
+    luaL_error(L, "%s: timeout must be a number, got %s", who(L, k, m),
+               luaL_typename(L, idx));
+  double t = lua_tonumber(L, idx);
+  return t <= 0 ? 0 : pcr__now() + t;
+}
+
+/* EINTR: raise if Ctrl-C is pending, else go on (see lpcrun.c). */
+static void interrupted(lua_State *L) {
+  if (lua_gethookmask(L)) {
+    lua_sethook(L, NULL, 0, 0);
+    luaL_error(L, "interrupted");
+  }
+}
+
+/* -- Queues ----------------------------------------------------------- */
+
+static int l_queue(lua_State *L) {
+  int64_t maxsize = (int64_t)luaL_optnumber(L, 1, 0);
+  int joinable = lua_toboolean(L, 2);
+  pcr_queue *q = pcr__queue_new(maxsize);
+  if (!q) return nospace(L, joinable ? "pcrun.joinable_queue" : "pcrun.queue");
+  q->hdr.flags = joinable;  /* puts count unfinished tasks */
+  pushobj(L, &q->hdr, joinable ? K_JQUEUE : K_QUEUE);
+  return 1;
+}
+
+static int q_put_(lua_State *L, int nowait, const char *m) {
+  lobj *h = check(L, K_QUEUE, m);
+  pcr_queue *q = (pcr_queue *)h->o;
+  luaL_checkany(L, 2);
+  double deadline = nowait ? 0 : timeout(L, 3, K_QUEUE, m);
+  size_t n;
+  const char *p;
+  unsigned kind = PCR_QF_STRING;
+  if (lua_type(L, 2) == LUA_TSTRING) {
+    p = lua_tolstring(L, 2, &n);
+  } else {
+    p = pcr__ser_encode_named(L, 2, &n, "value");
+    kind = PCR_QF_VALUE;
+  }
+  for (;;) {
+    int e = pcr__queue_put(q, kind, p, n, deadline);
+    if (e == 0) break;
+    if (e == -EINTR) { interrupted(L); continue; }
+    if (e == -ETIMEDOUT) {
+      if (nowait) return luaL_error(L, "%s: queue is full", who(L, K_QUEUE, m));
+      lua_pushnil(L);
+      lua_pushliteral(L, "timeout");
+      return 2;
+    }
+    if (e == -EPIPE)
+      return luaL_error(L, "%s: queue is closed", who(L, K_QUEUE, m));
+    if (e == -ENOSPC) return nospace(L, who(L, K_QUEUE, m));
+    return luaL_error(L, "%s: %s", who(L, K_QUEUE, m), strerror(-e));
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int q_put(lua_State *L) { return q_put_(L, 0, "put"); }
+static int q_put_nowait(lua_State *L) { return q_put_(L, 1, "put_nowait"); }
+
+static int q_get_(lua_State *L, int nowait, const char *m) {
+  lobj *h = check(L, K_QUEUE, m);
+  pcr_queue *q = (pcr_queue *)h->o;
+  double deadline = nowait ? 0 : timeout(L, 2, K_QUEUE, m);
+  if (h->m.blk) {
+    pcr__shm_free(h->m.blk);
+    h->m.blk = NULL;
+  }
+  for (;;) {
+    int e = pcr__queue_get(q, &h->m, deadline, nowait ? 0 : 100e-6);
+    if (e == 0) break;
+    if (e == -EINTR) { interrupted(L); continue; }
+    if (e == -ETIMEDOUT) {
+      if (nowait) return luaL_error(L, "%s: queue is empty", who(L, K_QUEUE, m));
+      lua_pushnil(L);
+      lua_pushliteral(L, "timeout");
+      return 2;
+    }
+    if (e == -EPIPE)
+      return luaL_error(L, "%s: queue is closed and empty", who(L, K_QUEUE, m));
+    return luaL_error(L, "%s: %s", who(L, K_QUEUE, m), strerror(-e));
+  }
+  if (h->m.kind == PCR_QF_STRING) lua_pushlstring(L, h->m.p, h->m.n);
+  else pcr__ser_decode(L, h->m.p, h->m.n, PCR_SER_TRUSTED);
+  if (h->m.blk) {  /* decoded: the block is done with */
+    pcr__shm_free(h->m.blk);
+    h->m.blk = NULL;
+  }
+  return 1;
+}
+
+static int q_get(lua_State *L) { return q_get_(L, 0, "get"); }
+static int q_get_nowait(lua_State *L) { return q_get_(L, 1, "get_nowait"); }
+
+static int q_qsize(lua_State *L) {
+  pcr_queue *q = (pcr_queue *)check(L, K_QUEUE, "qsize")->o;
+  int64_t n = atomic_load(&q->count);
+  lua_pushnumber(L, (lua_Number)(n < 0 ? 0 : n));
+  return 1;
+}
+
+static int q_empty(lua_State *L) {
+  pcr_queue *q = (pcr_queue *)check(L, K_QUEUE, "empty")->o;
+  lua_pushboolean(L, atomic_load(&q->count) <= 0);
+  return 1;
+}
+
+static int q_full(lua_State *L) {
+  pcr_queue *q = (pcr_queue *)check(L, K_QUEUE, "full")->o;
+  lua_pushboolean(L, q->maxsize && atomic_load(&q->count) >= q->maxsize);
+  return 1;
+}
+
+static int q_maxsize(lua_State *L) {
+  pcr_queue *q = (pcr_queue *)check(L, K_QUEUE, "maxsize")->o;
+  if (q->maxsize) lua_pushnumber(L, (lua_Number)q->maxsize);
+  else lua_pushnil(L);
+  return 1;
+}
+
+static int q_close(lua_State *L) {
+  pcr__queue_close((pcr_queue *)check(L, K_QUEUE, "close")->o);
+  return 0;
+}
+
+static int q_closed(lua_State *L) {
+  pcr_queue *q = (pcr_queue *)check(L, K_QUEUE, "closed")->o;
+  lua_pushboolean(L, atomic_load(&q->closed));
+  return 1;
+}
+
+static int q_task_done(lua_State *L) {
+  pcr_queue *q = (pcr_queue *)check(L, K_JQUEUE, "task_done")->o;
+  if (pcr__queue_task_done(q) < 0)
+    return luaL_error(L, "pcrun.JoinableQueue:task_done: called more times "
+                         "than there were items");
+  return 0;
+}
+
+static int q_join(lua_State *L) {
+  pcr_queue *q = (pcr_queue *)check(L, K_JQUEUE, "join")->o;
+  double deadline = timeout(L, 2, K_JQUEUE, "join");
+  for (;;) {
+    int e = pcr__queue_join(q, deadline);
+    if (e == -EINTR) { interrupted(L); continue; }
+    lua_pushboolean(L, e == 0);
+    return 1;
+  }
+}
+
+/* -- Locks, semaphores, events, conditions, barriers ------------------ */
+
+static int l_sync(lua_State *L) {
+  static const int kinds[] = { 0, K_LOCK, K_RLOCK, K_SEM, K_BSEM, K_EVENT,
+                               K_COND, K_BARRIER };
+  int kind = (int)luaL_checkinteger(L, 1);
+  luaL_argcheck(L, kind >= PCR_SYNC_LOCK && kind <= PCR_SYNC_BARRIER, 1,
+                "bad kind");
+  pcr_sync *s = pcr__sync_new((uint32_t)kind, (int64_t)luaL_optnumber(L, 2, 0));
+  if (!s) return nospace(L, "pcrun.sync");
+  if (kind == PCR_SYNC_COND) {  /* arg 3: the lock handle */
+    lobj *lh = lua_touserdata(L, 3);
+    int lk = lh ? kindof(L, 3) : -1;
+    if ((lk != K_LOCK && lk != K_RLOCK) || !lh->o) {
+      pcr__obj_unref(&s->hdr);
+      return luaL_error(L, "pcrun.condition: lock must be a pcrun.lock or "
+                           "pcrun.rlock");
+    }
+    pcr__obj_ref(lh->o);
+    s->cond_lock = (pcr_sync *)lh->o;
+  }
+  if (kind == PCR_SYNC_BARRIER && !lua_isnoneornil(L, 3)) {
+    size_t n;
+    const char *p = pcr__ser_encode_named(L, 3, &n, "action");
+    if (!(s->blob = pcr__shm_alloc(n))) {
+      pcr__obj_unref(&s->hdr);
+      return nospace(L, "pcrun.barrier");
+    }
+    memcpy(s->blob, p, n);
+    s->bloblen = n;
+  }
+  pushobj(L, &s->hdr, kinds[kind]);
+  return 1;
+}
+
+static pcr_sync *tosync(lua_State *L, int k, const char *m) {
+  return (pcr_sync *)check(L, k, m)->o;
+}
+
+/* Acquire a lock, rlock or semaphore (or a condition's lock). Pushes
+** true / false (timed out); a lock taken from a dead owner warns. */
+static int acquire(lua_State *L, pcr_sync *s, int k, double deadline) {
+  for (;;) {
+    int e = s->kind == PCR_SYNC_SEM || s->kind == PCR_SYNC_BSEM
+                ? pcr__sem_acquire(s, deadline)
+                : pcr__sync_acquire(s, deadline);
+    if (e == -EINTR) { interrupted(L); continue; }
+    if (e == -EDEADLK)
+      return luaL_error(L, "%s: this process already holds the lock "
+                           "(waiting would deadlock; use pcrun.rlock)",
+                        who(L, k, "acquire"));
+    if (e == PCR_LOCK_OWNERDEAD) {
+      fprintf(stderr, "pcrun: warning: %s: the previous owner died "
+                      "holding the lock; this process now holds it\n",
+              kname[k]);
+      lua_pushboolean(L, 1);
+      lua_pushliteral(L, "owner died");
+      return 2;
+    }
+    lua_pushboolean(L, e >= 0);
+    return 1;
+  }
+}
+
+static int s_acquire(lua_State *L) {
+  lobj *h = lua_touserdata(L, 1);
+  int k = h ? kindof(L, 1) : -1;
+  if (k != K_LOCK && k != K_RLOCK && k != K_SEM && k != K_BSEM &&
+      k != K_COND)
+    return luaL_error(L, "acquire: call it as obj:acquire([timeout])");
+  pcr_sync *s = tosync(L, k, "acquire");
+  if (k == K_COND) s = s->cond_lock;
+  return acquire(L, s, k, timeout(L, 2, k, "acquire"));
+}
+
+static int syncrelease(lua_State *L, pcr_sync *s, int k, int64_t n) {
+  int e;
+  if (s->kind == PCR_SYNC_SEM || s->kind == PCR_SYNC_BSEM) {
+    e = pcr__sem_release(s, n);
+    if (e == -ERANGE)
+      return luaL_error(L, "%s: released more times than acquired",
+                        who(L, k, "release"));
+  } else if ((e = pcr__sync_release(s)) == -EPERM) {
+    return luaL_error(L, "%s: this process does not hold the lock",
+                      who(L, k, "release"));
+  }
+  return 0;
+}
+
+static int s_release(lua_State *L) {
+  lobj *h = lua_touserdata(L, 1);
+  int k = h ? kindof(L, 1) : -1;
+  if (k != K_LOCK && k != K_RLOCK && k != K_SEM && k != K_BSEM &&
+      k != K_COND)
+    return luaL_error(L, "release: call it as obj:release()");
+  pcr_sync *s = tosync(L, k, "release");
+  int64_t n = 1;
+  if (k == K_COND) s = s->cond_lock;
+  if ((k == K_SEM || k == K_BSEM) && !lua_isnoneornil(L, 2)) {
+    lua_Number v = lua_tonumber(L, 2);
+    if (lua_type(L, 2) != LUA_TNUMBER || v < 1 || v != (int64_t)v)
+      return luaL_error(L, "%s: n must be a positive integer",
+                        who(L, k, "release"));
+    n = (int64_t)v;
+  }
+  return syncrelease(L, s, k, n);
+}
+
+/* obj:with(fn, ...): fn(...) holding it; released on error too. */
+static int s_with(lua_State *L) {
+  lobj *h = lua_touserdata(L, 1);
+  int k = h ? kindof(L, 1) : -1;
+  if (k != K_LOCK && k != K_RLOCK && k != K_SEM && k != K_BSEM &&
+      k != K_COND)
+    return luaL_error(L, "with: call it as obj:with(fn, ...)");
+  pcr_sync *s = tosync(L, k, "with");
+  if (k == K_COND) s = s->cond_lock;
+  if (!lua_isfunction(L, 2)) {
+    if (!luaL_getmetafield(L, 2, "__call"))
+      return luaL_error(L, "%s: fn must be a function, got %s",
+                        who(L, k, "with"), luaL_typename(L, 2));
+    lua_pop(L, 1);
+  }
+  int top = lua_gettop(L);
+  acquire(L, s, k, -1);
+  lua_settop(L, top);
+  int r = lua_pcall(L, top - 2, LUA_MULTRET, 0);
+  syncrelease(L, s, k, 1);
+  if (r) return lua_error(L);
+  return lua_gettop(L) - 1;
+}
+
+static int s_locked(lua_State *L) {
+  pcr_sync *s = tosync(L, K_LOCK, "locked");
+  lua_pushboolean(L, atomic_load(&s->lock.word) != 0);
+  return 1;
+}
+
+static int s_owned(lua_State *L) {
+  pcr_sync *s = tosync(L, K_LOCK, "owned");
+  lua_pushboolean(L, pcr__sync_owned(s));
+  return 1;
+}
+
+static int s_get_value(lua_State *L) {
+  lobj *h = lua_touserdata(L, 1);
+  int k = h ? kindof(L, 1) : -1;
+  if (k != K_SEM && k != K_BSEM)
+    return luaL_error(L, "get_value: call it as sem:get_value()");
+  lua_pushnumber(L, (lua_Number)atomic_load(&tosync(L, k, "get_value")->value));
+  return 1;
+}
+
+static int e_set(lua_State *L) {
+  pcr__event_set(tosync(L, K_EVENT, "set"), 1);
+  return 0;
+}
+
+static int e_clear(lua_State *L) {
+  pcr__event_set(tosync(L, K_EVENT, "clear"), 0);
+  return 0;
+}
+
+static int e_is_set(lua_State *L) {
+  lua_pushboolean(L, atomic_load(&tosync(L, K_EVENT, "is_set")->value) != 0);
+  return 1;
+}
+
+static int e_wait(lua_State *L) {
+  pcr_sync *s = tosync(L, K_EVENT, "wait");
+  double deadline = timeout(L, 2, K_EVENT, "wait");
+  for (;;) {
+    int e = pcr__event_wait(s, deadline);
+    if (e == -EINTR) { interrupted(L); continue; }
+    lua_pushboolean(L, e > 0);
+    return 1;
+  }
+}
+
+static int c_wait(lua_State *L) {
+  pcr_sync *c = tosync(L, K_COND, "wait");
+  double deadline = timeout(L, 2, K_COND, "wait");
+  int e = pcr__cond_wait(c, deadline);
+  if (e == -EPERM)
+    return luaL_error(L, "pcrun.Condition:wait: the lock is not held by "
+                         "this process");
+  if (e == -EINTR) interrupted(L);
+  lua_pushboolean(L, e > 0);
+  return 1;
+}
+
+static int c_notify_(lua_State *L, int all, const char *m) {
+  pcr_sync *c = tosync(L, K_COND, m);
+  int n = 1;
+  if (all) {
+    n = INT32_MAX;
+  } else if (!lua_isnoneornil(L, 2)) {
+    lua_Number v = lua_tonumber(L, 2);
+    if (lua_type(L, 2) != LUA_TNUMBER || v < 1 || v != (int)v)
+      return luaL_error(L, "pcrun.Condition:notify: n must be a positive "
+                           "integer");
+    n = (int)v;
+  }
+  if (pcr__cond_notify(c, n) == -EPERM)
+    return luaL_error(L, "pcrun.Condition:%s: the lock is not held by this "
+                         "process", m);
+  return 0;
+}
+
+static int c_notify(lua_State *L) { return c_notify_(L, 0, "notify"); }
+static int c_notify_all(lua_State *L) { return c_notify_(L, 1, "notify_all"); }
+
+static int b_wait(lua_State *L) {
+  pcr_sync *b = tosync(L, K_BARRIER, "wait");
+  double deadline = timeout(L, 2, K_BARRIER, "wait");
+  uint32_t gen;
+  int idx = pcr__barrier_arrive(b, &gen);
+  if (idx == -EPIPE)
+    return luaL_error(L, "pcrun.Barrier:wait: the barrier is broken");
+  if (idx == b->limit - 1) {  /* last to arrive: run the action, open it */
+    if (b->blob) {
+      pcr__ser_decode(L, b->blob, b->bloblen, PCR_SER_TRUSTED);
+      if (lua_pcall(L, 0, 0, 0)) {
+        pcr__barrier_break(b);
+        return luaL_error(L, "pcrun.Barrier:wait: the action failed: %s",
+                          lua_tostring(L, -1));
+      }
+    }
+    pcr__barrier_pass(b);
+    lua_pushinteger(L, idx);
+    return 1;
+  }
+  int e = pcr__barrier_wait(b, gen, deadline);
+  if (e == -EINTR) {
+    pcr__barrier_break(b);
+    interrupted(L);
+    return luaL_error(L, "pcrun.Barrier:wait: interrupted");
+  }
+  if (e == -EPIPE)
+    return luaL_error(L, "pcrun.Barrier:wait: the barrier is broken");
+  lua_pushinteger(L, idx);
+  return 1;
+}
+
+static int b_abort(lua_State *L) {
+  pcr__barrier_break(tosync(L, K_BARRIER, "abort"));
+  return 0;
+}
+
+static int b_reset(lua_State *L) {
+  pcr__barrier_reset(tosync(L, K_BARRIER, "reset"));
+  return 0;
+}
+
+static int b_parties(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)tosync(L, K_BARRIER, "parties")->limit);
+  return 1;
+}
+
+static int b_n_waiting(lua_State *L) {
+  pcr_sync *b = tosync(L, K_BARRIER, "n_waiting");
+  lua_pushinteger(L, (lua_Integer)atomic_load(&b->value));
+  return 1;
+}
+
+static int b_broken(lua_State *L) {
+  lua_pushboolean(L, atomic_load(&tosync(L, K_BARRIER, "broken")->broken));
+  return 1;
+}
+
+/* -- Shared arrays and values ----------------------------------------- */
+
+/* array_new(ctype, esize, n) -> ObjRef, address (a number) */
+static int l_array_new(lua_State *L) {
+  const char *ct = luaL_checkstring(L, 1);
+  size_t esize = (size_t)luaL_checknumber(L, 2);
+  lua_Number n = luaL_checknumber(L, 3);
+  pcr_array *a = n < 0 ? NULL : pcr__array_new(ct, esize, (uint64_t)n);
+  if (!a) return nospace(L, lua_tostring(L, 4) ? lua_tostring(L, 4)
+                                               : "pcrun.array");
+  pushobj(L, &a->hdr, K_REF);
+  lua_pushnumber(L, (lua_Number)(uintptr_t)a->data);
+  return 2;
+}
+
+/* ref_info(ref) -> address, n, ctype */
+static int r_info(lua_State *L) {
+  lobj *h = check(L, K_REF, "info");
+  pcr_array *a = (pcr_array *)h->o;
+  lua_pushnumber(L, (lua_Number)(uintptr_t)a->data);
+  lua_pushnumber(L, (lua_Number)a->n);
+  lua_pushstring(L, a->ctype);
+  return 3;
+}
+
+/* Atomic access to one element: kind 'i' signed, 'u' unsigned, 'f'
+** floating, with the element's size. */
+typedef union { int8_t i8; int16_t i16; int32_t i32; int64_t i64;
+                uint8_t u8; uint16_t u16; uint32_t u32; uint64_t u64;
+                float f; double d; } scalar;
+
+static lua_Number scalar_get(int kind, size_t size, scalar s) {
+  if (kind == 'f') return size == 4 ? s.f : s.d;
+  if (kind == 'i')
+    return size == 1 ? s.i8 : size == 2 ? s.i16 : size == 4 ? s.i32
+                                                            : (lua_Number)s.i64;
+  return size == 1 ? s.u8 : size == 2 ? s.u16 : size == 4 ? s.u32
+                                                          : (lua_Number)s.u64;
+}
+
+static scalar scalar_from(int kind, size_t size, lua_Number v) {
+  scalar s;
+  memset(&s, 0, sizeof s);
+  if (kind == 'f') { if (size == 4) s.f = (float)v; else s.d = v; return s; }
+  if (kind == 'i') {
+    if (size == 1) s.i8 = (int8_t)v; else if (size == 2) s.i16 = (int16_t)v;
+    else if (size == 4) s.i32 = (int32_t)v; else s.i64 = (int64_t)v;
+    return s;
+  }
+  if (size == 1) s.u8 = (uint8_t)v; else if (size == 2) s.u16 = (uint16_t)v;
+  else if (size == 4) s.u32 = (uint32_t)v; else s.u64 = (uint64_t)v;
+  return s;
+}
+
+static int cas_bits(void *p, size_t size, scalar *old, scalar nw) {
+  switch (size) {
+  case 1: return __atomic_compare_exchange(
+      (uint8_t *)p, &old->u8, &nw.u8, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+  case 2: return __atomic_compare_exchange(
+      (uint16_t *)p, &old->u16, &nw.u16, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+  case 4: return __atomic_compare_exchange(
+      (uint32_t *)p, &old->u32, &nw.u32, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+  default: return __atomic_compare_exchange(
+      (uint64_t *)p, &old->u64, &nw.u64, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+  }
+}
+
+static scalar load_bits(void *p, size_t size) {
+  scalar s;
+  memset(&s, 0, sizeof s);
+  switch (size) {
+  case 1: s.u8 = __atomic_load_n((uint8_t *)p, __ATOMIC_SEQ_CST); break;
+  case 2: s.u16 = __atomic_load_n((uint16_t *)p, __ATOMIC_SEQ_CST); break;
+  case 4: s.u32 = __atomic_load_n((uint32_t *)p, __ATOMIC_SEQ_CST); break;
+  default: s.u64 = __atomic_load_n((uint64_t *)p, __ATOMIC_SEQ_CST);
+  }
+  return s;
+}
+
+/* value_op(ref, kind, op, a, b): op 'l' load, 's' store a, 'a' add a
+** (returns the old value), 'c' cas(a, b) (returns whether it swapped). */
+static int r_value_op(lua_State *L) {
+  lobj *h = check(L, K_REF, "value");
+  pcr_array *a = (pcr_array *)h->o;
+  int kind = *luaL_checkstring(L, 2), op = *luaL_checkstring(L, 3);
+  size_t size = a->esize;
+  void *p = a->data;
+  if (op == 'l') {
+    lua_pushnumber(L, scalar_get(kind, size, load_bits(p, size)));
+    return 1;
+  }
+  lua_Number x = luaL_checknumber(L, 4);
+  scalar old = load_bits(p, size), nw;
+  if (op == 'c') {
+    scalar want = scalar_from(kind, size, x);
+    nw = scalar_from(kind, size, luaL_checknumber(L, 5));
+    /* Compare by value, so that 1.0 matches whatever bits it has now. */
+    if (scalar_get(kind, size, old) != scalar_get(kind, size, want)) {
+      lua_pushboolean(L, 0);
+      return 1;
+    }
+    lua_pushboolean(L, cas_bits(p, size, &old, nw));
+    return 1;
+  }
+  do {
+    lua_Number cur = scalar_get(kind, size, old);
+    nw = scalar_from(kind, size, op == 'a' ? cur + x : x);
+  } while (!cas_bits(p, size, &old, nw));
+  lua_pushnumber(L, scalar_get(kind, size, old));
+  return 1;
+}
+
+/* -- Crossing processes, lifetime ------------------------------------- */
+
+/* The wire form: offset and kind; the reference travels with it. */
+typedef struct wireobj {
+  uint64_t off;
+  int32_t kind;
+  uint32_t type;
+} wireobj;
+
+static int o_serialize(lua_State *L) {
+  lobj *h = lua_touserdata(L, 1);
+  int k = h ? kindof(L, 1) : -1;
+  if (k < 0 || !h->o) return luaL_error(L, "cannot send a released object");
+  wireobj w = { pcr__shm_offset(h->o), k, h->o->type };
+  pcr__obj_ref(h->o);  /* the receiver adopts it */
+  lua_pushlstring(L, (const char *)&w, sizeof w);
+  return 1;
+}
+
+static int o_deserialize(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  wireobj w;
+  if (n != sizeof w) return luaL_error(L, "bad pcrun object encoding");
+  memcpy(&w, s, sizeof w);
+  pcr_obj *o = pcr__shm_at(w.off, sizeof(pcr_obj));
+  if (!o || o->magic != PCR_OBJ_MAGIC || o->type != w.type || w.kind < 0 ||
+      w.kind >= K_N)
+    return luaL_error(L, "pcrun: a shared object in a message no longer "
+                         "exists");
+  pushobj(L, o, w.kind);
+  return 1;
+}
+
+static int o_gc(lua_State *L) {
+  lobj *h = lua_touserdata(L, 1);
+  if (h) release(h);
+  return 0;
+}
+
+static int o_tostring(lua_State *L) {
+  lobj *h = lua_touserdata(L, 1);
+  int k = kindof(L, 1);
+  lua_pushfstring(L, "%s: %p", k >= 0 ? kname[k] : "pcrun.object",
+                  h ? (void *)h->o : NULL);
+  return 1;
+}
+
+static int o_eq(lua_State *L) {
+  lobj *a = lua_touserdata(L, 1), *b = lua_touserdata(L, 2);
+  lua_pushboolean(L, a && b && a->o == b->o);
+  return 1;
+}
+
+/* ready(objs) -> index of the first ready queue or event, or nil;
+** wait_many(objs, timeout) sleeps until one may be. */
+static int readyat(lua_State *L, int i) {
+  lobj *h = lua_touserdata(L, i);
+  int k = h ? kindof(L, i) : -1;
+  if (!h || !h->o) return -1;
+  if (k == K_QUEUE || k == K_JQUEUE) return pcr__queue_ready((pcr_queue *)h->o);
+  if (k == K_EVENT) return atomic_load(&((pcr_sync *)h->o)->value) != 0;
+  return -1;
+}
+
+static pcr_waitq *waitqof(lua_State *L, int i) {
+  lobj *h = lua_touserdata(L, i);
+  int k = kindof(L, i);
+  if (k == K_QUEUE || k == K_JQUEUE) return &((pcr_queue *)h->o)->getq;
+  return &((pcr_sync *)h->o)->wq;
+}
+
+static int l_wait_many(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  int n = (int)lua_objlen(L, 1);
+  double deadline = lua_isnoneornil(L, 2) ? -1 : luaL_checknumber(L, 2);
+  luaL_argcheck(L, n >= 1 && n <= 128, 1, "1 to 128 queues and events");
+  pcr_waitq *qs[128];
+  pcr_wqtok ts[128];
+  int r = 0;
+  for (int i = 0; i < n; i++) {
+    lua_rawgeti(L, 1, i + 1);
+    int ready = readyat(L, -1);
+    if (ready < 0) {
+      for (int j = 0; j < i; j++) pcr__wq_cancel(qs[j], &ts[j]);
+      return luaL_error(L, "pcrun.select: item %d is not a queue or event",
+                        i + 1);
+    }
+    qs[i] = waitqof(L, -1);
+    pcr__wq_prepare(qs[i], &ts[i]);
+    r |= ready;
+    lua_pop(L, 1);
+  }
+  if (r) {
+    for (int i = 0; i < n; i++) pcr__wq_cancel(qs[i], &ts[i]);
+    return 0;
+  }
+  r = pcr__wq_sleep_many(qs, ts, n, deadline);
+  if (r == -EINTR) interrupted(L);
+  return 0;
+}
+
+static int l_ready(lua_State *L) {
+  lua_pushboolean(L, readyat(L, 1) > 0);
+  return 1;
+}
+
+/* cdhook(ctype_id, mt): cdata of that ctype cross by mt.__serialize. */
+static int l_cdhook(lua_State *L) {
+  luaL_checknumber(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  pcr__ser_cdhooks(L);
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 2);
+  lua_rawset(L, -3);
+  return 0;
+}
+
+static const luaL_Reg queue_m[] = {
+  {"put", q_put}, {"get", q_get}, {"put_nowait", q_put_nowait},
+  {"get_nowait", q_get_nowait}, {"qsize", q_qsize}, {"empty", q_empty},
+  {"full", q_full}, {"close", q_close}, {"closed", q_closed},
+  {"maxsize", q_maxsize}, {NULL, NULL}
+};
+static const luaL_Reg jqueue_m[] = {
+  {"task_done", q_task_done}, {"join", q_join}, {NULL, NULL}
+};
+static const luaL_Reg lock_m[] = {
+  {"acquire", s_acquire}, {"release", s_release}, {"with", s_with},
+  {"locked", s_locked}, {"owned", s_owned}, {NULL, NULL}
+};
+static const luaL_Reg sem_m[] = {
+  {"acquire", s_acquire}, {"release", s_release}, {"with", s_with},
+  {"get_value", s_get_value}, {NULL, NULL}
+};
+static const luaL_Reg event_m[] = {
+  {"set", e_set}, {"clear", e_clear}, {"is_set", e_is_set}, {"wait", e_wait},
+  {NULL, NULL}
+};
+static const luaL_Reg cond_m[] = {
+  {"acquire", s_acquire}, {"release", s_release}, {"with", s_with},
+  {"wait", c_wait}, {"notify", c_notify}, {"notify_all", c_notify_all},
+  {NULL, NULL}
+};
+static const luaL_Reg barrier_m[] = {
+  {"wait", b_wait}, {"abort", b_abort}, {"reset", b_reset},
+  {"parties", b_parties}, {"n_waiting", b_n_waiting}, {"broken", b_broken},
+  {NULL, NULL}
+};
+static const luaL_Reg ref_m[] = {
+  {"info", r_info}, {"value_op", r_value_op}, {NULL, NULL}
+};
+
+static void newmt(lua_State *L, int k, const luaL_Reg *m1, const luaL_Reg *m2) {
+  luaL_newmetatable(L, kname[k]);
+  lua_newtable(L);
+  luaL_register(L, NULL, m1);
+  if (m2) luaL_register(L, NULL, m2);
+  lua_setfield(L, -2, "__index");
+  lua_pushinteger(L, k);
+  lua_setfield(L, -2, "__kind");
+  lua_pushstring(L, kname[k]);
+  lua_setfield(L, -2, "__name");
+  lua_pushcfunction(L, o_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, o_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pushcfunction(L, o_eq);
+  lua_setfield(L, -2, "__eq");
+  lua_pushcfunction(L, o_serialize);
+  lua_setfield(L, -2, "__serialize");
+  lua_pushcfunction(L, o_deserialize);
+  lua_setfield(L, -2, "__deserialize");
+  lua_setfield(L, -2, kname[k] + 6);  /* core.Queue = mt, ... */
+}
+
+void pcr__lshared_open(lua_State *L) {
+  static const luaL_Reg fns[] = {
+    {"queue", l_queue}, {"sync", l_sync}, {"array_new", l_array_new},
+    {"wait_many", l_wait_many}, {"ready", l_ready}, {"cdhook", l_cdhook},
+    {NULL, NULL}
+  };
+  pcr__queue_init();
+  pcr__sync_init();
+  luaL_register(L, NULL, fns);
+  newmt(L, K_QUEUE, queue_m, NULL);
+  newmt(L, K_JQUEUE, queue_m, jqueue_m);
+  newmt(L, K_LOCK, lock_m, NULL);
+  newmt(L, K_RLOCK, lock_m, NULL);
+  newmt(L, K_SEM, sem_m, NULL);
+  newmt(L, K_BSEM, sem_m, NULL);
+  newmt(L, K_EVENT, event_m, NULL);
+  newmt(L, K_COND, cond_m, NULL);
+  newmt(L, K_BARRIER, barrier_m, NULL);
+  newmt(L, K_REF, ref_m, NULL);
+}

@@ -1,0 +1,307 @@
+/* Queues in the arena: frames in a chain of ring segments. A frame is an
+** 8-byte header (payload length << 8 | kind) and its payload; a frame never
+** spans two segments. Writers publish a frame by moving head after copying
+** it, readers consume one by moving tail after copying it out, so a
+** process killed mid-put or mid-get leaves no half frame behind. */
+#include "queue.h"
+#include "pcrdef.h"
+
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define HDR 8
+#define INDIRECT 0x80u                 /* payload is an arena block */
+#define BIG ((size_t)1 << 16)          /* payloads from here on go apart */
+#define SEG_FIRST ((size_t)1 << 14)
+#define SEG_MAX ((size_t)1 << 24)
+
+struct pcr_qseg {
+  _Atomic(pcr_qseg *) next;   /* set once, after the last write here */
+  uint64_t cap;               /* power of two */
+  _Alignas(64) _Atomic uint64_t head;
+  _Alignas(64) _Atomic uint64_t tail;
+  _Alignas(64) char data[];
+};
+
+static pcr_qseg *segnew(size_t cap) {
+  pcr_qseg *s = pcr__shm_alloc(sizeof(pcr_qseg) + cap);
+  if (!s) return NULL;
+  memset(s, 0, sizeof *s);  /* not the data: a fresh queue stays cheap */
+  s->cap = cap;
+  return s;
+}
+
+static void segcopyin(pcr_qseg *s, uint64_t at, const void *p, size_t n) {
+  size_t i = (size_t)(at & (s->cap - 1)), first = s->cap - i;
+  if (first >= n) {
+    memcpy(s->data + i, p, n);
+  } else {
+    memcpy(s->data + i, p, first);
+    memcpy(s->data, (const char *)p + first, n - first);
+  }
+}
+
+static void segcopyout(pcr_qseg *s, uint64_t at, void *p, size_t n) {
+  size_t i = (size_t)(at & (s->cap - 1)), first = s->cap - i;
+  if (first >= n) {
+    memcpy(p, s->data + i, n);
+  } else {
+    memcpy(p, s->data + i, first);
+    memcpy((char *)p + first, s->data, n - first);
+  }
+}
+
+/* Free the segments from s on, with the blocks of frames never read. */
+static void segfree_all(pcr_qseg *s) {
+  while (s) {
+    uint64_t t = atomic_load(&s->tail), h = atomic_load(&s->head);
+    while (h - t >= HDR) {
+      uint64_t hdr, off;
+      segcopyout(s, t, &hdr, HDR);
+      t += HDR;
+      if (!(hdr & INDIRECT)) { t += hdr >> 8; continue; }
+      if (h - t < sizeof off) break;
+      segcopyout(s, t, &off, sizeof off);
+      pcr__shm_free(pcr__shm_at(off, (size_t)(hdr >> 8)));
+      t += sizeof off;
+    }
+    pcr_qseg *next = atomic_load(&s->next);
+    pcr__shm_free(s);
+    s = next;
+  }
+}
+
+static void queuedtor(pcr_obj *o) {
+  pcr_queue *q = (pcr_queue *)o;
+  segfree_all(q->rseg);
+  q->rseg = q->wseg = NULL;
+}
+
+void pcr__queue_init(void) { pcr__obj_set_dtor(PCR_OBJ_QUEUE, queuedtor); }
+
+pcr_queue *pcr__queue_new(int64_t maxsize) {
+  pcr_queue *q = (pcr_queue *)pcr__obj_new(sizeof *q, PCR_OBJ_QUEUE);
+  if (!q) return NULL;
+  q->maxsize = maxsize > 0 ? maxsize : 0;
+  q->rseg = q->wseg = segnew(SEG_FIRST);
+  if (!q->rseg) {
+    pcr__obj_unref(&q->hdr);
+    return NULL;
+  }
+  return q;
+}
+
+/* Take a lock; a dead previous owner needs no repair beyond what the
+** caller does, because frames are published whole. */
+static int lockq(pcr_lock *l) {
+  for (;;) {
+    int r = pcr__lock_lock(l, -1);
+    if (r >= 0) return r;
+    if (r != -EINTR) return r;  /* EDEADLK cannot happen: never nested */
+  }
+}
+
+static int expired(double deadline) {
+  return deadline >= 0 && (deadline == 0 || pcr__now() >= deadline);
+}
+
+/* Wait on wq until ready(q) or the deadline; 0 means "try again". */
+static int waiton(pcr_queue *q, pcr_waitq *wq, int (*ready)(pcr_queue *),
+                  double deadline) {
+  if (expired(deadline)) return -ETIMEDOUT;
+  pcr_wqtok t;
+  pcr__wq_prepare(wq, &t);
+  if (ready(q)) {
+    pcr__wq_cancel(wq, &t);
+    return 0;
+  }
+  return pcr__wq_sleep(wq, &t, deadline);
+}
+
+static int hasroom(pcr_queue *q) {
+  return atomic_load(&q->closed) || atomic_load(&q->count) < q->maxsize;
+}
+
+int pcr__queue_put(pcr_queue *q, unsigned kind, const void *p, size_t n,
+                   double deadline) {
+  void *blk = NULL;
+  uint64_t off;
+  size_t plen = n;
+  if (n >= BIG) {  /* one copy in, one out; the ring carries the offset */
+    if (!(blk = pcr__shm_alloc(n))) return -ENOSPC;
+    memcpy(blk, p, n);
+    off = pcr__shm_offset(blk);
+    p = &off;
+    plen = sizeof off;
+    kind |= INDIRECT;
+  }
+  uint64_t hdr = ((uint64_t)n << 8) | kind;
+  int e;
+  for (;;) {
+    if (atomic_load_explicit(&q->closed, memory_order_relaxed)) {
+      e = -EPIPE;
+      goto fail;
+    }
+    if (q->maxsize && atomic_load(&q->count) >= q->maxsize) {
+      if ((e = waiton(q, &q->putq, hasroom, deadline)) < 0) goto fail;
+      continue;
+    }
+    if ((e = lockq(&q->wlock)) < 0) goto fail;
+    if (e == PCR_LOCK_OWNERDEAD && q->wprev && !atomic_load(&q->wprev->next))
+      atomic_store(&q->wprev->next, q->wseg);  /* it died while linking */
+    if (q->maxsize && atomic_load(&q->count) >= q->maxsize) {
+      pcr__lock_unlock(&q->wlock);  /* another writer took the last slot */
+      continue;
+    }
+    break;
+  }
+  pcr_qseg *s = q->wseg;
+  uint64_t h = atomic_load_explicit(&s->head, memory_order_relaxed);
+  size_t need = HDR + plen;
+  if (s->cap - (h - q->tailseen) < need) {
+    q->tailseen = atomic_load_explicit(&s->tail, memory_order_acquire);
+    if (s->cap - (h - q->tailseen) < need) {
+      size_t cap = s->cap < SEG_MAX ? s->cap * 2 : s->cap;
+      while (cap < 4 * need) cap *= 2;
+      pcr_qseg *ns = segnew(cap);
+      if (!ns) {
+        pcr__lock_unlock(&q->wlock);
+        e = -ENOSPC;
+        goto fail;
+      }
+      q->wprev = s;
+      q->wseg = ns;
+      q->tailseen = 0;
+      atomic_store_explicit(&s->next, ns, memory_order_release);
+      q->wprev = NULL;
+      s = ns;
+      h = 0;
+    }
+  }
+  segcopyin(s, h, &hdr, HDR);
+  segcopyin(s, h + HDR, p, plen);
+  atomic_fetch_add_explicit(&q->count, 1, memory_order_relaxed);
+  if (q->hdr.flags) atomic_fetch_add(&q->unfinished, 1);
+  atomic_store_explicit(&s->head, h + need, memory_order_release);
+  pcr__lock_unlock(&q->wlock);
+  pcr__wq_wake(&q->getq, 1);
+  return 0;
+fail:
+  pcr__shm_free(blk);
+  return e;
+}
+
+/* Take one frame if there is one: 1, 0 (none) or a negative errno. */
+static int tryget(pcr_queue *q, pcr_qmsg *m) {
+  int e = lockq(&q->rlock);
+  if (e < 0) return e;
+  pcr_qseg *s = q->rseg;
+  uint64_t t = atomic_load_explicit(&s->tail, memory_order_relaxed);
+  uint64_t h = atomic_load_explicit(&s->head, memory_order_acquire);
+  while (h == t) {
+    pcr_qseg *next = atomic_load_explicit(&s->next, memory_order_acquire);
+    if (!next) {
+      pcr__lock_unlock(&q->rlock);
+      return 0;
+    }
+    h = atomic_load_explicit(&s->head, memory_order_acquire);
+    if (h != t) break;  /* written before the link: read it first */
+    q->rseg = next;
+    pcr__shm_free(s);
+    s = next;
+    t = atomic_load_explicit(&s->tail, memory_order_relaxed);
+    h = atomic_load_explicit(&s->head, memory_order_acquire);
+  }
+  uint64_t hdr;
+  segcopyout(s, t, &hdr, HDR);
+  size_t n = (size_t)(hdr >> 8), plen = n;
+  m->kind = (unsigned)(hdr & 0x7f);
+  m->blk = NULL;
+  if (hdr & INDIRECT) {
+    uint64_t off;
+    plen = sizeof off;
+    segcopyout(s, t + HDR, &off, sizeof off);
+    m->blk = pcr__shm_at(off, n);
+    m->p = m->blk;
+  } else {
+    if (m->bufcap < n + 1) {
+      size_t cap = m->bufcap ? m->bufcap : 256;
+      while (cap < n + 1) cap *= 2;
+      char *b = realloc(m->buf, cap);
+      if (!b) {
+        pcr__lock_unlock(&q->rlock);
+        return -ENOMEM;
+      }
+      m->buf = b;
+      m->bufcap = cap;
+    }
+    segcopyout(s, t + HDR, m->buf, n);
+    m->p = m->buf;
+  }
+  m->n = n;
+  atomic_fetch_sub_explicit(&q->count, 1, memory_order_relaxed);
+  atomic_store_explicit(&s->tail, t + HDR + plen, memory_order_release);
+  pcr__lock_unlock(&q->rlock);
+  if (q->maxsize) pcr__wq_wake(&q->putq, 1);
+  return 1;
+}
+
+int pcr__queue_ready(pcr_queue *q) {
+  /* Unlocked peek: rseg may be freed under us, which only reads stale
+  ** arena bytes; callers confirm under the lock. */
+  pcr_qseg *s = *(pcr_qseg *volatile *)&q->rseg;
+  return atomic_load(&s->head) != atomic_load(&s->tail) ||
+         atomic_load(&s->next) != NULL || atomic_load(&q->closed);
+}
+
+int pcr__queue_get(pcr_queue *q, pcr_qmsg *m, double deadline, double spin) {
+  double spinto = -1;
+  for (;;) {
+    int r = tryget(q, m);
+    if (r) return r > 0 ? 0 : r;
+    if (atomic_load(&q->closed)) {
+      r = tryget(q, m);  /* a put may have landed before the close */
+      return r > 0 ? 0 : r < 0 ? r : -EPIPE;
+    }
+    if (spin > 0) {
+      if (spinto < 0) spinto = pcr__now() + spin;
+      int i = 0;
+      while (!pcr__queue_ready(q)) {
+        pcr__cpu_relax();
+        if ((++i & 63) == 0) {
+          if (pcr__now() >= spinto) break;
+          sched_yield();
+        }
+      }
+      if (pcr__queue_ready(q)) continue;
+      spin = 0;
+    }
+    if ((r = waiton(q, &q->getq, pcr__queue_ready, deadline)) < 0) return r;
+  }
+}
+
+void pcr__queue_close(pcr_queue *q) {
+  atomic_store(&q->closed, 1);
+  pcr__wq_wake(&q->getq, INT32_MAX);
+  pcr__wq_wake(&q->putq, INT32_MAX);
+}
+
+int pcr__queue_task_done(pcr_queue *q) {
+  int64_t u = atomic_load(&q->unfinished);
+  do {
+    if (u <= 0) return -EINVAL;
+  } while (!atomic_compare_exchange_weak(&q->unfinished, &u, u - 1));
+  if (u == 1) pcr__wq_wake(&q->joinq, INT32_MAX);
+  return 0;
+}
+
+static int alldone(pcr_queue *q) { return atomic_load(&q->unfinished) <= 0; }
+
+int pcr__queue_join(pcr_queue *q, double deadline) {
+  for (;;) {
+    if (alldone(q)) return 0;
+    int r = waiton(q, &q->joinq, alldone, deadline);
+    if (r < 0) return r;
+  }
+}

@@ -1,0 +1,79 @@
+/* Queues: multi-producer, multi-consumer message queues in the arena.
+** Frames go into a chain of ring segments: a writer that finds its segment
+** too full links a larger one, so an unbounded queue never blocks a put;
+** readers free a segment once they have drained it and moved on. Large
+** payloads travel in their own arena block. Waiting uses wait queues (a
+** busy producer/consumer pair makes no syscall). Free of Lua. */
+#ifndef PCR_QUEUE_H
+#define PCR_QUEUE_H
+
+#include "futex.h"
+#include "shm.h"
+
+typedef struct pcr_qseg pcr_qseg;
+
+typedef struct pcr_queue {
+  pcr_obj hdr;
+  int64_t maxsize;               /* 0: unbounded; constant */
+  _Atomic uint32_t closed;
+  /* Writers' line. */
+  _Alignas(64) pcr_lock wlock;
+  pcr_qseg *wseg;                /* segment writers fill; under wlock */
+  pcr_qseg *wprev;               /* its predecessor, to repair a link a
+                                    dead writer left undone */
+  uint64_t tailseen;             /* wseg's tail as last read */
+  /* Readers' line. */
+  _Alignas(64) pcr_lock rlock;
+  pcr_qseg *rseg;                /* segment readers drain; under rlock */
+  _Alignas(64) _Atomic int64_t count;     /* frames queued (approximate
+                                            only if a process died in a
+                                            put or get) */
+  _Atomic int64_t unfinished;    /* joinable: puts not yet task_done */
+  pcr_waitq getq;                /* readers waiting for a frame */
+  pcr_waitq putq;                /* writers waiting for room (maxsize) */
+  pcr_waitq joinq;               /* join() waiting for unfinished == 0 */
+} pcr_queue;
+
+/* Frame kinds (low 7 bits of a frame header). */
+enum { PCR_QF_VALUE = 1, PCR_QF_STRING = 2 };
+
+/* A new queue; NULL when the arena is full. Freed by pcr__obj_unref. */
+pcr_queue *pcr__queue_new(int64_t maxsize);
+
+/* Append one frame. Returns 0, -ETIMEDOUT (full until the deadline;
+** deadline 0 never waits), -EPIPE (closed), -ENOSPC (arena full) or
+** -EINTR. */
+int pcr__queue_put(pcr_queue *q, unsigned kind, const void *p, size_t n,
+                   double deadline);
+
+/* A received frame: data lies in buf (grown with realloc, owned by the
+** caller) or, for a large one, in an arena block the caller frees with
+** pcr__shm_free once done (blk). */
+typedef struct pcr_qmsg {
+  unsigned kind;
+  const char *p;
+  size_t n;
+  void *blk;
+  char *buf;
+  size_t bufcap;
+} pcr_qmsg;
+
+/* Take the oldest frame. Returns 0, -ETIMEDOUT, -EPIPE (closed and
+** drained), -ENOMEM or -EINTR. spin: seconds to poll before sleeping. */
+int pcr__queue_get(pcr_queue *q, pcr_qmsg *m, double deadline, double spin);
+
+/* Whether a get would not block (a frame waits, or the queue is closed). */
+int pcr__queue_ready(pcr_queue *q);
+
+void pcr__queue_close(pcr_queue *q);
+
+/* Joinable queues: every put counts one unfinished task. task_done
+** returns 0 or -EINVAL when called more times than puts; join waits for
+** the count to reach zero (0, -ETIMEDOUT or -EINTR). */
+int pcr__queue_task_done(pcr_queue *q);
+int pcr__queue_join(pcr_queue *q, double deadline);
+
+/* Set the destructor for queues; once, before any fork. */
+void pcr__queue_init(void);
+
+#endif
