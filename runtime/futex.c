@@ -5,6 +5,7 @@
 
 #include <linux/futex.h>
 #include <stdint.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -14,12 +15,21 @@
 
 static uint32_t self_pid;
 
+void pcr__self_reset(void) { self_pid = (uint32_t)getpid(); }
+
+/* The pid is cached; a fork by anyone (ffi's C.fork included) runs the
+** atfork handler, so the child never acts under its parent's pid. */
 uint32_t pcr__self(void) {
-  if (PCR_UNLIKELY(self_pid == 0)) self_pid = (uint32_t)getpid();
+  if (PCR_UNLIKELY(self_pid == 0)) {
+    static int registered;
+    if (!registered) {
+      registered = 1;
+      pthread_atfork(NULL, NULL, pcr__self_reset);
+    }
+    self_pid = (uint32_t)getpid();
+  }
   return self_pid;
 }
-
-void pcr__self_reset(void) { self_pid = (uint32_t)getpid(); }
 
 double pcr__now(void) {
   struct timespec ts;

@@ -51,7 +51,10 @@ end
 
 local pool = require "pcrun.pool"
 local future = require "pcrun.future"
-local shared = require "pcrun.shared"
+local queue = require "pcrun.queue"
+local sync = require "pcrun.sync"
+local array = require "pcrun.array"
+local select_ = require "pcrun.select"
 
 core.register_type("pcrun.Process", process.Process)
 core.register_type("pcrun.Connection", core.Connection)
@@ -61,15 +64,15 @@ for _, name in ipairs { "Queue", "JoinableQueue", "Lock", "RLock",
   core.register_type("pcrun." .. name, core[name])
   M[name] = core[name]
 end
-core.register_type("pcrun.Array", shared.Array)
-core.register_type("pcrun.Value", shared.Value)
-for _, name in ipairs { "queue", "joinable_queue", "lock", "rlock",
-                        "semaphore", "bounded_semaphore", "event",
-                        "condition", "barrier", "array", "value",
-                        "select" } do
-  M[name] = shared[name]
-end
-M.Array, M.Value = shared.Array, shared.Value
+core.register_type("pcrun.Array", array.Array)
+core.register_type("pcrun.Value", array.Value)
+M.queue, M.joinable_queue = queue.queue, queue.joinable_queue
+M.lock, M.rlock, M.event = sync.lock, sync.rlock, sync.event
+M.semaphore, M.bounded_semaphore = sync.semaphore, sync.bounded_semaphore
+M.condition, M.barrier = sync.condition, sync.barrier
+M.array, M.value = array.array, array.value
+M.Array, M.Value = array.Array, array.Value
+M.select = select_.select
 
 M.process = process.new
 M.pool = pool.new

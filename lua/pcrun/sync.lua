@@ -1,0 +1,85 @@
+-- Locks, reentrant locks, semaphores, events, conditions and barriers in
+-- the shared arena (runtime/sync.c). Every acquire and wait takes an
+-- optional timeout; a lock whose holder died passes to the next acquirer.
+local core = require "pcrun.core"
+
+local M = {}
+
+local function posint(v)
+  return type(v) == "number" and v >= 1 and v % 1 == 0 and v < 2^53
+end
+
+local SYNC = { lock = 1, rlock = 2, semaphore = 3, bounded_semaphore = 4,
+               event = 5, condition = 6, barrier = 7 }
+
+function M.lock() return core.sync(SYNC.lock) end
+function M.rlock() return core.sync(SYNC.rlock) end
+function M.event() return core.sync(SYNC.event) end
+
+local function semaphore(name, kind, value)
+  if value == nil then value = 1 end
+  if type(value) ~= "number" or value < 0 or value % 1 ~= 0
+      or value >= 2^53 then
+    error(name .. ": value must be a non-negative integer", 3)
+  end
+  return core.sync(kind, value)
+end
+
+--- pcrun.semaphore([value]): a counter; acquire waits while it is 0.
+function M.semaphore(value)
+  return semaphore("pcrun.semaphore", SYNC.semaphore, value)
+end
+
+--- pcrun.bounded_semaphore([value]): release above value raises.
+function M.bounded_semaphore(value)
+  return semaphore("pcrun.bounded_semaphore", SYNC.bounded_semaphore, value)
+end
+
+--- pcrun.condition([lock]): a condition variable over lock (a new rlock
+-- by default).
+function M.condition(lock)
+  if lock == nil then lock = core.sync(SYNC.rlock) end
+  local mt = getmetatable(lock)
+  if mt ~= core.Lock and mt ~= core.RLock then
+    error("pcrun.condition: lock must be a pcrun.lock or pcrun.rlock, got "
+          .. type(lock), 2)
+  end
+  return core.sync(SYNC.condition, 0, lock)
+end
+
+--- pcrun.barrier(parties [, action]): wait() returns once parties
+-- processes wait; the last one runs action() first.
+function M.barrier(parties, action)
+  if not posint(parties) or parties > 2^31 then
+    error("pcrun.barrier: parties must be a positive integer", 2)
+  end
+  if action ~= nil and type(action) ~= "function" then
+    error("pcrun.barrier: action must be a function, got " .. type(action), 2)
+  end
+  return core.sync(SYNC.barrier, parties, action)
+end
+
+--- cond:wait_for(predicate [, timeout]): wait until predicate() is true;
+-- returns its last value.
+function core.Condition.__index.wait_for(c, pred, timeout)
+  if type(pred) ~= "function" then
+    error("pcrun.Condition:wait_for: predicate must be a function", 2)
+  end
+  if timeout ~= nil and type(timeout) ~= "number" then
+    error("pcrun.Condition:wait_for: timeout must be a number", 2)
+  end
+  local deadline = timeout and core.now() + timeout
+  local r = pred()
+  while not r do
+    local left
+    if deadline then
+      left = deadline - core.now()
+      if left <= 0 then break end
+    end
+    c:wait(left)
+    r = pred()
+  end
+  return r
+end
+
+return M
