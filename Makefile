@@ -35,6 +35,19 @@ run: build
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j 1
+	$(MAKE) asan
+
+# The C tests (label c: the embedding API and its examples) again, built
+# with AddressSanitizer and UBSan in a build tree of their own. LuaJIT
+# itself is not instrumented; forked workers leave by _exit, so only the
+# host process runs LeakSanitizer.
+ASAN_BUILD ?= $(BUILD)-asan
+asan: deps
+	cmake -S . -B $(ASAN_BUILD) -DPCR_ASAN=ON -DPCR_FUZZ=OFF $(CMAKE_FLAGS)
+	cmake --build $(ASAN_BUILD) -j $(JOBS) --target test_api test_embed \
+	  embed_integrate embed_natives pcrun_core
+	cd $(ASAN_BUILD) && UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  ctest --output-on-failure -j 1 -L c
 
 bench: build
 	$(BUILD)/pcrun bench/run.lua

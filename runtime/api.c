@@ -1,12 +1,18 @@
 /* The embedding API: a runtime is a Lua state with pcrun's paths and core
-** module in place, plus the error text of its last failed call. */
+** module in place, plus the error text of its last failed call, its
+** native functions, its exports and, in zygote mode, its zygote. */
+#include "export.h"
+#include "native.h"
 #include "pcrun.h"
 #include "proc.h"
 #include "shm.h"
+#include "zygote.h"
 
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -15,7 +21,14 @@ int luaopen_pcrun_core(lua_State *L);
 
 struct pcr_runtime {
   lua_State *L;
-  char *err;  /* last error text, owned */
+  char *err;               /* last error text, owned */
+  char *ret;               /* pcr_call's last string result, owned */
+  int workers;             /* per export */
+  pcr__native *natives;
+  pcr__export *exports;
+  pcr__zygote zy;          /* zy.pid == 0: no zygote */
+  pcr_export_errfn onerr;
+  void *onerr_ud;
 };
 
 void pcr_options_init(pcr_options *o) {
@@ -26,6 +39,18 @@ void pcr_options_init(pcr_options *o) {
 static void seterr(pcr_runtime *rt, const char *msg) {
   free(rt->err);
   rt->err = strdup(msg ? msg : "");
+}
+
+static int fail(pcr_runtime *rt, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int fail(pcr_runtime *rt, int code, const char *fmt, ...) {
+  char buf[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  seterr(rt, buf);
+  return code;
 }
 
 /* Directory of the running executable, for finding ../share/lua. */
@@ -81,14 +106,32 @@ int pcr_open(pcr_runtime **out, const pcr_options *o) {
   setpaths(rt->L, o);
   lua_pushinteger(rt->L, o->workers);
   lua_setfield(rt->L, LUA_REGISTRYINDEX, "pcrun.workers");
+  pcr__native_open(rt->L);
+  rt->workers = o->workers ? o->workers : pcr__proc_cpu_count();
+  rt->onerr = o->export_error;
+  rt->onerr_ud = o->export_error_ud;
+  if (o->zygote && pcr__zygote_start(&rt->zy, rt->L, &rt->natives) < 0) {
+    lua_close(rt->L);
+    free(rt);
+    return PCR_ESYS;
+  }
   *out = rt;
   return PCR_OK;
 }
 
 void pcr_close(pcr_runtime *rt) {
   if (!rt) return;
+  for (pcr__export *x = rt->exports; x; x = x->next) pcr__export_shut(x);
+  while (rt->exports) {
+    pcr__export *x = rt->exports;
+    rt->exports = x->next;
+    pcr__export_free(x);
+  }
+  pcr__zygote_stop(&rt->zy);
   lua_close(rt->L);  /* pools and connections close through __gc */
   pcr__proc_reap_all(-1);
+  pcr__native_free(rt->natives);
+  free(rt->ret);
   free(rt->err);
   free(rt);
 }
@@ -174,5 +217,126 @@ void pcr_kill_children(pcr_runtime *rt) {
 const char *pcr_last_error(pcr_runtime *rt) {
   return rt && rt->err ? rt->err : "";
 }
+
+/* -- Calls, natives and exports -------------------------------------- */
+
+static void pusharg(lua_State *L, int kind, va_list *ap) {
+  pcr__val v;
+  switch (kind) {
+  case PCR_T_BOOL: v.b = va_arg(*ap, int) != 0; break;
+  case PCR_T_I8: v.i8 = (int8_t)va_arg(*ap, int); break;
+  case PCR_T_U8: v.u8 = (uint8_t)va_arg(*ap, int); break;
+  case PCR_T_I16: v.i16 = (int16_t)va_arg(*ap, int); break;
+  case PCR_T_U16: v.u16 = (uint16_t)va_arg(*ap, int); break;
+  case PCR_T_I32: v.i32 = va_arg(*ap, int32_t); break;
+  case PCR_T_U32: v.u32 = va_arg(*ap, uint32_t); break;
+  case PCR_T_I64: v.i64 = va_arg(*ap, int64_t); break;
+  case PCR_T_U64: v.u64 = va_arg(*ap, uint64_t); break;
+  case PCR_T_FLOAT: v.f = (float)va_arg(*ap, double); break;
+  case PCR_T_DOUBLE: v.d = va_arg(*ap, double); break;
+  case PCR_T_STR: v.s = va_arg(*ap, const char *); break;
+  default: v.p = va_arg(*ap, void *); break;
+  }
+  pcr__lua_pushval(L, kind, &v);
+}
+
+static size_t kindsize(int kind) {
+  switch (kind) {
+  case PCR_T_VOID: return 0;
+  case PCR_T_BOOL: case PCR_T_I8: case PCR_T_U8: return 1;
+  case PCR_T_I16: case PCR_T_U16: return 2;
+  case PCR_T_I32: case PCR_T_U32: case PCR_T_FLOAT: return 4;
+  default: return 8;
+  }
+}
+
+/* Store the result on top of the stack into ret; pops it. */
+static int getresult(pcr_runtime *rt, const char *fn, const pcr__sig *s,
+                     void *ret) {
+  lua_State *L = rt->L;
+  pcr__val v;
+  char why[128];
+  int r = PCR_OK;
+  if (pcr__lua_toval(L, -1, s->ret, &v, why, sizeof why))
+    r = fail(rt, PCR_ETYPE, "pcr_call: '%s': result %s", fn, why);
+  else if (s->ret == PCR_T_STR && v.s) {
+    free(rt->ret);
+    if (!(rt->ret = strdup(v.s))) r = fail(rt, PCR_ENOMEM, "out of memory");
+    v.s = rt->ret;
+  }
+  if (r == PCR_OK && ret) memcpy(ret, &v, kindsize(s->ret));
+  lua_pop(L, 1);
+  return r;
+}
+
+int pcr_call(pcr_runtime *rt, const char *fn, const char *sig, void *ret,
+             ...) {
+  if (!rt) return PCR_EINVAL;
+  if (!fn) return fail(rt, PCR_EINVAL, "pcr_call: function name is NULL");
+  pcr__sig s;
+  char why[PCR_SIG_TEXT + 128];
+  if (pcr__sig_parse(&s, sig, why, sizeof why))
+    return fail(rt, PCR_EINVAL, "pcr_call: '%s': %s", fn, why);
+  lua_State *L = rt->L;
+  int base = lua_gettop(L);
+  lua_pushcfunction(L, traceback);
+  lua_getglobal(L, fn);
+  if (!lua_isfunction(L, -1)) {
+    const char *tn = luaL_typename(L, -1);
+    lua_settop(L, base);
+    return fail(rt, PCR_EINVAL, "pcr_call: global '%s' is not a function "
+                "(%s)", fn, tn);
+  }
+  va_list ap;
+  va_start(ap, ret);
+  for (int i = 0; i < s.nargs; i++) pusharg(L, s.args[i], &ap);
+  va_end(ap);
+  int nres = s.ret == PCR_T_VOID ? 0 : 1;
+  int r = lua_pcall(L, s.nargs, nres, base + 1);
+  if (r) {
+    seterr(rt, lua_tostring(L, -1));
+    lua_settop(L, base);
+    return r == LUA_ERRMEM ? PCR_ENOMEM : PCR_ELUA;
+  }
+  seterr(rt, "");
+  r = nres ? getresult(rt, fn, &s, ret) : PCR_OK;
+  lua_settop(L, base);
+  return r;
+}
+
+int pcr_register(pcr_runtime *rt, const char *name, pcr_fnptr fn,
+                 const char *sig) {
+  if (!rt) return PCR_EINVAL;
+  char err[PCR_SIG_TEXT + 256];
+  int r = pcr__native_add(rt->L, &rt->natives, name, fn, sig, err,
+                          sizeof err);
+  if (r) return fail(rt, r, "%s", err);
+  if (rt->zy.pid > 0 && (r = pcr__zygote_register(&rt->zy, name, fn, sig)))
+    return fail(rt, r < -100 ? PCR_ESYS : r, "pcr_register: '%s': the "
+                "zygote could not register it (%d)", name, r);
+  seterr(rt, "");
+  return PCR_OK;
+}
+
+int pcr_export(pcr_runtime *rt, const char *lua_fn, const char *sig,
+               void *fnptr_out) {
+  if (!rt) return PCR_EINVAL;
+  if (!lua_fn || !fnptr_out)
+    return fail(rt, PCR_EINVAL, "pcr_export: %s is NULL",
+                lua_fn ? "fnptr_out" : "lua_fn");
+  char err[PCR_SIG_TEXT + 512];
+  pcr__export *x;
+  int r = pcr__export_new(rt->L, rt->zy.pid > 0 ? &rt->zy : NULL, lua_fn,
+                          sig, rt->workers, rt->onerr, rt->onerr_ud, &x, err,
+                          sizeof err);
+  if (r) return fail(rt, r, "%s", err);
+  x->next = rt->exports;
+  rt->exports = x;
+  memcpy(fnptr_out, &x->code, sizeof x->code);
+  seterr(rt, "");
+  return PCR_OK;
+}
+
+int pcr_export_status(const char **msg) { return pcr__export_status(msg); }
 
 void *pcr_lua_state(pcr_runtime *rt) { return rt ? rt->L : NULL; }

@@ -34,7 +34,9 @@ extern "C" {
   X(ETIMEDOUT, -7, "timed out")                                   \
   X(EFILE, -8, "cannot read file")                                \
   X(ESYNTAX, -9, "syntax error")                                  \
-  X(EEXIT, -10, "script called os.exit")
+  X(EEXIT, -10, "script called os.exit")                         \
+  X(ETYPE, -11, "value of the wrong type")                        \
+  X(ECHILD, -12, "worker process died")
 
 typedef enum {
   PCR_OK = 0,
@@ -52,12 +54,29 @@ PCR_API const char *pcr_version(void);
 
 typedef struct pcr_runtime pcr_runtime;
 
+/* Any C function, as pcr_register takes it: cast with PCR_FN(f). */
+typedef void (*pcr_fnptr)(void);
+#define PCR_FN(f) ((pcr_fnptr)(f))
+
+/* Called on the calling host thread when a call of an exported function
+** fails, before it returns its error value; name is the export's name,
+** msg the text pcr_export_status() then gives. Must not call back into
+** the runtime. */
+typedef void (*pcr_export_errfn)(void *ud, const char *name, int code,
+                                 const char *msg);
+
 typedef struct pcr_options {
-  int workers;            /* default pool size; 0 = cpu_count() */
+  int workers;            /* default pool size and workers per export;
+                             0 = cpu_count() */
   size_t arena_size;      /* bytes of shared arena; 0 = $PCRUN_ARENA or 1 GiB */
   const char *lua_path;   /* prepended to package.path; may be NULL (copied) */
   const char *lua_cpath;  /* prepended to package.cpath; may be NULL (copied) */
   int open_libs;          /* open the standard Lua libraries (default 1) */
+  int zygote;             /* 1: pcr_open forks a single-threaded zygote that
+                             forks every export worker, so the host never
+                             forks again; see docs/embed.md (default 0) */
+  pcr_export_errfn export_error;  /* optional, see pcr_export_errfn */
+  void *export_error_ud;  /* passed to export_error */
 } pcr_options;
 
 /* Fill *o with defaults. Call before setting fields. */
@@ -94,6 +113,59 @@ PCR_API void pcr_kill_children(pcr_runtime *rt);
 /* Return the last error's text (message and traceback) or "" if none.
 ** Owned by rt; valid until the next call on rt. */
 PCR_API const char *pcr_last_error(pcr_runtime *rt);
+
+/* Call global Lua function fn with C arguments described by sig, a C
+** signature such as "double(double, int)" (see pcr_register for the
+** types). The arguments follow ret, as C passes them to a prototype of
+** sig. ret, unless NULL or sig returns void, receives the result as the
+** return type: a double for double, an int32_t for int, a
+** `const char *` (owned by rt, valid until the next call on rt) for
+** const char *. Returns PCR_OK; PCR_EINVAL for a bad signature or a
+** global that is not a function; PCR_ELUA when fn raised (message and
+** traceback in pcr_last_error); PCR_ETYPE when its result does not fit
+** the return type. Call from the thread that owns rt. */
+PCR_API int pcr_call(pcr_runtime *rt, const char *fn, const char *sig,
+                     void *ret, ...);
+
+/* Expose host C function fn to Lua as pcrun.native.<name>, called through
+** libffi with signature sig, e.g. "double(double, int)". Types: void,
+** bool, char, short, int, long, long long with signed/unsigned, int8_t ..
+** uint64_t, size_t, ssize_t, intptr_t, uintptr_t, ptrdiff_t, float,
+** double, `const char *` (a Lua string, valid during the call) and any
+** other `T *` (a pointer: nil, light userdata, FFI cdata, or an object
+** with a `ptr` field or method, such as a shared array). name and sig are
+** copied. Workers forked later (pools, exports) see it; those forked
+** before do not. Returns PCR_OK or PCR_EINVAL (bad or taken name, bad
+** signature; the text in pcr_last_error names it). Owner thread. */
+PCR_API int pcr_register(pcr_runtime *rt, const char *name, pcr_fnptr fn,
+                         const char *sig);
+
+/* Give the host a plain C function pointer that calls global Lua function
+** lua_fn with signature sig: *(T (**)(...))fnptr_out receives it (pass
+** the address of your function pointer variable). The pointer stays valid
+** until pcr_close(rt); any host thread may call it, at the same time:
+** each call runs lua_fn in one of the export's worker processes (forked
+** now from this process, or from the zygote). Arguments are copied: a
+** `const char *` is copied into the request (2047 bytes in all); other
+** pointers pass as addresses, so they must point into the shared arena.
+** A string result is copied to a buffer of the calling thread, valid
+** until its next call of an exported function. On failure a call returns
+** NaN (float, double), 0, false or NULL, and pcr_export_status() on that
+** thread gives the code and message (plus options.export_error). Calls in
+** flight when pcr_close runs fail with PCR_ECLOSED; calling the pointer
+** after pcr_close has returned is undefined. Returns PCR_OK, PCR_EINVAL
+** (bad signature, lua_fn not a global function, cannot be sent to the
+** zygote), PCR_ENOSHM or PCR_ESYS. Owner thread. */
+PCR_API int pcr_export(pcr_runtime *rt, const char *lua_fn, const char *sig,
+                       void *fnptr_out);
+
+/* The status of the calling thread's last call of an exported function
+** (any runtime): PCR_OK if it succeeded, else its PCR_E* code (PCR_ELUA:
+** the Lua function raised; PCR_ETYPE: its result did not fit; PCR_ECHILD:
+** the worker died; PCR_ECLOSED: the runtime closed). *msg, if msg is not
+** NULL, receives the text (with the worker's traceback), owned by the
+** thread and valid until its next call of an exported function. */
+PCR_API int pcr_export_status(const char **msg);
 
 /* Return the runtime's lua_State (a `lua_State *`) for advanced use. The
 ** state stays owned by rt. */

@@ -73,6 +73,7 @@ M.condition, M.barrier = sync.condition, sync.barrier
 M.array, M.value = array.array, array.value
 M.Array, M.Value = array.Array, array.Value
 M.select = select_.select
+M.native = require "pcrun.native"
 
 M.process = process.new
 M.pool = pool.new

@@ -11,10 +11,12 @@ M.Process = Process
 local unpack = unpack  -- LuaJIT
 local SIGTERM, SIGKILL = 15, 9
 
--- "mod.fn" names a function of a module the child requires.
+-- "mod.fn" names a function of a module the child requires;
+-- "native.fn" (or "pcrun.native.fn") a function the host registered.
 function M.resolve(fn)
   if type(fn) == "function" then return fn end
   local mod, name = fn:match("^(.-)%.([%w_]+)$")
+  if mod == "native" then mod = "pcrun.native" end
   local f = mod and require(mod)[name]
   if type(f) ~= "function" then
     error(("'%s' is not a function"):format(fn), 0)

@@ -1,0 +1,453 @@
+/* Exported functions: a Lua function behind a libffi closure. A calling
+** host thread claims a request slot in the arena, writes the raw C
+** arguments, wakes a worker process and sleeps on the slot's futex until
+** the worker writes the result. No host lock and no host Lua state is
+** touched, so any number of host threads may call at once. */
+#include "export.h"
+#include "futex.h"
+#include "native.h"
+#include "pcrdef.h"
+#include "pcrun.h"
+#include "proc.h"
+#include "ser.h"
+#include "shm.h"
+#include "zygote.h"
+
+#include <lauxlib.h>
+#include <math.h>
+#include <stdarg.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define XSLOTS 32
+#define XBUF 2048           /* string arguments in; error or string out */
+#define XMAGIC 0x78524350u  /* "PCRx" */
+#define XPOLL 0.05          /* seconds between checks for a dead worker */
+
+/* Slot states. A worker takes a posted slot by writing XS_TAKEN + its pid,
+** so a caller can always tell whose death fails its call. */
+enum { XS_FREE, XS_CLAIMED, XS_POSTED, XS_DONE, XS_ABANDONED, XS_TAKEN = 16 };
+
+typedef struct xslot {
+  _Atomic uint32_t state;     /* futex; see above. CAS by callers, workers */
+  int32_t code;               /* worker: PCR_OK or PCR_E*, before DONE */
+  pcr__val args[PCR_SIG_MAX]; /* caller, before POSTED */
+  pcr__val ret;               /* worker, before DONE */
+  char buf[XBUF];             /* caller: strings; worker: error/string */
+} xslot;
+
+struct pcr__xsrv {
+  uint32_t magic;             /* XMAGIC; written once before any fork */
+  _Atomic uint32_t posted;    /* futex: callers bump it per request */
+  _Atomic uint32_t freed;     /* futex: bumped whenever a slot is freed */
+  _Atomic uint32_t closing;   /* host sets it once at close */
+  uint32_t fnlen;             /* bytes of the encoded function in fn[] */
+  char name[64];              /* written once before any fork */
+  char sig[PCR_SIG_TEXT];
+  xslot slots[XSLOTS];
+  char fn[];                  /* the function, encoded (zygote mode) */
+};
+_Static_assert(offsetof(struct pcr__xsrv, magic) == 0, "magic first");
+
+/* -- The calling side (any host thread) -------------------------------- */
+
+static _Thread_local int tcode;
+static _Thread_local char tmsg[512];
+static _Thread_local char tstr[XBUF];  /* string results */
+
+int pcr__export_status(const char **msg) {
+  if (msg) *msg = tmsg;
+  return tcode;
+}
+
+static int xfail(pcr__export *x, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int xfail(pcr__export *x, int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(tmsg, sizeof tmsg, fmt, ap);
+  va_end(ap);
+  tcode = code;
+  if (x->onerr) x->onerr(x->onerr_ud, x->srv->name, code, tmsg);
+  return code;
+}
+
+static void freeslot(pcr__xsrv *s, xslot *sl) {
+  atomic_store_explicit(&sl->state, XS_FREE, memory_order_release);
+  atomic_fetch_add(&s->freed, 1);
+  pcr__futex_wake(&s->freed, 1);
+}
+
+static xslot *claim(pcr__export *x) {
+  pcr__xsrv *s = x->srv;
+  unsigned start = (unsigned)((uintptr_t)&tcode >> 6) % XSLOTS;
+  while (!atomic_load(&s->closing)) {
+    uint32_t seq = atomic_load(&s->freed);
+    for (unsigned k = 0; k < XSLOTS; k++) {
+      xslot *sl = &s->slots[(start + k) % XSLOTS];
+      uint32_t want = XS_FREE;
+      if (atomic_compare_exchange_strong(&sl->state, &want, XS_CLAIMED))
+        return sl;
+    }
+    pcr__futex_wait(&s->freed, seq, pcr__now() + XPOLL);
+  }
+  return NULL;
+}
+
+/* Replace dead worker pid, in zygote mode (the host itself may have
+** threads, so it never forks here). */
+static void respawn(pcr__export *x, int pid) {
+  if (!x->zy) return;
+  pthread_mutex_lock(&x->mu);
+  for (int i = 0; i < x->nworkers; i++) {
+    if (atomic_load(&x->pids[i]) != pid) continue;
+    pid_t np = atomic_load(&x->srv->closing) ? 0
+                                              : pcr__zygote_fork(x->zy, x->srv);
+    atomic_store(&x->pids[i], np > 0 ? np : 0);
+  }
+  pthread_mutex_unlock(&x->mu);
+}
+
+static int anyalive(pcr__export *x) {
+  for (int i = 0; i < x->nworkers; i++) {
+    int pid = atomic_load(&x->pids[i]);
+    if (pid > 0 && !pcr__pid_dead((uint32_t)pid)) return 1;
+    if (pid > 0) respawn(x, pid);
+  }
+  for (int i = 0; i < x->nworkers; i++)
+    if (atomic_load(&x->pids[i]) > 0) return 1;
+  return 0;
+}
+
+static int putargs(pcr__export *x, xslot *sl, void **args) {
+  size_t used = 0;
+  for (int i = 0; i < x->sig.nargs; i++) {
+    pcr__val_load(x->sig.args[i], args[i], &sl->args[i]);
+    const char *str = sl->args[i].s;
+    if (x->sig.args[i] != PCR_T_STR || !str) continue;
+    size_t len = strlen(str) + 1;
+    if (len > XBUF - used)
+      return xfail(x, PCR_EINVAL, "export '%s': string arguments longer than "
+                   "%d bytes in all", x->srv->name, XBUF - 1);
+    memcpy(sl->buf + used, str, len);
+    sl->args[i].s = sl->buf + used;  /* the arena is at the same address */
+    used += len;
+  }
+  return 0;
+}
+
+/* Wait until the slot is done. Returns 0 or PCR_E* (the slot is then
+** freed or abandoned). */
+static int await(pcr__export *x, xslot *sl) {
+  pcr__xsrv *s = x->srv;
+  for (int spin = 0; spin < 64; spin++) {
+    if (atomic_load_explicit(&sl->state, memory_order_acquire) == XS_DONE)
+      return 0;
+    pcr__cpu_relax();
+  }
+  for (;;) {
+    uint32_t st = atomic_load_explicit(&sl->state, memory_order_acquire);
+    if (st == XS_DONE) return 0;
+    if (atomic_load(&s->closing)) {
+      if (atomic_compare_exchange_strong(&sl->state, &st, XS_ABANDONED))
+        return xfail(x, PCR_ECLOSED, "export '%s': the runtime was closed "
+                     "during the call", s->name);
+      continue;
+    }
+    if (pcr__futex_wait(&sl->state, st, pcr__now() + XPOLL) != -ETIMEDOUT)
+      continue;
+    if (st >= XS_TAKEN && pcr__pid_dead(st - XS_TAKEN)) {
+      if (!atomic_compare_exchange_strong(&sl->state, &st, XS_CLAIMED))
+        continue;
+      freeslot(s, sl);
+      respawn(x, (int)(st - XS_TAKEN));
+      return xfail(x, PCR_ECHILD, "export '%s': worker pid %u died during "
+                   "the call", s->name, st - XS_TAKEN);
+    }
+    if (st == XS_POSTED && !anyalive(x) &&
+        atomic_compare_exchange_strong(&sl->state, &st, XS_CLAIMED)) {
+      freeslot(s, sl);
+      return xfail(x, PCR_ECHILD, "export '%s': every worker has died",
+                   s->name);
+    }
+  }
+}
+
+static int xcall(pcr__export *x, void **args, pcr__val *r) {
+  pcr__xsrv *s = x->srv;
+  xslot *sl = claim(x);
+  if (!sl)
+    return xfail(x, PCR_ECLOSED, "export '%s': the runtime is closed",
+                 s->name);
+  int e = putargs(x, sl, args);
+  if (e) { freeslot(s, sl); return e; }
+  atomic_store_explicit(&sl->state, XS_POSTED, memory_order_release);
+  atomic_fetch_add(&s->posted, 1);
+  pcr__futex_wake(&s->posted, 1);
+  if ((e = await(x, sl))) return e;
+  *r = sl->ret;
+  int code = sl->code;
+  if (code) xfail(x, code, "%s", sl->buf);
+  else if (x->sig.ret == PCR_T_STR && r->s) {
+    memcpy(tstr, sl->buf, XBUF);  /* the worker NUL-terminated it */
+    r->s = tstr;
+  }
+  freeslot(s, sl);
+  return code;
+}
+
+/* The closure's body: what a host thread runs when it calls the pointer. */
+static void onclosure(ffi_cif *cif, void *ret, void **args, void *ud) {
+  pcr__export *x = ud;
+  pcr__val r;
+  (void)cif;
+  atomic_fetch_add(&x->inflight, 1);
+  tcode = 0;
+  tmsg[0] = '\0';
+  if (xcall(x, args, &r)) {
+    memset(&r, 0, sizeof r);
+    if (x->sig.ret == PCR_T_DOUBLE) r.d = NAN;
+    if (x->sig.ret == PCR_T_FLOAT) r.f = NAN;
+  }
+  pcr__val_store_ret(x->sig.ret, &r, ret);
+  atomic_fetch_sub(&x->inflight, 1);
+}
+
+/* -- The serving side (a worker process) ------------------------------- */
+
+static int traceback(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  luaL_traceback(L, L, msg ? msg : "(error object is not a string)", 1);
+  return 1;
+}
+
+static void reply(xslot *sl, int code, const char *msg) {
+  sl->code = code;
+  if (msg) snprintf(sl->buf, XBUF, "%s", msg);
+}
+
+/* Run one call with the function at index fn. */
+static void serve1(lua_State *L, pcr__xsrv *s, const pcr__sig *sig, int fn,
+                   xslot *sl) {
+  int base = lua_gettop(L);
+  lua_pushcfunction(L, traceback);
+  lua_pushvalue(L, fn);
+  for (int i = 0; i < sig->nargs; i++)
+    pcr__lua_pushval(L, sig->args[i], &sl->args[i]);
+  int nres = sig->ret == PCR_T_VOID ? 0 : 1;
+  sl->ret.u64 = 0;
+  if (lua_pcall(L, sig->nargs, nres, base + 1)) {
+    lua_pushfstring(L, "export '%s': %s", s->name, lua_tostring(L, -1));
+    reply(sl, PCR_ELUA, lua_tostring(L, -1));
+  } else if (nres) {
+    char why[128];
+    if (pcr__lua_toval(L, -1, sig->ret, &sl->ret, why, sizeof why)) {
+      lua_pushfstring(L, "export '%s': result %s", s->name, why);
+      reply(sl, PCR_ETYPE, lua_tostring(L, -1));
+    } else {
+      reply(sl, PCR_OK, NULL);
+      if (sig->ret == PCR_T_STR && sl->ret.s) {
+        snprintf(sl->buf, XBUF, "%s", sl->ret.s);
+        sl->ret.s = sl->buf;
+      }
+    }
+  } else {
+    reply(sl, PCR_OK, NULL);
+  }
+  lua_settop(L, base);
+}
+
+static int decodefn(lua_State *L) {
+  pcr__xsrv *s = lua_touserdata(L, 1);
+  pcr__ser_decode(L, s->fn, s->fnlen, PCR_SER_TRUSTED);
+  return 1;
+}
+
+/* Push the function to serve, or an error string. Returns 1 if a
+** function. */
+static int getfn(lua_State *L, pcr__xsrv *s, int byvalue) {
+  if (byvalue) {
+    lua_pushcfunction(L, decodefn);
+    lua_pushlightuserdata(L, s);
+    if (lua_pcall(L, 1, 1, 0)) {
+      lua_pushfstring(L, "export '%s': cannot load the function in the "
+                      "worker: %s", s->name, lua_tostring(L, -1));
+      return 0;
+    }
+  } else {
+    lua_getglobal(L, s->name);
+  }
+  if (lua_isfunction(L, -1)) return 1;
+  lua_pushfstring(L, "export '%s': not a function in the worker", s->name);
+  return 0;
+}
+
+void pcr__export_serve(lua_State *L, pcr__xsrv *s, int byvalue) {
+  pcr__sig sig;
+  char err[PCR_SIG_TEXT + 128];
+  uint32_t me = (uint32_t)getpid();
+  signal(SIGTERM, SIG_DFL);
+  lua_settop(L, 0);
+  int ok = pcr__sig_parse(&sig, s->sig, err, sizeof err) == 0 &&
+           getfn(L, s, byvalue);
+  int fn = lua_gettop(L);
+  while (!atomic_load(&s->closing)) {
+    uint32_t seq = atomic_load(&s->posted);
+    int found = 0;
+    for (int k = 0; k < XSLOTS; k++) {
+      xslot *sl = &s->slots[k];
+      uint32_t want = XS_POSTED;
+      if (!atomic_compare_exchange_strong(&sl->state, &want, XS_TAKEN + me))
+        continue;
+      found = 1;
+      if (ok) serve1(L, s, &sig, fn, sl);
+      else reply(sl, PCR_ELUA, lua_tostring(L, fn));
+      want = XS_TAKEN + me;
+      if (atomic_compare_exchange_strong(&sl->state, &want, XS_DONE))
+        pcr__futex_wake(&sl->state, 1);
+    }
+    if (!found) pcr__futex_wait(&s->posted, seq, pcr__now() + 1.0);
+  }
+  fflush(NULL);
+  _exit(0);
+}
+
+/* -- Creating and closing (the thread that owns the runtime) ----------- */
+
+static int encodefn(lua_State *L) {
+  size_t n;
+  const char *p = pcr__ser_encode_named(L, 1, &n, "function");
+  lua_pushlstring(L, p, n);
+  return 1;
+}
+
+/* Allocate the server; in zygote mode with the function encoded. */
+static int newsrv(lua_State *L, pcr__export *x, const char *name, int byvalue,
+                  char *err, size_t n) {
+  size_t len = 0;
+  const char *bytes = NULL;
+  if (byvalue) {
+    lua_pushcfunction(L, encodefn);
+    lua_getglobal(L, name);
+    if (lua_pcall(L, 1, 1, 0)) {
+      snprintf(err, n, "pcr_export: '%s' cannot be sent to the zygote's "
+               "workers: %s", name, lua_tostring(L, -1));
+      lua_pop(L, 1);
+      return PCR_EINVAL;
+    }
+    bytes = lua_tolstring(L, -1, &len);
+  }
+  pcr__xsrv *s = pcr__shm_alloc(sizeof *s + len);
+  if (!s) {
+    if (byvalue) lua_pop(L, 1);
+    snprintf(err, n, "pcr_export: '%s': out of shared arena space (raise "
+             "PCRUN_ARENA)", name);
+    return PCR_ENOSHM;
+  }
+  memset(s, 0, sizeof *s);
+  s->magic = XMAGIC;
+  snprintf(s->name, sizeof s->name, "%s", name);
+  snprintf(s->sig, sizeof s->sig, "%s", x->sig.text);
+  s->fnlen = (uint32_t)len;
+  if (len) memcpy(s->fn, bytes, len);
+  if (byvalue) lua_pop(L, 1);
+  x->srv = s;
+  return 0;
+}
+
+static int spawn(lua_State *L, pcr__export *x) {
+  if (x->zy) return pcr__zygote_fork(x->zy, x->srv);
+  pid_t pid = pcr__proc_spawn(NULL, NULL);
+  if (pid == 0) pcr__export_serve(L, x->srv, 0);
+  return pid;
+}
+
+int pcr__export_new(lua_State *L, pcr__zygote *zy, const char *name,
+                    const char *sig, int nworkers, pcr__xerrfn onerr,
+                    void *ud, pcr__export **out, char *err, size_t n) {
+  char why[PCR_SIG_TEXT + 128];
+  lua_getglobal(L, name);
+  int isfn = lua_isfunction(L, -1);
+  const char *tn = luaL_typename(L, -1);
+  lua_pop(L, 1);
+  if (!isfn) {
+    snprintf(err, n, "pcr_export: global '%s' is not a function (%s)", name,
+             tn);
+    return PCR_EINVAL;
+  }
+  pcr__export *x = calloc(1, sizeof *x);
+  if (!x) { snprintf(err, n, "pcr_export: out of memory"); return PCR_ENOMEM; }
+  int r = pcr__sig_parse(&x->sig, sig, why, sizeof why);
+  if (r) {
+    snprintf(err, n, "pcr_export: '%s': %s", name, why);
+    free(x);
+    return r;
+  }
+  x->zy = zy;
+  x->onerr = onerr;
+  x->onerr_ud = ud;
+  x->nworkers = nworkers < 1 ? 1 : nworkers > 64 ? 64 : nworkers;
+  pthread_mutex_init(&x->mu, NULL);
+  if ((r = newsrv(L, x, name, zy != NULL, err, n))) {
+    pthread_mutex_destroy(&x->mu);
+    free(x);
+    return r;
+  }
+  for (int i = 0; i < x->nworkers; i++) {
+    int pid = spawn(L, x);
+    if (pid < 0) {
+      snprintf(err, n, "pcr_export: '%s': cannot start a worker: %s", name,
+               strerror(-pid));
+      pcr__export_shut(x);
+      pcr__export_free(x);
+      return PCR_ESYS;
+    }
+    atomic_store(&x->pids[i], pid);
+  }
+  void *code;
+  ffi_closure *cl = ffi_closure_alloc(sizeof *cl, &code);
+  if (!cl || ffi_prep_closure_loc(cl, &x->sig.cif, onclosure, x, code)
+      != FFI_OK) {
+    snprintf(err, n, "pcr_export: '%s': libffi cannot make a closure", name);
+    if (cl) ffi_closure_free(cl);
+    pcr__export_shut(x);
+    pcr__export_free(x);
+    return PCR_ENOMEM;
+  }
+  x->closure = cl;
+  x->code = code;
+  *out = x;
+  return 0;
+}
+
+void pcr__export_shut(pcr__export *x) {
+  pcr__xsrv *s = x->srv;
+  atomic_store(&s->closing, 1);
+  pcr__futex_wake(&s->posted, INT32_MAX);
+  pcr__futex_wake(&s->freed, INT32_MAX);
+  for (int k = 0; k < XSLOTS; k++)
+    pcr__futex_wake(&s->slots[k].state, INT32_MAX);
+  while (atomic_load(&x->inflight) > 0) usleep(1000);
+}
+
+void pcr__export_free(pcr__export *x) {
+  /* Workers leave once they see `closing`; one stuck in a long call is
+  ** killed after a short grace. None may outlive srv, which it writes. */
+  double until = pcr__now() + 0.5;
+  for (int i = 0; i < x->nworkers; i++) {
+    int pid = atomic_load(&x->pids[i]), st;
+    if (pid <= 0) continue;
+    if (pcr__proc_wait_any(pid, until) == 0) {
+      pcr__proc_signal(pid, SIGKILL);
+      pcr__proc_wait_any(pid, -1);
+    }
+    if (!x->zy) pcr__proc_wait(pid, -1, &st);  /* the zygote reaps its own */
+  }
+  if (x->closure) ffi_closure_free(x->closure);
+  pcr__shm_free(x->srv);
+  pthread_mutex_destroy(&x->mu);
+  free(x);
+}

@@ -1,0 +1,575 @@
+/* Tests of pcr_call, native functions, exported functions and zygote mode,
+** and of the signature parser (table-driven plus a fuzz-ish pass). */
+#include "ffisig.h"
+#include "pcrun.h"
+
+#include <dirent.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int failures;
+
+#define CHECK(cond) do { \
+  if (!(cond)) { \
+    fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+    failures++; \
+  } } while (0)
+#define HAS(s, sub) CHECK(strstr((s), (sub)) != NULL)
+
+/* Processes descended from this one, by walking /proc's ppid links (the
+** zygote's workers are our grandchildren). */
+static int descendants(void) {
+  int pid[4096], ppid[4096], n = 0, count = 0;
+  DIR *d = opendir("/proc");
+  struct dirent *e;
+  char path[300], buf[512];
+  while ((e = readdir(d)) && n < 4096) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+    FILE *f = fopen(path, "r");
+    if (!f) continue;
+    size_t k = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[k] = 0;
+    char *p = strrchr(buf, ')');
+    if (p && sscanf(p + 2, "%*c %d", &ppid[n]) == 1) pid[n++] = atoi(e->d_name);
+  }
+  closedir(d);
+  int mark[4096] = {0}, grew = 1;
+  while (grew) {
+    grew = 0;
+    for (int i = 0; i < n; i++) {
+      if (mark[i]) continue;
+      int up = ppid[i] == getpid();
+      for (int j = 0; j < n && !up; j++) up = mark[j] && pid[j] == ppid[i];
+      if (up) { mark[i] = 1; count++; grew = 1; }
+    }
+  }
+  return count;
+}
+
+static pcr_runtime *open_rt(int zygote, int workers) {
+  pcr_options o;
+  pcr_options_init(&o);
+  o.zygote = zygote;
+  o.workers = workers;
+  pcr_runtime *rt = NULL;
+  CHECK(pcr_open(&rt, &o) == PCR_OK);
+  return rt;
+}
+
+/* -- The signature parser ---------------------------------------------- */
+
+static void test_sig_valid(void) {
+  static const struct { const char *text; int ret, n, a0, a1; } ok[] = {
+    {"double(double, int)", PCR_T_DOUBLE, 2, PCR_T_DOUBLE, PCR_T_I32},
+    {"void(const char *, int64_t)", PCR_T_VOID, 2, PCR_T_STR, PCR_T_I64},
+    {"int32_t(void)", PCR_T_I32, 0, 0, 0},
+    {"int32_t()", PCR_T_I32, 0, 0, 0},
+    {"  bool ( float ,size_t )  ", PCR_T_BOOL, 2, PCR_T_FLOAT, PCR_T_U64},
+    {"unsigned(unsigned char, signed char)", PCR_T_U32, 2, PCR_T_U8,
+     PCR_T_I8},
+    {"long(unsigned long long, short)", PCR_T_I64, 2, PCR_T_U64, PCR_T_I16},
+    {"unsigned short int(long int, char)", PCR_T_U16, 2, PCR_T_I64,
+     PCR_T_I8},
+    {"void *(double *, const double * const)", PCR_T_PTR, 2, PCR_T_PTR,
+     PCR_T_PTR},
+    {"const char *(char *, char **)", PCR_T_STR, 2, PCR_T_PTR, PCR_T_PTR},
+    {"uint8_t(int8_t, uint16_t)", PCR_T_U8, 2, PCR_T_I8, PCR_T_U16},
+    {"_Bool(intptr_t, ptrdiff_t)", PCR_T_BOOL, 2, PCR_T_I64, PCR_T_I64},
+  };
+  for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+    pcr__sig s;
+    char err[512] = "";
+    int r = pcr__sig_parse(&s, ok[i].text, err, sizeof err);
+    if (r) fprintf(stderr, "  %s -> %s\n", ok[i].text, err);
+    CHECK(r == 0);
+    CHECK(s.ret == ok[i].ret);
+    CHECK(s.nargs == ok[i].n);
+    if (s.nargs > 0) CHECK(s.args[0] == ok[i].a0);
+    if (s.nargs > 1) CHECK(s.args[1] == ok[i].a1);
+  }
+  pcr__sig s;
+  char err[512];
+  CHECK(pcr__sig_parse(&s, "int(int,int,int,int,int,int,int,int,int,int,int,"
+                       "int,int,int,int,int)", err, sizeof err) == 0);
+  CHECK(s.nargs == 16);
+}
+
+static void test_sig_invalid(void) {
+  static const struct { const char *text, *why; } bad[] = {
+    {"", "expected a type, found the end at column 1"},
+    {"double", "expected '(', found the end at column 7"},
+    {"double(dbl)", "unknown type 'dbl' at column 8"},
+    {"double(double", "expected ')', found the end"},
+    {"double(double,)", "expected a type, found ')' at column 15"},
+    {"double(double) x", "unexpected 'x' after ')'"},
+    {"long double(int)", "'long double' is not a supported type"},
+    {"int(void, int)", "'void' must be the only parameter"},
+    {"int(int, void)", "'void' must be the only parameter"},
+    {"unsigned signed(int)", "is not a supported type"},
+    {"int int(int)", "unexpected 'int' at column 5"},
+    {"struct foo(int)", "unknown type 'struct'"},
+    {"int(int[3])", "expected ')', found '['"},
+    {"int(const)", "'const' is not a supported type"},
+    {"int(int,int,int,int,int,int,int,int,int,int,int,int,int,int,int,int,"
+     "int)", "more than 16 parameters"},
+    {"short long(int)", "is not a supported type"},
+    {"int(float *const x)", "unexpected 'x'"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    pcr__sig s;
+    char err[512] = "";
+    CHECK(pcr__sig_parse(&s, bad[i].text, err, sizeof err) == PCR_EINVAL);
+    if (!strstr(err, bad[i].why))
+      fprintf(stderr, "  '%s' -> '%s', want '%s'\n",
+              bad[i].text ? bad[i].text : "", err, bad[i].why);
+    HAS(err, bad[i].why);
+    HAS(err, "bad signature '");
+  }
+  pcr__sig s;
+  char err[64];  /* a short buffer truncates, never overflows */
+  CHECK(pcr__sig_parse(&s, NULL, err, sizeof err) == PCR_EINVAL);
+  char big[400];
+  memset(big, 'x', sizeof big - 1);
+  big[sizeof big - 1] = 0;
+  CHECK(pcr__sig_parse(&s, big, err, sizeof err) == PCR_EINVAL);
+}
+
+/* Random token soup and mutations of valid signatures: every input either
+** parses or fails with a message; nothing crashes or overruns. */
+static void test_sig_fuzz(void) {
+  static const char *tok[] = {"int", "double", "(", ")", ",", "*", "const",
+    "unsigned", "long", "void", "char", " ", "x", "", "\t", "int64_t",
+    "bool", "size_t", "(void)", "float", "**", "1", "\xff"};
+  static const char *seeds[] = {"double(double, int)",
+    "void(const char *, int64_t)", "uint64_t(void *, size_t)"};
+  unsigned seed = 12345, parsed = 0;
+  for (int round = 0; round < 20000; round++) {
+    char text[300] = "";
+    seed = seed * 1103515245u + 12345u;
+    if (round % 2) {
+      int nt = (int)(seed >> 16) % 12;
+      for (int k = 0; k < nt; k++) {
+        seed = seed * 1103515245u + 12345u;
+        strcat(text, tok[(seed >> 16) % (sizeof tok / sizeof tok[0])]);
+      }
+    } else {
+      strcpy(text, seeds[(seed >> 16) % 3]);
+      size_t len = strlen(text);
+      seed = seed * 1103515245u + 12345u;
+      size_t at = (seed >> 16) % len;
+      seed = seed * 1103515245u + 12345u;
+      if (seed & 0x10000) memmove(text + at, text + at + 1, len - at);
+      else text[at] = "(),* xv"[(seed >> 17) % 7];
+    }
+    pcr__sig s;
+    char err[512] = "";
+    int r = pcr__sig_parse(&s, text, err, sizeof err);
+    CHECK(r == 0 || (r == PCR_EINVAL && strstr(err, "bad signature")));
+    if (r == 0) {
+      parsed++;
+      CHECK(s.nargs >= 0 && s.nargs <= PCR_SIG_MAX);
+    }
+  }
+  CHECK(parsed > 0);
+}
+
+/* -- pcr_call ---------------------------------------------------------- */
+
+static void test_call(void) {
+  pcr_runtime *rt = open_rt(0, 1);
+  CHECK(pcr_run_string(rt,
+    "function add(a, b) return a + b end\n"
+    "function greet(s, n) return s .. ('!'):rep(n) end\n"
+    "function neg(b) return not b end\n"
+    "function big() return 2^40 + 1 end\n"
+    "function bad() error('kaput') end\n"
+    "function nothing() seen = true end\n"
+    "function wrong() return 'text' end\n"
+    "function small(x) return x end\n", "=t") == PCR_OK);
+  double d = 0;
+  CHECK(pcr_call(rt, "add", "double(double, int)", &d, 1.5, 2) == PCR_OK);
+  CHECK(d == 3.5);
+  int32_t i = 0;
+  CHECK(pcr_call(rt, "add", "int(int8_t, uint16_t)", &i, -3, 60000) ==
+        PCR_OK);
+  CHECK(i == 59997);
+  const char *s = NULL;
+  CHECK(pcr_call(rt, "greet", "const char *(const char *, int)", &s, "hi",
+                 3) == PCR_OK);
+  CHECK(s && strcmp(s, "hi!!!") == 0);
+  _Bool b = 0;
+  CHECK(pcr_call(rt, "neg", "bool(bool)", &b, 0) == PCR_OK);
+  CHECK(b == 1);
+  int64_t big = 0;
+  CHECK(pcr_call(rt, "big", "int64_t(void)", &big) == PCR_OK);
+  CHECK(big == 1099511627777LL);
+  float f = 0;
+  CHECK(pcr_call(rt, "add", "float(float, float)", &f, 0.25, 0.5) == PCR_OK);
+  CHECK(f == 0.75f);
+  CHECK(pcr_call(rt, "nothing", "void()", NULL) == PCR_OK);
+  CHECK(pcr_run_string(rt, "assert(seen)", NULL) == PCR_OK);
+  CHECK(pcr_call(rt, "add", "double(double, double)", NULL, 1.0, 2.0) ==
+        PCR_OK);
+
+  CHECK(pcr_call(rt, "bad", "void()", NULL) == PCR_ELUA);
+  HAS(pcr_last_error(rt), "kaput");
+  HAS(pcr_last_error(rt), "stack traceback");
+  CHECK(pcr_call(rt, "nosuch", "void()", NULL) == PCR_EINVAL);
+  HAS(pcr_last_error(rt), "global 'nosuch' is not a function (nil)");
+  CHECK(pcr_call(rt, "add", "double(double, what)", &d, 1.0) == PCR_EINVAL);
+  HAS(pcr_last_error(rt), "unknown type 'what' at column 16");
+  CHECK(pcr_call(rt, "wrong", "double()", &d) == PCR_ETYPE);
+  HAS(pcr_last_error(rt), "'wrong': result must be a number, got string");
+  CHECK(pcr_call(rt, "small", "int8_t(int)", &i, 300) == PCR_ETYPE);
+  HAS(pcr_last_error(rt), "from -128 to 127, got 300");
+  CHECK(pcr_call(rt, "small", "int(double)", &i, 1.5) == PCR_ETYPE);
+  HAS(pcr_last_error(rt), "must be an integer, got 1.5");
+  CHECK(pcr_call(NULL, "add", "void()", NULL) == PCR_EINVAL);
+  CHECK(pcr_call(rt, NULL, "void()", NULL) == PCR_EINVAL);
+  pcr_close(rt);
+}
+
+/* -- Native functions -------------------------------------------------- */
+
+static double n_hyp(double a, double b) { return sqrt(a * a + b * b); }
+static int64_t n_mul64(int64_t a, int64_t b) { return a * b; }
+static uint64_t n_umax(void) { return UINT64_MAX; }
+static int n_len(const char *s) { return s ? (int)strlen(s) : -1; }
+static double n_sum(const double *p, int n) {
+  double t = 0;
+  for (int i = 0; i < n; i++) t += p[i];
+  return t;
+}
+static void n_fill(double *p, int n, double v) {
+  for (int i = 0; i < n; i++) p[i] = v;
+}
+static const char *n_name(int8_t k) { return k > 0 ? "positive" : "not"; }
+static _Bool n_odd(uint32_t x) { return x & 1; }
+static void *n_self(void *p) { return p; }
+static float n_half(float x) { return x / 2; }
+static int16_t n_neg16(int16_t x) { return (int16_t)-x; }
+
+static int reg(pcr_runtime *rt, const char *name, pcr_fnptr f,
+               const char *sig) {
+  int r = pcr_register(rt, name, f, sig);
+  if (r) fprintf(stderr, "  register %s: %s\n", name, pcr_last_error(rt));
+  return r;
+}
+
+static void register_all(pcr_runtime *rt) {
+  CHECK(reg(rt, "hyp", PCR_FN(n_hyp), "double(double, double)") == 0);
+  CHECK(reg(rt, "mul64", PCR_FN(n_mul64), "int64_t(int64_t, int64_t)") == 0);
+  CHECK(reg(rt, "umax", PCR_FN(n_umax), "uint64_t(void)") == 0);
+  CHECK(reg(rt, "len", PCR_FN(n_len), "int(const char *)") == 0);
+  CHECK(reg(rt, "sum", PCR_FN(n_sum), "double(const double *, int)") == 0);
+  CHECK(reg(rt, "fill", PCR_FN(n_fill), "void(double *, int, double)") == 0);
+  CHECK(reg(rt, "name", PCR_FN(n_name), "const char *(int8_t)") == 0);
+  CHECK(reg(rt, "odd", PCR_FN(n_odd), "bool(uint32_t)") == 0);
+  CHECK(reg(rt, "self", PCR_FN(n_self), "void *(void *)") == 0);
+  CHECK(reg(rt, "half", PCR_FN(n_half), "float(float)") == 0);
+  CHECK(reg(rt, "neg16", PCR_FN(n_neg16), "short(short)") == 0);
+}
+
+/* Runs Lua code that must succeed; prints the error otherwise. */
+static void lua_ok(pcr_runtime *rt, const char *code) {
+  int r = pcr_run_string(rt, code, "=test");
+  if (r) fprintf(stderr, "  lua: %s\n", pcr_last_error(rt));
+  CHECK(r == PCR_OK);
+}
+
+/* Lua code whose error must contain want. */
+static void lua_err(pcr_runtime *rt, const char *code, const char *want) {
+  CHECK(pcr_run_string(rt, code, "=test") == PCR_ELUA);
+  if (!strstr(pcr_last_error(rt), want))
+    fprintf(stderr, "  error '%s', want '%s'\n", pcr_last_error(rt), want);
+  HAS(pcr_last_error(rt), want);
+}
+
+static void test_native(void) {
+  pcr_runtime *rt = open_rt(0, 2);
+  register_all(rt);
+  lua_ok(rt,
+    "local n = require 'pcrun.native'\n"
+    "local ffi = require 'ffi'\n"
+    "assert(n.hyp(3, 4) == 5)\n"
+    "assert(n.mul64(3, -4) == -12)\n"
+    "local m = n.mul64(2^40, 2^20)\n"
+    "assert(type(m) == 'cdata' and m == 2LL^60, tostring(m))\n"
+    "assert(n.mul64(3LL, 5ULL) == 15)\n"
+    "assert(n.umax() == 0xffffffffffffffffULL)\n"
+    "assert(n.len('hello') == 5 and n.len(nil) == -1)\n"
+    "local a = ffi.new('double[4]', {1, 2, 3, 4.5})\n"
+    "assert(n.sum(a, 4) == 10.5)\n"
+    "assert(n.sum(ffi.cast('double *', a) + 1, 2) == 5)\n"
+    "n.fill(a, 4, 7)\n"
+    "assert(a[0] == 7 and a[3] == 7)\n"
+    "assert(n.sum({ ptr = a }, 4) == 28)\n"
+    "assert(n.sum({ ptr = function(self) return a end }, 2) == 14)\n"
+    "assert(n.name(3) == 'positive' and n.name(-3) == 'not')\n"
+    "assert(n.odd(3) == true and n.odd(4) == false)\n"
+    "local p = n.self(a)\n"
+    "assert(type(p) == 'userdata' and n.sum(p, 1) == 7)\n"
+    "assert(n.self(nil) == nil)\n"
+    "assert(n.half(3) == 1.5 and n.neg16(-32768) == -32768)\n"
+    "assert(n.has('hyp') and not n.has('nope'))\n"
+    "assert(#n.names() == 11)\n");
+  lua_err(rt, "require('pcrun.native').hyp(1)",
+          "pcrun.native.hyp: expected 2 arguments (double(double, double)),"
+          " got 1");
+  lua_err(rt, "require('pcrun.native').hyp(1, 'x')",
+          "pcrun.native.hyp: argument 2 must be a number, got string");
+  lua_err(rt, "require('pcrun.native').neg16(40000)",
+          "pcrun.native.neg16: argument 1 must be an integer from -32768 to "
+          "32767, got 40000");
+  lua_err(rt, "require('pcrun.native').odd(-1)",
+          "argument 1 must be an integer from 0 to 4294967295, got -1");
+  lua_err(rt, "require('pcrun.native').odd(1.5)",
+          "argument 1 must be an integer, got 1.5");
+  lua_err(rt, "require('pcrun.native').odd(true)",
+          "argument 1 must be an integer, got boolean");
+  lua_err(rt, "require('pcrun.native').len(5)",
+          "pcrun.native.len: argument 1 must be a string, got number");
+  lua_err(rt, "require('pcrun.native').sum(1, 1)",
+          "pcrun.native.sum: argument 1 must be a pointer, got number");
+  lua_err(rt, "require('pcrun.native').sum({}, 1)",
+          "argument 1 must be a pointer, got table");
+  lua_err(rt, "local ffi = require 'ffi'\n"
+          "require('pcrun.native').sum(ffi.new('complex', 1, 2), 1)",
+          "argument 1 must be a pointer, got cdata");
+  lua_err(rt, "require('pcrun.native').umax(1)",
+          "expected 0 arguments (uint64_t(void)), got 1");
+  lua_err(rt, "return require('pcrun.native').nope",
+          "pcrun.native: no native function 'nope'");
+  lua_err(rt, "require('pcrun.native').x = 1", "read-only");
+
+  CHECK(pcr_register(rt, "hyp", PCR_FN(n_hyp), "double(double, double)") ==
+        PCR_EINVAL);
+  HAS(pcr_last_error(rt), "native function 'hyp' is already registered");
+  CHECK(pcr_register(rt, "h2", PCR_FN(n_hyp), "double(double double)") ==
+        PCR_EINVAL);
+  HAS(pcr_last_error(rt), "'h2': bad signature 'double(double double)'");
+  CHECK(pcr_register(rt, "bad name", PCR_FN(n_hyp), "void()") == PCR_EINVAL);
+  HAS(pcr_last_error(rt), "bad name 'bad name'");
+  CHECK(pcr_register(rt, NULL, PCR_FN(n_hyp), "void()") == PCR_EINVAL);
+  CHECK(pcr_register(rt, "nul", NULL, "void()") == PCR_EINVAL);
+  HAS(pcr_last_error(rt), "function pointer is NULL");
+
+  /* Pool workers forked after registration call natives by name. */
+  lua_ok(rt,
+    "local pcrun = require 'pcrun'\n"
+    "local pool = pcrun.pool(2)\n"
+    "local xs = {}\n"
+    "for i = 1, 50 do xs[i] = i end\n"
+    "local ys = pool:map('native.odd', xs)\n"
+    "for i = 1, 50 do assert(ys[i] == (i % 2 == 1), i) end\n"
+    "local ok, err = pcall(pool.map, pool, 'native.nope', { 1 })\n"
+    "assert(not ok and tostring(err):find(\"no native function 'nope'\"),"
+    " tostring(err))\n"
+    "pool:close() pool:join()\n");
+  pcr_close(rt);
+  CHECK(descendants() == 0);
+}
+
+/* -- Exported functions ------------------------------------------------ */
+
+typedef struct job {
+  double (*f)(double);
+  int n, bad;
+} job;
+
+static void *hammer(void *arg) {
+  job *j = arg;
+  for (int i = 0; i < j->n; i++) {
+    double x = i * 0.5;
+    double y = j->f(x);
+    if (y != x * x + 1) j->bad++;
+    if (pcr_export_status(NULL) != PCR_OK) j->bad++;
+  }
+  return NULL;
+}
+
+static int errcalls;
+static void onerr(void *ud, const char *name, int code, const char *msg) {
+  (void)msg;
+  if (ud == &errcalls && name && code < 0) errcalls++;
+}
+
+static const char exported_lua[] =
+  "local native = require 'pcrun.native'\n"
+  "function sq1(x) return x * x + 1 end\n"
+  "function boom(x) error('boom at ' .. x) end\n"
+  "function notnum(x) return 'nope' end\n"
+  "function shout(s, n) return s:upper() .. ('!'):rep(n) end\n"
+  "function die(x) os.exit(3) end\n"
+  "function slow(x) local t = os.clock() + x while os.clock() < t do end "
+  "return x end\n"
+  "function usenative(a, b) return native.hyp(a, b) end\n"
+  "function count(x) return x + 1 end\n";
+
+static void test_export(int zygote) {
+  errcalls = 0;
+  pcr_options o;
+  pcr_options_init(&o);
+  o.zygote = zygote;
+  o.workers = 2;
+  o.export_error = onerr;
+  o.export_error_ud = &errcalls;
+  pcr_runtime *rt;
+  CHECK(pcr_open(&rt, &o) == PCR_OK);
+  CHECK(reg(rt, "hyp", PCR_FN(n_hyp), "double(double, double)") == 0);
+  lua_ok(rt, exported_lua);
+  double (*sq1)(double), (*boom)(double), (*notnum)(double), (*die)(double);
+  double (*usenative)(double, double);
+  const char *(*shout)(const char *, int);
+  CHECK(pcr_export(rt, "sq1", "double(double)", &sq1) == PCR_OK);
+  CHECK(pcr_export(rt, "boom", "double(double)", &boom) == PCR_OK);
+  CHECK(pcr_export(rt, "notnum", "double(double)", &notnum) == PCR_OK);
+  CHECK(pcr_export(rt, "die", "double(double)", &die) == PCR_OK);
+  CHECK(pcr_export(rt, "usenative", "double(double, double)", &usenative) ==
+        PCR_OK);
+  CHECK(pcr_export(rt, "shout", "const char *(const char *, int)", &shout) ==
+        PCR_OK);
+
+  CHECK(sq1(3) == 10);
+  CHECK(usenative(6, 8) == 10);
+  const char *s = shout("hey", 2);
+  CHECK(s && strcmp(s, "HEY!!") == 0);
+
+  /* Four host threads at once. */
+  pthread_t th[4];
+  job jobs[4];
+  for (int i = 0; i < 4; i++) {
+    jobs[i] = (job){sq1, 500, 0};
+    pthread_create(&th[i], NULL, hammer, &jobs[i]);
+  }
+  for (int i = 0; i < 4; i++) {
+    pthread_join(th[i], NULL);
+    CHECK(jobs[i].bad == 0);
+  }
+
+  /* The error path: NaN and a status naming what went wrong. */
+  const char *msg;
+  CHECK(isnan(boom(7)));
+  CHECK(pcr_export_status(&msg) == PCR_ELUA);
+  HAS(msg, "export 'boom'");
+  HAS(msg, "boom at 7");
+  HAS(msg, "stack traceback");
+  CHECK(isnan(notnum(1)));
+  CHECK(pcr_export_status(&msg) == PCR_ETYPE);
+  HAS(msg, "export 'notnum': result must be a number, got string");
+  CHECK(sq1(2) == 5 && pcr_export_status(NULL) == PCR_OK);
+  CHECK(errcalls == 2);
+
+  /* A worker that dies fails only its call. */
+  CHECK(isnan(die(0)));
+  CHECK(pcr_export_status(&msg) == PCR_ECHILD);
+  HAS(msg, "export 'die': worker pid");
+  HAS(msg, "died during the call");
+  CHECK(sq1(4) == 17);
+  if (zygote) {  /* replaced from the zygote: both die again, one by one */
+    CHECK(isnan(die(0)) && pcr_export_status(NULL) == PCR_ECHILD);
+    CHECK(isnan(die(0)) && pcr_export_status(NULL) == PCR_ECHILD);
+    CHECK(isnan(die(0)) && pcr_export_status(NULL) == PCR_ECHILD);
+  }
+
+  /* Bad input. */
+  void *fp = NULL;
+  CHECK(pcr_export(rt, "sq1", "double(double", &fp) == PCR_EINVAL);
+  HAS(pcr_last_error(rt), "pcr_export: 'sq1': bad signature");
+  CHECK(pcr_export(rt, "nosuch", "double(double)", &fp) == PCR_EINVAL);
+  HAS(pcr_last_error(rt), "global 'nosuch' is not a function (nil)");
+  CHECK(pcr_export(rt, "sq1", "double(double)", NULL) == PCR_EINVAL);
+  CHECK(fp == NULL);
+  char longs[3000];
+  memset(longs, 'a', sizeof longs - 1);
+  longs[sizeof longs - 1] = 0;
+  CHECK(shout(longs, 1) == NULL);
+  CHECK(pcr_export_status(&msg) == PCR_EINVAL);
+  HAS(msg, "string arguments longer than 2047 bytes");
+
+  pcr_close(rt);
+  CHECK(descendants() == 0);
+}
+
+/* pcr_close while host threads are inside calls: they return ECLOSED. */
+typedef struct slowjob { double (*f)(double); int code; double r; } slowjob;
+
+static void *callslow(void *arg) {
+  slowjob *j = arg;
+  j->r = j->f(30);  /* 30 s of work: only close can end it early */
+  j->code = pcr_export_status(NULL);
+  return NULL;
+}
+
+static void test_close_in_flight(int zygote) {
+  pcr_runtime *rt = open_rt(zygote, 2);
+  lua_ok(rt, exported_lua);
+  double (*slow)(double);
+  CHECK(pcr_export(rt, "slow", "double(double)", &slow) == PCR_OK);
+  CHECK(slow(0.01) == 0.01);
+  pthread_t th[3];
+  slowjob jobs[3];
+  for (int i = 0; i < 3; i++) {  /* 3 calls, 2 workers: one waits posted */
+    jobs[i] = (slowjob){slow, 0, 0};
+    pthread_create(&th[i], NULL, callslow, &jobs[i]);
+  }
+  usleep(200 * 1000);
+  pcr_close(rt);
+  for (int i = 0; i < 3; i++) {
+    pthread_join(th[i], NULL);
+    CHECK(jobs[i].code == PCR_ECLOSED);
+    CHECK(isnan(jobs[i].r));
+  }
+  CHECK(descendants() == 0);
+}
+
+/* Zygote mode: the host starts threads first, then exports: no fork in the
+** host after pcr_open (the workers are the zygote's children). */
+static void *idle(void *arg) {
+  volatile int *stop = arg;
+  while (!*stop) usleep(1000);
+  return NULL;
+}
+
+static void test_zygote_parentage(void) {
+  pcr_runtime *rt = open_rt(1, 2);
+  volatile int stop = 0;
+  pthread_t t;
+  pthread_create(&t, NULL, idle, (void *)&stop);
+  lua_ok(rt, exported_lua);
+  double (*count)(double);
+  CHECK(descendants() == 1);  /* the zygote */
+  CHECK(pcr_export(rt, "count", "double(double)", &count) == PCR_OK);
+  CHECK(count(1) == 2);
+  CHECK(descendants() == 3);  /* the zygote and its 2 workers */
+  stop = 1;
+  pthread_join(t, NULL);
+  pcr_close(rt);
+  CHECK(descendants() == 0);
+}
+
+int main(void) {
+  setvbuf(stderr, NULL, _IONBF, 0);
+  test_sig_valid();
+  test_sig_invalid();
+  test_sig_fuzz();
+  test_call();
+  test_native();
+  test_export(0);
+  test_export(1);
+  test_close_in_flight(0);
+  test_close_in_flight(1);
+  test_zygote_parentage();
+  if (failures) {
+    fprintf(stderr, "%d check(s) failed\n", failures);
+    return 1;
+  }
+  puts("c_embed: all checks passed");
+  return 0;
+}
