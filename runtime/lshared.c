@@ -19,10 +19,14 @@
 
 typedef struct lobj {
   pcr_obj *o;
+  uint32_t magic;             /* LOBJ_MAGIC: a handle of this file */
+  int kind;                   /* K_* */
   uint32_t owner;             /* the process whose reference this is */
   struct lobj *prev, *next;   /* live handles of this process */
   pcr_qmsg m;                 /* queues: receive buffer */
 } lobj;
+
+#define LOBJ_MAGIC 0x6a624f50u
 
 static lobj *live;
 static int nlive;
@@ -84,6 +88,8 @@ static lobj *pushobj(lua_State *L, pcr_obj *o, int k) {
   lobj *h = lua_newuserdata(L, sizeof *h);
   memset(h, 0, sizeof *h);
   h->o = o;
+  h->magic = LOBJ_MAGIC;
+  h->kind = k;
   h->owner = pcr__self();
   link_obj(h);
   luaL_getmetatable(L, kname[k]);
@@ -96,13 +102,14 @@ static int nospace(lua_State *L, const char *who) {
                        "now %d MiB)", who, (int)(pcr__shm_size() >> 20));
 }
 
-/* Which kind of handle is at idx, or -1. */
+/* Which kind of handle is at idx, or -1. The magic and size check is a
+** metatable lookup's job done without one: this is on every call. */
 static int kindof(lua_State *L, int idx) {
-  if (!lua_getmetatable(L, idx)) return -1;
-  lua_getfield(L, -1, "__kind");
-  int k = lua_isnumber(L, -1) ? (int)lua_tointeger(L, -1) : -1;
-  lua_pop(L, 2);
-  return k;
+  lobj *h = lua_touserdata(L, idx);
+  if (!h || lua_type(L, idx) != LUA_TUSERDATA ||
+      lua_objlen(L, idx) != sizeof(lobj) || h->magic != LOBJ_MAGIC)
+    return -1;
+  return h->kind;
 }
 
 /* The method's name for messages: "pcrun.Queue:get". */
@@ -112,7 +119,7 @@ static const char *who(lua_State *L, int k, const char *m) {
 
 static lobj *check(lua_State *L, int k, const char *m) {
   lobj *h = lua_touserdata(L, 1);
-  int got = h ? kindof(L, 1) : -1;
+  int got = kindof(L, 1);
   if (got != k && !(k == K_QUEUE && got == K_JQUEUE) &&
       !(k == K_LOCK && got == K_RLOCK))
     luaL_error(L, "%s: call it as obj:%s(...) on a %s", who(L, k, m), m,
@@ -159,9 +166,22 @@ static int q_put_(lua_State *L, int nowait, const char *m) {
   size_t n;
   const char *p;
   unsigned kind = PCR_QF_STRING;
-  if (lua_type(L, 2) == LUA_TSTRING) {
-    p = lua_tolstring(L, 2, &n);
-  } else {
+  lua_Number num;
+  switch (lua_type(L, 2)) {
+  case LUA_TSTRING: p = lua_tolstring(L, 2, &n); break;
+  case LUA_TNUMBER:
+    num = lua_tonumber(L, 2);
+    p = (const char *)&num;
+    n = sizeof num;
+    kind = PCR_QF_NUMBER;
+    break;
+  case LUA_TBOOLEAN:
+    kind = lua_toboolean(L, 2) ? PCR_QF_TRUE : PCR_QF_FALSE;
+    p = "";
+    n = 0;
+    break;
+  case LUA_TNIL: kind = PCR_QF_NIL; p = ""; n = 0; break;
+  default:
     p = pcr__ser_encode_named(L, 2, &n, "value");
     kind = PCR_QF_VALUE;
   }
@@ -209,8 +229,20 @@ static int q_get_(lua_State *L, int nowait, const char *m) {
       return luaL_error(L, "%s: queue is closed and empty", who(L, K_QUEUE, m));
     return luaL_error(L, "%s: %s", who(L, K_QUEUE, m), strerror(-e));
   }
-  if (h->m.kind == PCR_QF_STRING) lua_pushlstring(L, h->m.p, h->m.n);
-  else pcr__ser_decode(L, h->m.p, h->m.n, PCR_SER_TRUSTED);
+  switch (h->m.kind) {
+  case PCR_QF_STRING: lua_pushlstring(L, h->m.p, h->m.n); break;
+  case PCR_QF_NUMBER: {
+    lua_Number num;
+    memcpy(&num, h->m.p, sizeof num);
+    lua_pushnumber(L, num);
+    break;
+  }
+  case PCR_QF_TRUE: case PCR_QF_FALSE:
+    lua_pushboolean(L, h->m.kind == PCR_QF_TRUE);
+    break;
+  case PCR_QF_NIL: lua_pushnil(L); break;
+  default: pcr__ser_decode(L, h->m.p, h->m.n, PCR_SER_TRUSTED);
+  }
   if (h->m.blk) {  /* decoded: the block is done with */
     pcr__shm_free(h->m.blk);
     h->m.blk = NULL;
@@ -223,20 +255,19 @@ static int q_get_nowait(lua_State *L) { return q_get_(L, 1, "get_nowait"); }
 
 static int q_qsize(lua_State *L) {
   pcr_queue *q = (pcr_queue *)check(L, K_QUEUE, "qsize")->o;
-  int64_t n = atomic_load(&q->count);
-  lua_pushnumber(L, (lua_Number)(n < 0 ? 0 : n));
+  lua_pushnumber(L, (lua_Number)pcr__queue_size(q));
   return 1;
 }
 
 static int q_empty(lua_State *L) {
   pcr_queue *q = (pcr_queue *)check(L, K_QUEUE, "empty")->o;
-  lua_pushboolean(L, atomic_load(&q->count) <= 0);
+  lua_pushboolean(L, pcr__queue_size(q) == 0);
   return 1;
 }
 
 static int q_full(lua_State *L) {
   pcr_queue *q = (pcr_queue *)check(L, K_QUEUE, "full")->o;
-  lua_pushboolean(L, q->maxsize && atomic_load(&q->count) >= q->maxsize);
+  lua_pushboolean(L, q->maxsize && pcr__queue_size(q) >= q->maxsize);
   return 1;
 }
 
@@ -342,8 +373,7 @@ static int acquire(lua_State *L, pcr_sync *s, int k, double deadline) {
 }
 
 static int s_acquire(lua_State *L) {
-  lobj *h = lua_touserdata(L, 1);
-  int k = h ? kindof(L, 1) : -1;
+  int k = kindof(L, 1);
   if (k != K_LOCK && k != K_RLOCK && k != K_SEM && k != K_BSEM &&
       k != K_COND)
     return luaL_error(L, "acquire: call it as obj:acquire([timeout])");
@@ -367,8 +397,7 @@ static int syncrelease(lua_State *L, pcr_sync *s, int k, int64_t n) {
 }
 
 static int s_release(lua_State *L) {
-  lobj *h = lua_touserdata(L, 1);
-  int k = h ? kindof(L, 1) : -1;
+  int k = kindof(L, 1);
   if (k != K_LOCK && k != K_RLOCK && k != K_SEM && k != K_BSEM &&
       k != K_COND)
     return luaL_error(L, "release: call it as obj:release()");
@@ -387,8 +416,7 @@ static int s_release(lua_State *L) {
 
 /* obj:with(fn, ...): fn(...) holding it; released on error too. */
 static int s_with(lua_State *L) {
-  lobj *h = lua_touserdata(L, 1);
-  int k = h ? kindof(L, 1) : -1;
+  int k = kindof(L, 1);
   if (k != K_LOCK && k != K_RLOCK && k != K_SEM && k != K_BSEM &&
       k != K_COND)
     return luaL_error(L, "with: call it as obj:with(fn, ...)");
@@ -422,8 +450,7 @@ static int s_owned(lua_State *L) {
 }
 
 static int s_get_value(lua_State *L) {
-  lobj *h = lua_touserdata(L, 1);
-  int k = h ? kindof(L, 1) : -1;
+  int k = kindof(L, 1);
   if (k != K_SEM && k != K_BSEM)
     return luaL_error(L, "get_value: call it as sem:get_value()");
   lua_pushnumber(L, (lua_Number)atomic_load(&tosync(L, k, "get_value")->value));
@@ -670,7 +697,7 @@ typedef struct wireobj {
 
 static int o_serialize(lua_State *L) {
   lobj *h = lua_touserdata(L, 1);
-  int k = h ? kindof(L, 1) : -1;
+  int k = kindof(L, 1);
   if (k < 0 || !h->o) return luaL_error(L, "cannot send a released object");
   wireobj w = { pcr__shm_offset(h->o), k, h->o->type };
   pcr__obj_ref(h->o);  /* the receiver adopts it */

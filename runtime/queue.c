@@ -120,7 +120,7 @@ static int waiton(pcr_queue *q, pcr_waitq *wq, int (*ready)(pcr_queue *),
 }
 
 static int hasroom(pcr_queue *q) {
-  return atomic_load(&q->closed) || atomic_load(&q->count) < q->maxsize;
+  return atomic_load(&q->closed) || pcr__queue_size(q) < q->maxsize;
 }
 
 int pcr__queue_put(pcr_queue *q, unsigned kind, const void *p, size_t n,
@@ -143,14 +143,15 @@ int pcr__queue_put(pcr_queue *q, unsigned kind, const void *p, size_t n,
       e = -EPIPE;
       goto fail;
     }
-    if (q->maxsize && atomic_load(&q->count) >= q->maxsize) {
+    if (q->maxsize && pcr__queue_size(q) >= q->maxsize) {
       if ((e = waiton(q, &q->putq, hasroom, deadline)) < 0) goto fail;
       continue;
     }
     if ((e = lockq(&q->wlock)) < 0) goto fail;
     if (e == PCR_LOCK_OWNERDEAD && q->wprev && !atomic_load(&q->wprev->next))
       atomic_store(&q->wprev->next, q->wseg);  /* it died while linking */
-    if (q->maxsize && atomic_load(&q->count) >= q->maxsize) {
+    if (q->maxsize && atomic_load(&q->nput) - atomic_load(&q->nget) >=
+                          q->maxsize) {
       pcr__lock_unlock(&q->wlock);  /* another writer took the last slot */
       continue;
     }
@@ -181,7 +182,8 @@ int pcr__queue_put(pcr_queue *q, unsigned kind, const void *p, size_t n,
   }
   segcopyin(s, h, &hdr, HDR);
   segcopyin(s, h + HDR, p, plen);
-  atomic_fetch_add_explicit(&q->count, 1, memory_order_relaxed);
+  atomic_store_explicit(&q->nput, atomic_load_explicit(&q->nput,
+                        memory_order_relaxed) + 1, memory_order_relaxed);
   if (q->hdr.flags) atomic_fetch_add(&q->unfinished, 1);
   atomic_store_explicit(&s->head, h + need, memory_order_release);
   pcr__lock_unlock(&q->wlock);
@@ -198,20 +200,22 @@ static int tryget(pcr_queue *q, pcr_qmsg *m) {
   if (e < 0) return e;
   pcr_qseg *s = q->rseg;
   uint64_t t = atomic_load_explicit(&s->tail, memory_order_relaxed);
-  uint64_t h = atomic_load_explicit(&s->head, memory_order_acquire);
-  while (h == t) {
-    pcr_qseg *next = atomic_load_explicit(&s->next, memory_order_acquire);
-    if (!next) {
-      pcr__lock_unlock(&q->rlock);
-      return 0;
+  if (t == q->headseen) {
+    q->headseen = atomic_load_explicit(&s->head, memory_order_acquire);
+    while (t == q->headseen) {
+      pcr_qseg *next = atomic_load_explicit(&s->next, memory_order_acquire);
+      if (!next) {
+        pcr__lock_unlock(&q->rlock);
+        return 0;
+      }
+      q->headseen = atomic_load_explicit(&s->head, memory_order_acquire);
+      if (t != q->headseen) break;  /* written before the link: read it */
+      q->rseg = next;
+      pcr__shm_free(s);
+      s = next;
+      t = atomic_load_explicit(&s->tail, memory_order_relaxed);
+      q->headseen = atomic_load_explicit(&s->head, memory_order_acquire);
     }
-    h = atomic_load_explicit(&s->head, memory_order_acquire);
-    if (h != t) break;  /* written before the link: read it first */
-    q->rseg = next;
-    pcr__shm_free(s);
-    s = next;
-    t = atomic_load_explicit(&s->tail, memory_order_relaxed);
-    h = atomic_load_explicit(&s->head, memory_order_acquire);
   }
   uint64_t hdr;
   segcopyout(s, t, &hdr, HDR);
@@ -240,7 +244,8 @@ static int tryget(pcr_queue *q, pcr_qmsg *m) {
     m->p = m->buf;
   }
   m->n = n;
-  atomic_fetch_sub_explicit(&q->count, 1, memory_order_relaxed);
+  atomic_store_explicit(&q->nget, atomic_load_explicit(&q->nget,
+                        memory_order_relaxed) + 1, memory_order_relaxed);
   atomic_store_explicit(&s->tail, t + HDR + plen, memory_order_release);
   pcr__lock_unlock(&q->rlock);
   if (q->maxsize) pcr__wq_wake(&q->putq, 1);

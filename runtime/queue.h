@@ -13,29 +13,39 @@
 typedef struct pcr_qseg pcr_qseg;
 
 typedef struct pcr_queue {
-  pcr_obj hdr;
+  pcr_obj hdr;                   /* flags: 1 for a joinable queue */
   int64_t maxsize;               /* 0: unbounded; constant */
   _Atomic uint32_t closed;
-  /* Writers' line. */
+  /* Writers' line: readers touch it only to look at nput. */
   _Alignas(64) pcr_lock wlock;
   pcr_qseg *wseg;                /* segment writers fill; under wlock */
-  pcr_qseg *wprev;               /* its predecessor, to repair a link a
-                                    dead writer left undone */
+  pcr_qseg *wprev;               /* its predecessor while a writer links a
+                                    new one, to repair a dead writer's link */
   uint64_t tailseen;             /* wseg's tail as last read */
-  /* Readers' line. */
+  _Atomic int64_t nput;          /* frames put, ever */
+  /* Readers' line, mirror image. */
   _Alignas(64) pcr_lock rlock;
   pcr_qseg *rseg;                /* segment readers drain; under rlock */
-  _Alignas(64) _Atomic int64_t count;     /* frames queued (approximate
-                                            only if a process died in a
-                                            put or get) */
-  _Atomic int64_t unfinished;    /* joinable: puts not yet task_done */
-  pcr_waitq getq;                /* readers waiting for a frame */
-  pcr_waitq putq;                /* writers waiting for room (maxsize) */
+  uint64_t headseen;             /* rseg's head as last read */
+  _Atomic int64_t nget;          /* frames taken, ever */
+  _Alignas(64) _Atomic int64_t unfinished;  /* joinable: puts not yet
+                                               task_done */
+  _Alignas(64) pcr_waitq getq;   /* readers waiting for a frame */
+  _Alignas(64) pcr_waitq putq;   /* writers waiting for room (maxsize) */
   pcr_waitq joinq;               /* join() waiting for unfinished == 0 */
 } pcr_queue;
 
-/* Frame kinds (low 7 bits of a frame header). */
-enum { PCR_QF_VALUE = 1, PCR_QF_STRING = 2 };
+/* Frame kinds (low 7 bits of a frame header). Numbers, booleans and nil
+** skip the serializer. */
+enum { PCR_QF_VALUE = 1, PCR_QF_STRING, PCR_QF_NUMBER, PCR_QF_TRUE,
+       PCR_QF_FALSE, PCR_QF_NIL };
+
+/* Items queued: exact while no put or get is under way. */
+static inline int64_t pcr__queue_size(pcr_queue *q) {
+  int64_t n = atomic_load_explicit(&q->nput, memory_order_relaxed) -
+              atomic_load_explicit(&q->nget, memory_order_relaxed);
+  return n < 0 ? 0 : n;
+}
 
 /* A new queue; NULL when the arena is full. Freed by pcr__obj_unref. */
 pcr_queue *pcr__queue_new(int64_t maxsize);
