@@ -1,6 +1,6 @@
 /* Queues in the arena: frames in a chain of ring segments. A frame is an
-** 8-byte header (payload length << 8 | kind) and its payload; a frame never
-** spans two segments. Writers publish a frame by moving head after copying
+** 8-byte header (payload length << 8 | kind) and its payload, padded to 8
+** bytes so that a header never wraps; a frame never spans two segments. Writers publish a frame by moving head after copying
 ** it, readers consume one by moving tail after copying it out, so a
 ** process killed mid-put or mid-get leaves no half frame behind. */
 #include "queue.h"
@@ -11,6 +11,7 @@
 #include <string.h>
 
 #define HDR 8
+#define PAD8(n) (((n) + 7) & ~(size_t)7)
 #define INDIRECT 0x80u                 /* payload is an arena block */
 #define BIG ((size_t)1 << 16)          /* payloads from here on go apart */
 #define SEG_FIRST ((size_t)1 << 14)
@@ -53,16 +54,25 @@ static void segcopyout(pcr_qseg *s, uint64_t at, void *p, size_t n) {
 }
 
 /* Free the segments from s on, with the blocks of frames never read. */
+/* The two hot cases inline: a header, and an 8-byte payload. */
+static inline void put8(pcr_qseg *s, uint64_t at, const void *p) {
+  memcpy(s->data + (at & (s->cap - 1)), p, 8);
+}
+
+static inline void get8(pcr_qseg *s, uint64_t at, void *p) {
+  memcpy(p, s->data + (at & (s->cap - 1)), 8);
+}
+
 static void segfree_all(pcr_qseg *s) {
   while (s) {
     uint64_t t = atomic_load(&s->tail), h = atomic_load(&s->head);
     while (h - t >= HDR) {
       uint64_t hdr, off;
-      segcopyout(s, t, &hdr, HDR);
+      get8(s, t, &hdr);
       t += HDR;
-      if (!(hdr & INDIRECT)) { t += hdr >> 8; continue; }
+      if (!(hdr & INDIRECT)) { t += PAD8(hdr >> 8); continue; }
       if (h - t < sizeof off) break;
-      segcopyout(s, t, &off, sizeof off);
+      get8(s, t, &off);
       pcr__shm_free(pcr__shm_at(off, (size_t)(hdr >> 8)));
       t += sizeof off;
     }
@@ -159,7 +169,7 @@ int pcr__queue_put(pcr_queue *q, unsigned kind, const void *p, size_t n,
   }
   pcr_qseg *s = q->wseg;
   uint64_t h = atomic_load_explicit(&s->head, memory_order_relaxed);
-  size_t need = HDR + plen;
+  size_t need = HDR + PAD8(plen);
   if (s->cap - (h - q->tailseen) < need) {
     q->tailseen = atomic_load_explicit(&s->tail, memory_order_acquire);
     if (s->cap - (h - q->tailseen) < need) {
@@ -180,8 +190,9 @@ int pcr__queue_put(pcr_queue *q, unsigned kind, const void *p, size_t n,
       h = 0;
     }
   }
-  segcopyin(s, h, &hdr, HDR);
-  segcopyin(s, h + HDR, p, plen);
+  put8(s, h, &hdr);
+  if (plen == 8) put8(s, h + HDR, p);
+  else segcopyin(s, h + HDR, p, plen);
   atomic_store_explicit(&q->nput, atomic_load_explicit(&q->nput,
                         memory_order_relaxed) + 1, memory_order_relaxed);
   if (q->hdr.flags) atomic_fetch_add(&q->unfinished, 1);
@@ -218,14 +229,14 @@ static int tryget(pcr_queue *q, pcr_qmsg *m) {
     }
   }
   uint64_t hdr;
-  segcopyout(s, t, &hdr, HDR);
+  get8(s, t, &hdr);
   size_t n = (size_t)(hdr >> 8), plen = n;
   m->kind = (unsigned)(hdr & 0x7f);
   m->blk = NULL;
   if (hdr & INDIRECT) {
     uint64_t off;
     plen = sizeof off;
-    segcopyout(s, t + HDR, &off, sizeof off);
+    get8(s, t + HDR, &off);
     m->blk = pcr__shm_at(off, n);
     m->p = m->blk;
   } else {
@@ -240,13 +251,15 @@ static int tryget(pcr_queue *q, pcr_qmsg *m) {
       m->buf = b;
       m->bufcap = cap;
     }
-    segcopyout(s, t + HDR, m->buf, n);
+    if (n == 8) get8(s, t + HDR, m->buf);
+    else segcopyout(s, t + HDR, m->buf, n);
     m->p = m->buf;
   }
   m->n = n;
   atomic_store_explicit(&q->nget, atomic_load_explicit(&q->nget,
                         memory_order_relaxed) + 1, memory_order_relaxed);
-  atomic_store_explicit(&s->tail, t + HDR + plen, memory_order_release);
+  atomic_store_explicit(&s->tail, t + HDR + PAD8(plen),
+                        memory_order_release);
   pcr__lock_unlock(&q->rlock);
   if (q->maxsize) pcr__wq_wake(&q->putq, 1);
   return 1;
@@ -273,7 +286,9 @@ int pcr__queue_get(pcr_queue *q, pcr_qmsg *m, double deadline, double spin) {
       if (spinto < 0) spinto = pcr__now() + spin;
       int i = 0;
       while (!pcr__queue_ready(q)) {
-        pcr__cpu_relax();
+        /* Look rarely: every look pulls the writer's head line away from
+        ** it, and its next put must fetch the line back. */
+        for (int k = 0; k < 16; k++) pcr__cpu_relax();
         if ((++i & 63) == 0) {
           if (pcr__now() >= spinto) break;
           sched_yield();
