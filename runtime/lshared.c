@@ -793,6 +793,59 @@ static int l_ready(lua_State *L) {
   return 1;
 }
 
+/* -- The ffi fast path ------------------------------------------------ */
+
+/* Called through ffi function pointers (lua/pcrun/sync.lua): an ffi call
+** compiles to a direct call, where a lua_CFunction ends the trace. h is
+** the handle's payload; anything else returns -EBADF and the caller falls
+** back to the methods above, which raise with a message. */
+static pcr_sync *fastsync(void *p, int *k) {
+  lobj *h = p;
+  if (!h || h->magic != LOBJ_MAGIC || !h->o) return NULL;
+  *k = h->kind;
+  pcr_sync *s = (pcr_sync *)h->o;
+  return *k == K_COND ? s->cond_lock : s;
+}
+
+/* timeout: < 0 forever, else seconds. Returns as pcr__sync_acquire. */
+static int f_acquire(void *p, double timeout) {
+  int k;
+  pcr_sync *s = fastsync(p, &k);
+  if (!s) return -EBADF;
+  double deadline = timeout < 0 ? -1 : timeout == 0 ? 0
+                                      : pcr__now() + timeout;
+  switch (k) {
+  case K_LOCK: case K_RLOCK: case K_COND:
+    return pcr__sync_acquire(s, deadline);
+  case K_SEM: case K_BSEM: return pcr__sem_acquire(s, deadline);
+  default: return -EBADF;
+  }
+}
+
+static int f_release(void *p) {
+  int k;
+  pcr_sync *s = fastsync(p, &k);
+  if (!s) return -EBADF;
+  switch (k) {
+  case K_LOCK: case K_RLOCK: case K_COND: return pcr__sync_release(s);
+  case K_SEM: case K_BSEM: return pcr__sem_release(s, 1);
+  default: return -EBADF;
+  }
+}
+
+static void pushfast(lua_State *L) {
+  lua_newtable(L);
+  lua_pushlightuserdata(L, (void *)(uintptr_t)f_acquire);
+  lua_setfield(L, -2, "acquire");
+  lua_pushlightuserdata(L, (void *)(uintptr_t)f_release);
+  lua_setfield(L, -2, "release");
+  lua_pushinteger(L, ETIMEDOUT);
+  lua_setfield(L, -2, "ETIMEDOUT");
+  lua_pushinteger(L, PCR_LOCK_OWNERDEAD);
+  lua_setfield(L, -2, "OWNERDEAD");
+  lua_setfield(L, -2, "sync_fast");
+}
+
 /* cdhook(ctype_id, mt): cdata of that ctype cross by mt.__serialize. */
 static int l_cdhook(lua_State *L) {
   luaL_checknumber(L, 1);
@@ -871,6 +924,7 @@ void pcr__lshared_open(lua_State *L) {
   pcr__queue_init();
   pcr__sync_init();
   luaL_register(L, NULL, fns);
+  pushfast(L);
   newmt(L, K_QUEUE, queue_m, NULL);
   newmt(L, K_JQUEUE, queue_m, jqueue_m);
   newmt(L, K_LOCK, lock_m, NULL);
