@@ -14,7 +14,8 @@ package.path = here .. "/?.lua;" .. package.path
 local H = require "harness"
 H.dir = here
 
-local GROUPS = { "serializer", "pipe", "process", "pool", "embed" }
+local GROUPS = { "serializer", "pipe", "process", "pool", "queue", "sync",
+                 "array", "embed" }
 local GROUP_TIMEOUT = 300  -- seconds; a hung group is killed and reported
 
 -- The cells of one row. A figure is a number, or a string saying why there
