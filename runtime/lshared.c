@@ -921,6 +921,11 @@ void pcr__lshared_open(lua_State *L) {
     {"wait_many", l_wait_many}, {"ready", l_ready}, {"cdhook", l_cdhook},
     {NULL, NULL}
   };
+  static int atexit_set;
+  if (!atexit_set) {  /* os.exit in a child drops its references too */
+    atexit_set = 1;
+    atexit(pcr__lshared_exit);
+  }
   pcr__queue_init();
   pcr__sync_init();
   luaL_register(L, NULL, fns);
