@@ -28,6 +28,13 @@ describe("examples", function()
         "child: ")
   end)
 
+  it("wordfreq.lua counts every word once through a queue and a shared "
+     .. "array", function()
+    local out = example("wordfreq.lua", "3000", "3")
+    has(out, "3000 lines, 24000 words", "by 3 workers",
+        "counted 24000 = 24000 words", "reached the barrier first")
+  end)
+
   it("mandelbrot.lua gives the serial checksum from a pool", function()
     local out = example("mandelbrot.lua", "120", "50", "1", "2")
     has(out, "serial", "workers  1:", "workers  2:", "speedup")
