@@ -313,11 +313,18 @@ static int q_join(lua_State *L) {
 static int l_sync(lua_State *L) {
   static const int kinds[] = { 0, K_LOCK, K_RLOCK, K_SEM, K_BSEM, K_EVENT,
                                K_COND, K_BARRIER };
+  static const char *const ctor[] = { NULL, "pcrun.lock", "pcrun.rlock",
+    "pcrun.semaphore", "pcrun.bounded_semaphore", "pcrun.event",
+    "pcrun.condition", "pcrun.barrier" };
   int kind = (int)luaL_checkinteger(L, 1);
   luaL_argcheck(L, kind >= PCR_SYNC_LOCK && kind <= PCR_SYNC_BARRIER, 1,
                 "bad kind");
+  size_t n = 0;
+  const char *action = NULL;
+  if (kind == PCR_SYNC_BARRIER && !lua_isnoneornil(L, 3))  /* may raise */
+    action = pcr__ser_encode_named(L, 3, &n, "action");
   pcr_sync *s = pcr__sync_new((uint32_t)kind, (int64_t)luaL_optnumber(L, 2, 0));
-  if (!s) return nospace(L, "pcrun.sync");
+  if (!s) return nospace(L, ctor[kind]);
   if (kind == PCR_SYNC_COND) {  /* arg 3: the lock handle */
     lobj *lh = lua_touserdata(L, 3);
     int lk = lh ? kindof(L, 3) : -1;
@@ -329,14 +336,12 @@ static int l_sync(lua_State *L) {
     pcr__obj_ref(lh->o);
     s->cond_lock = (pcr_sync *)lh->o;
   }
-  if (kind == PCR_SYNC_BARRIER && !lua_isnoneornil(L, 3)) {
-    size_t n;
-    const char *p = pcr__ser_encode_named(L, 3, &n, "action");
+  if (action) {
     if (!(s->blob = pcr__shm_alloc(n))) {
       pcr__obj_unref(&s->hdr);
       return nospace(L, "pcrun.barrier");
     }
-    memcpy(s->blob, p, n);
+    memcpy(s->blob, action, n);
     s->bloblen = n;
   }
   pushobj(L, &s->hdr, kinds[kind]);

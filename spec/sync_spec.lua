@@ -390,6 +390,12 @@ describe("pcrun.barrier", function()
               pcrun.barrier, 0)
     error_has("pcrun.barrier: action must be a function, got string",
               pcrun.barrier, 2, "f")
+    local co = coroutine.create(print)
+    collectgarbage()
+    local used = pcrun.arena().used
+    error_has("action<upvalue co>: cannot send a coroutine", pcrun.barrier, 2,
+              function() return co end)
+    assert.equal(used, pcrun.arena().used)
     local b = pcrun.barrier(2)
     error_has("pcrun.Barrier:wait: timeout must be a number", b.wait, b, "x")
     error_has("pcrun.Barrier:wait: call it as obj:wait(...)", b.wait, {})
