@@ -146,6 +146,15 @@ static void interrupted(lua_State *L) {
   }
 }
 
+/* Blocking calls wait in slices: Ctrl-C sets a hook, which a wait that
+** began before the signal would only see at its end. */
+#define SLICE 0.25
+
+static double sliced(double deadline) {
+  double s = pcr__now() + SLICE;
+  return deadline < 0 || deadline > s ? s : deadline;
+}
+
 /* -- Queues ----------------------------------------------------------- */
 
 static int l_queue(lua_State *L) {
@@ -186,9 +195,13 @@ static int q_put_(lua_State *L, int nowait, const char *m) {
     kind = PCR_QF_VALUE;
   }
   for (;;) {
-    int e = pcr__queue_put(q, kind, p, n, deadline);
+    double d = sliced(deadline);
+    int e = pcr__queue_put(q, kind, p, n, d);
     if (e == 0) break;
-    if (e == -EINTR) { interrupted(L); continue; }
+    if (e == -EINTR || (e == -ETIMEDOUT && d != deadline)) {
+      interrupted(L);
+      continue;
+    }
     if (e == -ETIMEDOUT) {
       if (nowait) return luaL_error(L, "%s: queue is full", who(L, K_QUEUE, m));
       lua_pushnil(L);
@@ -216,9 +229,13 @@ static int q_get_(lua_State *L, int nowait, const char *m) {
     h->m.blk = NULL;
   }
   for (;;) {
-    int e = pcr__queue_get(q, &h->m, deadline, nowait ? 0 : 100e-6);
+    double d = sliced(deadline);
+    int e = pcr__queue_get(q, &h->m, d, nowait ? 0 : 100e-6);
     if (e == 0) break;
-    if (e == -EINTR) { interrupted(L); continue; }
+    if (e == -EINTR || (e == -ETIMEDOUT && d != deadline)) {
+      interrupted(L);
+      continue;
+    }
     if (e == -ETIMEDOUT) {
       if (nowait) return luaL_error(L, "%s: queue is empty", who(L, K_QUEUE, m));
       lua_pushnil(L);
@@ -301,8 +318,12 @@ static int q_join(lua_State *L) {
   pcr_queue *q = (pcr_queue *)check(L, K_JQUEUE, "join")->o;
   double deadline = timeout(L, 2, K_JQUEUE, "join");
   for (;;) {
-    int e = pcr__queue_join(q, deadline);
-    if (e == -EINTR) { interrupted(L); continue; }
+    double d = sliced(deadline);
+    int e = pcr__queue_join(q, d);
+    if (e == -EINTR || (e == -ETIMEDOUT && d != deadline)) {
+      interrupted(L);
+      continue;
+    }
     lua_pushboolean(L, e == 0);
     return 1;
   }
@@ -356,14 +377,30 @@ static pcr_sync *tosync(lua_State *L, int k, const char *m) {
 ** true / false (timed out); a lock taken from a dead owner warns. */
 static int acquire(lua_State *L, pcr_sync *s, int k, double deadline) {
   for (;;) {
+    double d = sliced(deadline);
     int e = s->kind == PCR_SYNC_SEM || s->kind == PCR_SYNC_BSEM
-                ? pcr__sem_acquire(s, deadline)
-                : pcr__sync_acquire(s, deadline);
-    if (e == -EINTR) { interrupted(L); continue; }
-    if (e == -EDEADLK)
+                ? pcr__sem_acquire(s, d)
+                : pcr__sync_acquire(s, d);
+    if (e == -EINTR || (e == -ETIMEDOUT && d != deadline)) {
+      interrupted(L);
+      continue;
+    }
+    if (e == -EDEADLK && deadline < 0)
       return luaL_error(L, "%s: this process already holds the lock "
                            "(waiting would deadlock; use pcrun.rlock)",
                         who(L, k, "acquire"));
+    if (e == -EDEADLK) {
+      /* Our own lock, with a timeout: nobody else can free it, so wait it
+      ** out as a thread would. */
+      _Atomic uint32_t never = 0;
+      if (deadline > 0 && pcr__now() < deadline) {
+        if (pcr__futex_wait(&never, 0, sliced(deadline)) == -EINTR ||
+            pcr__now() < deadline)
+          interrupted(L);
+        continue;
+      }
+      e = -ETIMEDOUT;
+    }
     if (e == PCR_LOCK_OWNERDEAD) {
       fprintf(stderr, "pcrun: warning: %s: the previous owner died "
                       "holding the lock; this process now holds it\n",
@@ -481,8 +518,12 @@ static int e_wait(lua_State *L) {
   pcr_sync *s = tosync(L, K_EVENT, "wait");
   double deadline = timeout(L, 2, K_EVENT, "wait");
   for (;;) {
-    int e = pcr__event_wait(s, deadline);
-    if (e == -EINTR) { interrupted(L); continue; }
+    double d = sliced(deadline);
+    int e = pcr__event_wait(s, d);
+    if (e == -EINTR || (e == 0 && d != deadline)) {
+      interrupted(L);
+      continue;
+    }
     lua_pushboolean(L, e > 0);
     return 1;
   }
@@ -491,11 +532,21 @@ static int e_wait(lua_State *L) {
 static int c_wait(lua_State *L) {
   pcr_sync *c = tosync(L, K_COND, "wait");
   double deadline = timeout(L, 2, K_COND, "wait");
-  int e = pcr__cond_wait(c, deadline);
-  if (e == -EPERM)
-    return luaL_error(L, "pcrun.Condition:wait: the lock is not held by "
-                         "this process");
-  if (e == -EINTR) interrupted(L);
+  int e;
+  for (;;) {
+    /* Between slices this process holds the lock, so no notify can slip
+    ** between one wait and the next. */
+    double d = sliced(deadline);
+    e = pcr__cond_wait(c, d);
+    if (e == -EPERM)
+      return luaL_error(L, "pcrun.Condition:wait: the lock is not held by "
+                           "this process");
+    if (e == -EINTR || (e == 0 && d != deadline)) {
+      interrupted(L);
+      if (e == 0) continue;
+    }
+    break;
+  }
   lua_pushboolean(L, e > 0);
   return 1;
 }
@@ -541,11 +592,22 @@ static int b_wait(lua_State *L) {
     lua_pushinteger(L, idx);
     return 1;
   }
-  int e = pcr__barrier_wait(b, gen, deadline);
-  if (e == -EINTR) {
-    pcr__barrier_break(b);
-    interrupted(L);
-    return luaL_error(L, "pcrun.Barrier:wait: interrupted");
+  int e;
+  for (;;) {
+    double d = sliced(deadline);
+    e = pcr__barrier_wait(b, gen, d);
+    if (e == -ETIMEDOUT && d == deadline) {  /* a timeout breaks it */
+      pcr__barrier_break(b);
+      e = -EPIPE;
+    }
+    if (e == -EINTR || e == -ETIMEDOUT) {
+      if (lua_gethookmask(L)) {
+        pcr__barrier_break(b);  /* the others must not wait for us */
+        interrupted(L);
+      }
+      continue;
+    }
+    break;
   }
   if (e == -EPIPE)
     return luaL_error(L, "pcrun.Barrier:wait: the barrier is broken");
@@ -817,14 +879,20 @@ static int f_acquire(void *p, double timeout) {
   int k;
   pcr_sync *s = fastsync(p, &k);
   if (!s) return -EBADF;
-  double deadline = timeout < 0 ? -1 : timeout == 0 ? 0
-                                      : pcr__now() + timeout;
+  /* At most one slice here: a longer wait goes on in the C method, which
+  ** sees Ctrl-C. -EAGAIN says the slice passed. */
+  int bounded = timeout < 0 || timeout > SLICE;
+  double deadline = timeout == 0 ? 0
+                    : pcr__now() + (bounded ? SLICE : timeout);
+  int r;
   switch (k) {
   case K_LOCK: case K_RLOCK: case K_COND:
-    return pcr__sync_acquire(s, deadline);
-  case K_SEM: case K_BSEM: return pcr__sem_acquire(s, deadline);
+    r = pcr__sync_acquire(s, deadline);
+    break;
+  case K_SEM: case K_BSEM: r = pcr__sem_acquire(s, deadline); break;
   default: return -EBADF;
   }
+  return r == -ETIMEDOUT && bounded ? -EAGAIN : r;
 }
 
 static int f_release(void *p) {
@@ -846,6 +914,10 @@ static void pushfast(lua_State *L) {
   lua_setfield(L, -2, "release");
   lua_pushinteger(L, ETIMEDOUT);
   lua_setfield(L, -2, "ETIMEDOUT");
+  lua_pushinteger(L, EAGAIN);
+  lua_setfield(L, -2, "EAGAIN");
+  lua_pushnumber(L, SLICE);
+  lua_setfield(L, -2, "SLICE");
   lua_pushinteger(L, PCR_LOCK_OWNERDEAD);
   lua_setfield(L, -2, "OWNERDEAD");
   lua_setfield(L, -2, "sync_fast");

@@ -48,15 +48,6 @@ int pcr__sync_acquire(pcr_sync *s, double deadline) {
     if (r == -EBUSY) r = -ETIMEDOUT;
   } else {
     r = pcr__lock_lock(&s->lock, deadline);
-    if (r == -EDEADLK && deadline > 0) {
-      /* Our own plain lock: nobody else can free it, so wait it out as a
-      ** thread would. */
-      while (pcr__now() < deadline) {
-        _Atomic uint32_t never = 0;
-        if (pcr__futex_wait(&never, 0, deadline) == -EINTR) return -EINTR;
-      }
-      r = -ETIMEDOUT;
-    }
   }
   if (r >= 0) s->depth = 1;
   return r;
@@ -202,10 +193,7 @@ int pcr__barrier_wait(pcr_sync *b, uint32_t gen, double deadline) {
       return broke ? -EPIPE : 0;
     }
     if (atomic_load(&b->broken)) return -EPIPE;
-    if (expired(deadline)) {
-      pcr__barrier_break(b);
-      return -EPIPE;
-    }
+    if (expired(deadline)) return -ETIMEDOUT;
     pcr_wqtok t;
     pcr__wq_prepare(&b->wq, &t);
     if (atomic_load(&b->gen) != gen || atomic_load(&b->broken)) {

@@ -39,8 +39,8 @@ pcr_sync *pcr__sync_new(uint32_t kind, int64_t v);
 void pcr__sync_init(void);
 
 /* Locks and rlocks. acquire returns 0, PCR_LOCK_OWNERDEAD (acquired from a
-** dead owner), -ETIMEDOUT, -EINTR or -EDEADLK (a lock this process already
-** holds, waited on forever). release: 0 or -EPERM (not the owner). */
+** dead owner), -ETIMEDOUT, -EINTR or -EDEADLK (a plain lock this process
+** already holds). release: 0 or -EPERM (not the owner). */
 int pcr__sync_acquire(pcr_sync *s, double deadline);
 int pcr__sync_release(pcr_sync *s);
 /* Whether this process holds the (r)lock. */
@@ -65,8 +65,8 @@ int pcr__cond_notify(pcr_sync *c, int n);
 /* Barriers. arrive returns the arrival index (parties - 1 for the last
 ** one, which must then call pcr__barrier_pass, after the action) or
 ** -EPIPE when broken; *gen receives the generation to wait on. wait
-** blocks for the others: 0 passed, -EPIPE broken (a timeout breaks it),
-** -EINTR. */
+** blocks for the others: 0 passed, -EPIPE broken, -ETIMEDOUT (the caller
+** decides whether that breaks it) or -EINTR. */
 int pcr__barrier_arrive(pcr_sync *b, uint32_t *gen);
 void pcr__barrier_pass(pcr_sync *b);
 int pcr__barrier_wait(pcr_sync *b, uint32_t gen, double deadline);

@@ -89,6 +89,7 @@ local fast = core.sync_fast
 local f_acquire = ffi.cast("int (*)(void *, double)", fast.acquire)
 local f_release = ffi.cast("int (*)(void *)", fast.release)
 local ETIMEDOUT, OWNERDEAD = -fast.ETIMEDOUT, fast.OWNERDEAD
+local EAGAIN, SLICE = -fast.EAGAIN, fast.SLICE
 
 local function install(mt)
   local slow_acquire, slow_release = mt.__index.acquire, mt.__index.release
@@ -105,6 +106,9 @@ local function install(mt)
     local r = f_acquire(self, t)
     if r == 0 then return true end
     if r == ETIMEDOUT then return false end
+    if r == EAGAIN then  -- waited one slice: the C method waits on
+      return slow_acquire(self, timeout and math.max(timeout - SLICE, 0))
+    end
     if r == OWNERDEAD then
       io.stderr:write("pcrun: warning: ", name, ": the previous owner died "
                       .. "holding the lock; this process now holds it\n")
