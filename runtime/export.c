@@ -1,8 +1,9 @@
 /* Exported functions: a Lua function behind a libffi closure. A calling
 ** host thread claims a request slot in the arena, writes the raw C
-** arguments, wakes a worker process and sleeps on the slot's futex until
-** the worker writes the result. No host lock and no host Lua state is
-** touched, so any number of host threads may call at once. */
+** arguments, wakes a worker process and waits on the slot until the worker
+** writes the result. Both sides poll for XSPIN before a futex sleep, and
+** wake the other only when it announced a sleep. No host lock and no host
+** Lua state is touched, so any number of host threads may call at once. */
 #include "export.h"
 #include "futex.h"
 #include "native.h"
@@ -15,6 +16,7 @@
 
 #include <lauxlib.h>
 #include <math.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <signal.h>
 #include <stdio.h>
@@ -26,6 +28,9 @@
 #define XBUF 2048           /* string arguments in; error or string out */
 #define XMAGIC 0x78524350u  /* "PCRx" */
 #define XPOLL 0.05          /* seconds between checks for a dead worker */
+#define XSPIN 50e-6         /* seconds a side polls before it sleeps */
+#define XCLOCK 8            /* polls between clock reads while polling */
+#define XYIELD 32           /* polls between sched_yield while polling */
 
 /* Slot states. A worker takes a posted slot by writing XS_TAKEN + its pid,
 ** so a caller can always tell whose death fails its call. */
@@ -33,6 +38,10 @@ enum { XS_FREE, XS_CLAIMED, XS_POSTED, XS_DONE, XS_ABANDONED, XS_TAKEN = 16 };
 
 typedef struct xslot {
   _Atomic uint32_t state;     /* futex; see above. CAS by callers, workers */
+  _Atomic uint32_t sleeping;  /* caller: 1 before it sleeps on state (seq_cst
+                                 store, then reload); the worker reads it
+                                 after its seq_cst CAS to DONE to decide to
+                                 wake. 0 again before the next POSTED */
   int32_t code;               /* worker: PCR_OK or PCR_E*, before DONE */
   pcr__val args[PCR_SIG_MAX]; /* caller, before POSTED */
   pcr__val ret;               /* worker, before DONE */
@@ -42,7 +51,13 @@ typedef struct xslot {
 struct pcr__xsrv {
   uint32_t magic;             /* XMAGIC; written once before any fork */
   _Atomic uint32_t posted;    /* futex: callers bump it per request */
+  _Atomic uint32_t idle;      /* workers asleep on posted: each adds 1 then
+                                 rereads posted (seq_cst); callers bump
+                                 posted then read it (seq_cst) to decide to
+                                 wake. A worker killed asleep leaves it
+                                 high: only extra wakes */
   _Atomic uint32_t freed;     /* futex: bumped whenever a slot is freed */
+  _Atomic uint32_t fwait;     /* host threads asleep on freed; as idle */
   _Atomic uint32_t closing;   /* host sets it once at close */
   uint32_t fnlen;             /* bytes of the encoded function in fn[] */
   char name[64];              /* written once before any fork */
@@ -75,10 +90,40 @@ static int xfail(pcr__export *x, int code, const char *fmt, ...) {
   return code;
 }
 
+/* Poll *w until (*w == v) == eq, for at most XSPIN. Returns whether that
+** came true. Either process. */
+static int spin(_Atomic uint32_t *w, uint32_t v, int eq) {
+  double until = 0;
+  for (unsigned i = 1;; i++) {
+    if ((atomic_load_explicit(w, memory_order_acquire) == v) == eq) return 1;
+    pcr__cpu_relax();
+    if (i % XCLOCK) continue;
+    double now = pcr__now();
+    if (until == 0) until = now + XSPIN;
+    else if (now >= until) return 0;
+    if (i % XYIELD == 0) sched_yield();  /* let the other side run */
+  }
+}
+
+/* Sleep on *w while it holds v, counted in *nsleep so that wakers can skip
+** the syscall. seq_cst add then reload: pairs with the waker's seq_cst
+** bump of *w then read of *nsleep, so one of them sees the other. */
+static void sleepon(_Atomic uint32_t *w, uint32_t v, _Atomic uint32_t *nsleep,
+                    double deadline) {
+  atomic_fetch_add(nsleep, 1);
+  if (atomic_load(w) == v) pcr__futex_wait(w, v, deadline);
+  atomic_fetch_sub(nsleep, 1);
+}
+
+/* Bump *w (seq_cst) and wake one sleeper if any announced itself. */
+static void bump(_Atomic uint32_t *w, _Atomic uint32_t *nsleep) {
+  atomic_fetch_add(w, 1);
+  if (atomic_load(nsleep)) pcr__futex_wake(w, 1);
+}
+
 static void freeslot(pcr__xsrv *s, xslot *sl) {
   atomic_store_explicit(&sl->state, XS_FREE, memory_order_release);
-  atomic_fetch_add(&s->freed, 1);
-  pcr__futex_wake(&s->freed, 1);
+  bump(&s->freed, &s->fwait);
 }
 
 static xslot *claim(pcr__export *x) {
@@ -89,10 +134,11 @@ static xslot *claim(pcr__export *x) {
     for (unsigned k = 0; k < XSLOTS; k++) {
       xslot *sl = &s->slots[(start + k) % XSLOTS];
       uint32_t want = XS_FREE;
-      if (atomic_compare_exchange_strong(&sl->state, &want, XS_CLAIMED))
+      if (atomic_load_explicit(&sl->state, memory_order_relaxed) == XS_FREE &&
+          atomic_compare_exchange_strong(&sl->state, &want, XS_CLAIMED))
         return sl;
     }
-    pcr__futex_wait(&s->freed, seq, pcr__now() + XPOLL);
+    sleepon(&s->freed, seq, &s->fwait, pcr__now() + XPOLL);
   }
   return NULL;
 }
@@ -139,17 +185,15 @@ static int putargs(pcr__export *x, xslot *sl, void **args) {
   return 0;
 }
 
-/* Wait until the slot is done. Returns 0 or PCR_E* (the slot is then
-** freed or abandoned). */
+/* Wait until the slot is done: poll, then sleep with checks for a dead
+** worker and for close. Returns 0 or PCR_E* (the slot is then freed or
+** abandoned). */
 static int await(pcr__export *x, xslot *sl) {
   pcr__xsrv *s = x->srv;
-  for (int spin = 0; spin < 64; spin++) {
-    if (atomic_load_explicit(&sl->state, memory_order_acquire) == XS_DONE)
-      return 0;
-    pcr__cpu_relax();
-  }
+  if (spin(&sl->state, XS_DONE, 1)) return 0;
+  atomic_store(&sl->sleeping, 1);  /* seq_cst, then the seq_cst load below */
   for (;;) {
-    uint32_t st = atomic_load_explicit(&sl->state, memory_order_acquire);
+    uint32_t st = atomic_load(&sl->state);
     if (st == XS_DONE) return 0;
     if (atomic_load(&s->closing)) {
       if (atomic_compare_exchange_strong(&sl->state, &st, XS_ABANDONED))
@@ -184,9 +228,9 @@ static int xcall(pcr__export *x, void **args, pcr__val *r) {
                  s->name);
   int e = putargs(x, sl, args);
   if (e) { freeslot(s, sl); return e; }
+  atomic_store_explicit(&sl->sleeping, 0, memory_order_relaxed);
   atomic_store_explicit(&sl->state, XS_POSTED, memory_order_release);
-  atomic_fetch_add(&s->posted, 1);
-  pcr__futex_wake(&s->posted, 1);
+  bump(&s->posted, &s->idle);
   if ((e = await(x, sl))) return e;
   *r = sl->ret;
   int code = sl->code;
@@ -300,16 +344,20 @@ void pcr__export_serve(lua_State *L, pcr__xsrv *s, int byvalue) {
     for (int k = 0; k < XSLOTS; k++) {
       xslot *sl = &s->slots[k];
       uint32_t want = XS_POSTED;
-      if (!atomic_compare_exchange_strong(&sl->state, &want, XS_TAKEN + me))
-        continue;
+      if (atomic_load_explicit(&sl->state, memory_order_relaxed) != XS_POSTED
+          || !atomic_compare_exchange_strong(&sl->state, &want, XS_TAKEN + me))
+        continue;  /* a failed CAS would still steal the cache line */
       found = 1;
       if (ok) serve1(L, s, &sig, fn, sl);
       else reply(sl, PCR_ELUA, lua_tostring(L, fn));
       want = XS_TAKEN + me;
-      if (atomic_compare_exchange_strong(&sl->state, &want, XS_DONE))
+      /* seq_cst CAS, then read sleeping: pairs with await */
+      if (atomic_compare_exchange_strong(&sl->state, &want, XS_DONE) &&
+          atomic_load(&sl->sleeping))
         pcr__futex_wake(&sl->state, 1);
     }
-    if (!found) pcr__futex_wait(&s->posted, seq, pcr__now() + 1.0);
+    if (!found && !spin(&s->posted, seq, 0))
+      sleepon(&s->posted, seq, &s->idle, pcr__now() + 1.0);
   }
   fflush(NULL);
   _exit(0);
@@ -426,6 +474,8 @@ int pcr__export_new(lua_State *L, pcr__zygote *zy, const char *name,
 void pcr__export_shut(pcr__export *x) {
   pcr__xsrv *s = x->srv;
   atomic_store(&s->closing, 1);
+  atomic_fetch_add(&s->posted, 1);  /* a sleeper about to wait returns */
+  atomic_fetch_add(&s->freed, 1);
   pcr__futex_wake(&s->posted, INT32_MAX);
   pcr__futex_wake(&s->freed, INT32_MAX);
   for (int k = 0; k < XSLOTS; k++)

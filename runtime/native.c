@@ -22,9 +22,18 @@ static const char helpers[] =
   "local ffi = require 'ffi'\n"
   "local i64, vp = ffi.typeof('int64_t'), ffi.typeof('const void *')\n"
   "local i64p, u64p = ffi.typeof('int64_t *'), ffi.typeof('uint64_t *')\n"
+  "local function field(x) return x.ptr end\n"
   "return {\n"
   "  toint = function(x) return ffi.cast(i64, x) end,\n"
-  "  toaddr = function(x) return ffi.cast(i64, ffi.cast(vp, x)) end,\n"
+  "  toaddr = function(x)\n"
+  "    local k = tostring(ffi.typeof(x)):match('^ctype<(%a+)[^*&%[]*>$')\n"
+  "    if k == 'struct' or k == 'union' then\n"
+  "      local ok, p = pcall(field, x)\n"  /* a struct such as an array */
+  "      if ok and type(p) == 'function' then p = p(x) end\n"
+  "      if ok and p ~= nil then x = p end\n"
+  "    end\n"
+  "    return ffi.cast(i64, ffi.cast(vp, x))\n"
+  "  end,\n"
   "  box = function(p, u) return ffi.cast(u and u64p or i64p, p)[0] end,\n"
   "}\n";
 

@@ -376,6 +376,37 @@ static void test_native(void) {
   CHECK(descendants() == 0);
 }
 
+/* A native taking a pointer gets a pcrun.array (a cdata struct with `ptr`
+** and `n`): in the host, and in pool workers, where the arena holds the
+** array at the same address. */
+static void test_native_array(void) {
+  pcr_runtime *rt = open_rt(0, 2);
+  CHECK(reg(rt, "sum", PCR_FN(n_sum), "double(const double *, int)") == 0);
+  CHECK(reg(rt, "fill", PCR_FN(n_fill), "void(double *, int, double)") == 0);
+  lua_ok(rt,
+    "local pcrun = require 'pcrun'\n"
+    "local init = {}\n"
+    "for i = 1, 100 do init[i] = i end\n"
+    "local arr = pcrun.array('double', 100, init)\n"
+    "assert(#arr == 100)\n"
+    "assert(pcrun.native.sum(arr, #arr) == 5050)\n"
+    "assert(pcrun.native.sum(arr.ptr + 90, 10) == 955)\n"
+    "local pool = pcrun.pool(2)\n"
+    "local ys = pool:map(function(k) return k * pcrun.native.sum(arr, #arr) "
+    "end, { 1, 2, 3, 4 })\n"
+    "for k = 1, 4 do assert(ys[k] == 5050 * k, tostring(ys[k])) end\n"
+    "ys = pool:map(function(n) return pcrun.native.sum(arr, n) end,"
+    " { 0, 1, 10 })\n"
+    "assert(ys[1] == 0 and ys[2] == 1 and ys[3] == 55)\n"
+    "pool:map(function() pcrun.native.fill(arr, #arr, 2) return true end,"
+    " { 1 })\n"
+    "assert(arr[0] == 2 and arr[99] == 2)\n"
+    "assert(pcrun.native.sum(arr, #arr) == 200)\n"
+    "pool:close() pool:join()\n");
+  pcr_close(rt);
+  CHECK(descendants() == 0);
+}
+
 /* -- Exported functions ------------------------------------------------ */
 
 typedef struct job {
@@ -561,6 +592,7 @@ int main(void) {
   test_sig_fuzz();
   test_call();
   test_native();
+  test_native_array();
   test_export(0);
   test_export(1);
   test_close_in_flight(0);
