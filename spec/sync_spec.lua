@@ -403,6 +403,42 @@ describe("pcrun.barrier", function()
 end)
 
 describe("shared objects", function()
+  it("turn Ctrl-C into an 'interrupted' error in every blocking wait",
+     function()
+    local h = helpers.spawn_cli({ "-e", [[
+      local pcrun = require "pcrun"
+      local q, e, l = pcrun.queue(), pcrun.event(), pcrun.lock()
+      local s, c, b = pcrun.semaphore(0), pcrun.condition(), pcrun.barrier(2)
+      l:acquire()
+      local waits = {
+        function() return q:get() end,
+        function() return e:wait() end,
+        function() return l:acquire(60) end,
+        function() return s:acquire() end,
+        function() c:acquire() return c:wait() end,
+        function() return b:wait() end,
+      }
+      for i, f in ipairs(waits) do
+        io.write("ready", i, "\n") io.flush()
+        local ok, err = pcall(f)
+        io.write("wait", i, " ", tostring(ok), " ", tostring(err), "\n")
+        io.flush()
+      end
+    ]] })
+    for i = 1, 6 do
+      assert.is_not_nil(helpers.wait_output(h, "ready" .. i, 10))
+      helpers.sleep(0.1)  -- asleep in the wait by now
+      helpers.kill(h.pid, helpers.SIGINT)
+      assert.is_not_nil(helpers.wait_output(h, "wait" .. i .. " (%S+ [^\n]*)",
+                                            10), "wait " .. i)
+    end
+    local r = helpers.wait_cli(h, 10)
+    assert.equal(0, r.status, r.stderr)
+    for i = 1, 6 do
+      assert.matches("wait" .. i .. " false [^\n]*interrupted", r.stdout)
+    end
+  end)
+
   it("are freed when the last process drops them", function()
     collectgarbage()
     collectgarbage()
