@@ -4,11 +4,7 @@ local pcrun = require "pcrun"
 local ffi = require "ffi"
 
 local error_has = helpers.assert_error_has
-local with_timeout = helpers.with_timeout
-
-local function run(secs, fn)
-  return function() with_timeout(secs, fn) end
-end
+local run = helpers.forked
 
 pcall(ffi.cdef, "typedef struct { double x, y; int32_t tag; } pcr_spec_pt;")
 

@@ -248,6 +248,11 @@ function M.with_timeout(secs, fn)
   end
 end
 
+--- A test body run by with_timeout: it("...", helpers.forked(20, fn)).
+function M.forked(secs, fn)
+  return function() M.with_timeout(secs, fn) end
+end
+
 -- -- The CLI ----------------------------------------------------------------
 
 --- Start the pcrun CLI with args (a list of strings). opts: stdin (text

@@ -4,11 +4,7 @@ local helpers = require "helpers"
 local pcrun = require "pcrun"
 
 local error_has = helpers.assert_error_has
-local with_timeout = helpers.with_timeout
-
-local function run(secs, fn)
-  return function() with_timeout(secs, fn) end
-end
+local run = helpers.forked
 
 describe("pcrun.queue", function()
   after_each(function()
