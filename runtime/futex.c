@@ -61,7 +61,14 @@ int pcr__pid_dead(uint32_t pid) {
   char path[64], buf[256];
   snprintf(path, sizeof path, "/proc/%u/stat", pid);
   FILE *f = fopen(path, "re");
-  if (!f) return errno == ENOENT;
+  if (!f) {
+    /* kill() found it: alive, unless /proc works and says it is gone
+    ** (without /proc, e.g. in a chroot, a live owner must not lose its
+    ** lock). */
+    static int procfs = -1;
+    if (procfs < 0) procfs = access("/proc/self/stat", R_OK) == 0;
+    return procfs && errno == ENOENT;
+  }
   size_t n = fread(buf, 1, sizeof buf - 1, f);
   fclose(f);
   buf[n] = '\0';
@@ -198,6 +205,7 @@ struct waitv {  /* struct futex_waitv, Linux 5.16 */
 int pcr__wq_sleep_many(pcr_waitq **qs, pcr_wqtok *ts, int n,
                        double deadline) {
   struct waitv w[128];
+  for (int i = 0; i < n; i++) atomic_fetch_add(&qs[i]->nmany, 1);
   double now = pcr__now(), until = now + PCR_WQ_SLICE;
   if (deadline >= 0 && deadline < until) until = deadline;
   for (int i = 0; i < n; i++)
@@ -218,7 +226,10 @@ int pcr__wq_sleep_many(pcr_waitq **qs, pcr_wqtok *ts, int n,
     nanosleep(&ts, NULL);
     e = 0;
   }
-  for (int i = 0; i < n; i++) pcr__wq_cancel(qs[i], &ts[i]);
+  for (int i = 0; i < n; i++) {
+    atomic_fetch_sub(&qs[i]->nmany, 1);
+    pcr__wq_cancel(qs[i], &ts[i]);
+  }
   if (e == -EINTR) return e;
   if (e == -ETIMEDOUT) {
     if (deadline >= 0 && pcr__now() >= deadline) return -ETIMEDOUT;

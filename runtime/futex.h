@@ -49,6 +49,8 @@ int pcr__lock_unlock(pcr_lock *l);
 typedef struct pcr_waitq {
   _Atomic uint32_t seq;
   _Atomic uint32_t nsleep;
+  _Atomic uint32_t nmany;   /* sleepers in pcr__wq_sleep_many: a wake of
+                               one might pick one of them, so wake all */
   _Atomic uint32_t pid[PCR_WQ_SLOTS];
 } pcr_waitq;
 
@@ -75,7 +77,8 @@ static inline void pcr__wq_wake(pcr_waitq *q, int n) {
   atomic_thread_fence(memory_order_seq_cst);
   if (atomic_load_explicit(&q->nsleep, memory_order_relaxed)) {
     atomic_fetch_add(&q->seq, 1);
-    pcr__futex_wake(&q->seq, n);
+    pcr__futex_wake(&q->seq, atomic_load_explicit(&q->nmany,
+                    memory_order_relaxed) ? INT32_MAX : n);
   }
 }
 

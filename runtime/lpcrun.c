@@ -57,7 +57,7 @@ static void conn_release(lconn *lc) {
 ** a hook is pending (luajit's and pcrun's Ctrl-C handlers set one);
 ** otherwise the caller retries. */
 static int interrupted(lua_State *L) {
-  if (lua_gethookmask(L)) {
+  if (pcr__lua_sigint(L)) {
     lua_sethook(L, NULL, 0, 0);  /* the hook has done its work: we raise */
     return luaL_error(L, "interrupted");
   }
@@ -389,6 +389,7 @@ static int l_fork(lua_State *L) {
     free(h->obj);
     free(h);
     for (lconn *lc = live; lc; lc = lc->next) lc->c.borrowed = 1;
+    pcr__lshared_forked();
   }
   lua_pushinteger(L, pid);
   return 1;

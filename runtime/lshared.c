@@ -79,6 +79,14 @@ int pcr__lshared_hold(pcr_obj ***out) {
   return n;
 }
 
+void pcr__lshared_forked(void) {
+  for (lobj *h = live; h; h = h->next) {
+    h->m.blk = NULL;  /* the parent's to free */
+    h->m.buf = NULL;  /* a copy of the parent's heap: leave it */
+    h->m.bufcap = 0;
+  }
+}
+
 void pcr__lshared_exit(void) {
   while (live) release(live);
 }
@@ -138,10 +146,15 @@ static double timeout(lua_State *L, int idx, int k, const char *m) {
   return t <= 0 ? 0 : pcr__now() + t;
 }
 
-/* EINTR: raise if Ctrl-C is pending, else go on (see lpcrun.c). */
+int pcr__lua_sigint(lua_State *L) {
+  return lua_gethookmask(L) == (LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT)
+         && lua_gethookcount(L) == 1;
+}
+
+/* EINTR or a slice's end: raise if Ctrl-C is pending, else go on. */
 static void interrupted(lua_State *L) {
-  if (lua_gethookmask(L)) {
-    lua_sethook(L, NULL, 0, 0);
+  if (pcr__lua_sigint(L)) {
+    lua_sethook(L, NULL, 0, 0);  /* the hook has done its work: we raise */
     luaL_error(L, "interrupted");
   }
 }
@@ -542,8 +555,8 @@ static int c_wait(lua_State *L) {
       return luaL_error(L, "pcrun.Condition:wait: the lock is not held by "
                            "this process");
     if (e == -EINTR || (e == 0 && d != deadline)) {
-      interrupted(L);
-      if (e == 0) continue;
+      interrupted(L);  /* another signal: wait on */
+      continue;
     }
     break;
   }
@@ -572,27 +585,49 @@ static int c_notify_(lua_State *L, int all, const char *m) {
 static int c_notify(lua_State *L) { return c_notify_(L, 0, "notify"); }
 static int c_notify_all(lua_State *L) { return c_notify_(L, 1, "notify_all"); }
 
+/* Decode the barrier's action (upvalue 1: the barrier) and run it. */
+static int b_action(lua_State *L) {
+  pcr_sync *b = lua_touserdata(L, 1);
+  pcr__ser_decode(L, b->blob, b->bloblen, PCR_SER_TRUSTED);
+  lua_call(L, 0, 0);
+  return 0;
+}
+
 static int b_wait(lua_State *L) {
   pcr_sync *b = tosync(L, K_BARRIER, "wait");
   double deadline = timeout(L, 2, K_BARRIER, "wait");
   uint32_t gen;
-  int idx = pcr__barrier_arrive(b, &gen);
+  int idx, e;
+  for (;;) {  /* arrive: waits only while the last round leaves */
+    double d = sliced(deadline);
+    idx = pcr__barrier_arrive(b, &gen, d);
+    if (idx == -EINTR || (idx == -ETIMEDOUT && d != deadline)) {
+      interrupted(L);
+      continue;
+    }
+    break;
+  }
+  if (idx == -ETIMEDOUT) {
+    pcr__barrier_break(b);
+    idx = -EPIPE;
+  }
   if (idx == -EPIPE)
     return luaL_error(L, "pcrun.Barrier:wait: the barrier is broken");
   if (idx == b->limit - 1) {  /* last to arrive: run the action, open it */
     if (b->blob) {
-      pcr__ser_decode(L, b->blob, b->bloblen, PCR_SER_TRUSTED);
-      if (lua_pcall(L, 0, 0, 0)) {
+      lua_pushcfunction(L, b_action);
+      lua_pushlightuserdata(L, b);
+      if (lua_pcall(L, 1, 0, 0)) {
         pcr__barrier_break(b);
         return luaL_error(L, "pcrun.Barrier:wait: the action failed: %s",
                           lua_tostring(L, -1));
       }
     }
-    pcr__barrier_pass(b);
+    if (pcr__barrier_pass(b, gen) < 0)
+      return luaL_error(L, "pcrun.Barrier:wait: the barrier is broken");
     lua_pushinteger(L, idx);
     return 1;
   }
-  int e;
   for (;;) {
     double d = sliced(deadline);
     e = pcr__barrier_wait(b, gen, d);
@@ -601,7 +636,7 @@ static int b_wait(lua_State *L) {
       e = -EPIPE;
     }
     if (e == -EINTR || e == -ETIMEDOUT) {
-      if (lua_gethookmask(L)) {
+      if (pcr__lua_sigint(L)) {
         pcr__barrier_break(b);  /* the others must not wait for us */
         interrupted(L);
       }

@@ -13,6 +13,13 @@ void pcr__lshared_open(lua_State *L);
 ** count, or -1 out of memory. */
 int pcr__lshared_hold(pcr_obj ***out);
 
+/* In a child just forked: forget what the parent's handles hold. */
+void pcr__lshared_forked(void);
+
+/* Whether the hook set on L is the one Ctrl-C sets (luajit's and the
+** CLI's: call, return and count 1), not a debugger's or a profiler's. */
+int pcr__lua_sigint(lua_State *L);
+
 /* Drop this process's own references (a child about to _exit). */
 void pcr__lshared_exit(void);
 

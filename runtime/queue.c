@@ -102,14 +102,11 @@ pcr_queue *pcr__queue_new(int64_t maxsize) {
   return q;
 }
 
-/* Take a lock; a dead previous owner needs no repair beyond what the
-** caller does, because frames are published whole. */
-static int lockq(pcr_lock *l) {
-  for (;;) {
-    int r = pcr__lock_lock(l, -1);
-    if (r >= 0) return r;
-    if (r != -EINTR) return r;  /* EDEADLK cannot happen: never nested */
-  }
+/* Take a side's lock until the deadline. A dead previous owner may have
+** left the side's caches wrong; the callers repair them. */
+static int lockq(pcr_lock *l, double deadline) {
+  int r = pcr__lock_lock(l, deadline);
+  return r == -EDEADLK ? -EINVAL : r;  /* never nested: a corrupt queue */
 }
 
 static int expired(double deadline) {
@@ -131,6 +128,16 @@ static int waiton(pcr_queue *q, pcr_waitq *wq, int (*ready)(pcr_queue *),
 
 static int hasroom(pcr_queue *q) {
   return atomic_load(&q->closed) || pcr__queue_size(q) < q->maxsize;
+}
+
+/* A writer died holding wlock. It may have been linking a segment: wprev
+** is set from before wseg moves until after the link is stored. */
+static void wrepair(pcr_queue *q) {
+  pcr_qseg *prev = atomic_load(&q->wprev), *cur = atomic_load(&q->wseg);
+  if (prev && prev != cur && !atomic_load(&prev->next))
+    atomic_store(&prev->next, cur);
+  atomic_store(&q->wprev, NULL);
+  q->tailseen = atomic_load(&cur->tail);
 }
 
 int pcr__queue_put(pcr_queue *q, unsigned kind, const void *p, size_t n,
@@ -157,9 +164,8 @@ int pcr__queue_put(pcr_queue *q, unsigned kind, const void *p, size_t n,
       if ((e = waiton(q, &q->putq, hasroom, deadline)) < 0) goto fail;
       continue;
     }
-    if ((e = lockq(&q->wlock)) < 0) goto fail;
-    if (e == PCR_LOCK_OWNERDEAD && q->wprev && !atomic_load(&q->wprev->next))
-      atomic_store(&q->wprev->next, q->wseg);  /* it died while linking */
+    if ((e = lockq(&q->wlock, deadline)) < 0) goto fail;
+    if (e == PCR_LOCK_OWNERDEAD) wrepair(q);
     if (q->maxsize && atomic_load(&q->nput) - atomic_load(&q->nget) >=
                           q->maxsize) {
       pcr__lock_unlock(&q->wlock);  /* another writer took the last slot */
@@ -167,7 +173,7 @@ int pcr__queue_put(pcr_queue *q, unsigned kind, const void *p, size_t n,
     }
     break;
   }
-  pcr_qseg *s = q->wseg;
+  pcr_qseg *s = atomic_load_explicit(&q->wseg, memory_order_relaxed);
   uint64_t h = atomic_load_explicit(&s->head, memory_order_relaxed);
   size_t need = HDR + PAD8(plen);
   if (s->cap - (h - q->tailseen) < need) {
@@ -181,11 +187,12 @@ int pcr__queue_put(pcr_queue *q, unsigned kind, const void *p, size_t n,
         e = -ENOSPC;
         goto fail;
       }
-      q->wprev = s;
-      q->wseg = ns;
+      /* In this order, so that wrepair can finish what a death cut. */
+      atomic_store(&q->wprev, s);
+      atomic_store(&q->wseg, ns);
       q->tailseen = 0;
       atomic_store_explicit(&s->next, ns, memory_order_release);
-      q->wprev = NULL;
+      atomic_store(&q->wprev, NULL);
       s = ns;
       h = 0;
     }
@@ -193,10 +200,13 @@ int pcr__queue_put(pcr_queue *q, unsigned kind, const void *p, size_t n,
   put8(s, h, &hdr);
   if (plen == 8) put8(s, h + HDR, p);
   else segcopyin(s, h + HDR, p, plen);
+  atomic_store_explicit(&s->head, h + need, memory_order_release);
+  /* Counted after the publish: a death in between undercounts by one,
+  ** which lets a bounded queue take one item more; the other order would
+  ** leave it full of an item that is not there. */
   atomic_store_explicit(&q->nput, atomic_load_explicit(&q->nput,
                         memory_order_relaxed) + 1, memory_order_relaxed);
   if (q->hdr.flags) atomic_fetch_add(&q->unfinished, 1);
-  atomic_store_explicit(&s->head, h + need, memory_order_release);
   pcr__lock_unlock(&q->wlock);
   pcr__wq_wake(&q->getq, 1);
   return 0;
@@ -206,10 +216,12 @@ fail:
 }
 
 /* Take one frame if there is one: 1, 0 (none) or a negative errno. */
-static int tryget(pcr_queue *q, pcr_qmsg *m) {
-  int e = lockq(&q->rlock);
+static int tryget(pcr_queue *q, pcr_qmsg *m, double deadline) {
+  int e = lockq(&q->rlock, deadline);
   if (e < 0) return e;
   pcr_qseg *s = q->rseg;
+  if (e == PCR_LOCK_OWNERDEAD)  /* its headseen may belong to another seg */
+    q->headseen = atomic_load(&s->tail);
   uint64_t t = atomic_load_explicit(&s->tail, memory_order_relaxed);
   if (t == q->headseen) {
     q->headseen = atomic_load_explicit(&s->head, memory_order_acquire);
@@ -222,7 +234,10 @@ static int tryget(pcr_queue *q, pcr_qmsg *m) {
       q->headseen = atomic_load_explicit(&s->head, memory_order_acquire);
       if (t != q->headseen) break;  /* written before the link: read it */
       q->rseg = next;
-      pcr__shm_free(s);
+      q->headseen = t = 0;  /* next's own, before anything can fail */
+      /* A writer that died linking may still name s in wprev: then the
+      ** segment is left to the arena rather than freed under it. */
+      if (atomic_load(&q->wprev) != s) pcr__shm_free(s);
       s = next;
       t = atomic_load_explicit(&s->tail, memory_order_relaxed);
       q->headseen = atomic_load_explicit(&s->head, memory_order_acquire);
@@ -276,10 +291,10 @@ int pcr__queue_ready(pcr_queue *q) {
 int pcr__queue_get(pcr_queue *q, pcr_qmsg *m, double deadline, double spin) {
   double spinto = -1;
   for (;;) {
-    int r = tryget(q, m);
+    int r = tryget(q, m, deadline);
     if (r) return r > 0 ? 0 : r;
     if (atomic_load(&q->closed)) {
-      r = tryget(q, m);  /* a put may have landed before the close */
+      r = tryget(q, m, deadline);  /* a put may have landed before close */
       return r > 0 ? 0 : r < 0 ? r : -EPIPE;
     }
     if (spin > 0) {

@@ -18,9 +18,10 @@ typedef struct pcr_queue {
   _Atomic uint32_t closed;
   /* Writers' line: readers touch it only to look at nput. */
   _Alignas(64) pcr_lock wlock;
-  pcr_qseg *wseg;                /* segment writers fill; under wlock */
-  pcr_qseg *wprev;               /* its predecessor while a writer links a
-                                    new one, to repair a dead writer's link */
+  _Atomic(pcr_qseg *) wseg;      /* segment writers fill; under wlock */
+  _Atomic(pcr_qseg *) wprev;     /* its predecessor while a writer links a
+                                    new one, to repair a dead writer's link;
+                                    readers do not free it meanwhile */
   uint64_t tailseen;             /* wseg's tail as last read */
   _Atomic int64_t nput;          /* frames put, ever */
   /* Readers' line, mirror image. */
@@ -69,7 +70,8 @@ typedef struct pcr_qmsg {
 } pcr_qmsg;
 
 /* Take the oldest frame. Returns 0, -ETIMEDOUT, -EPIPE (closed and
-** drained), -ENOMEM or -EINTR. spin: seconds to poll before sleeping. */
+** drained), -ENOMEM or -EINTR. spin: seconds to poll before sleeping.
+** The deadline also bounds the wait for the readers' lock. */
 int pcr__queue_get(pcr_queue *q, pcr_qmsg *m, double deadline, double spin);
 
 /* Whether a get would not block (a frame waits, or the queue is closed). */

@@ -111,31 +111,32 @@ int pcr__event_wait(pcr_sync *s, double deadline) {
 
 /* -- Conditions ------------------------------------------------------- */
 
+/* seq counts notifies: notify bumps it under the lock, whether or not
+** anyone sleeps yet, so a waiter between its sleeps (or retaking the lock)
+** still sees that it was notified. */
 int pcr__cond_wait(pcr_sync *c, double deadline) {
   pcr_sync *l = c->cond_lock;
   if (!pcr__sync_owned(l)) return -EPERM;
-  pcr_wqtok t;
-  pcr__wq_prepare(&c->wq, &t);  /* reads seq while we hold the lock */
-  uint32_t seq = t.seq, depth = l->depth;
+  uint32_t seq = atomic_load(&c->wq.seq), depth = l->depth;
   l->depth = 0;
   pcr__lock_unlock(&l->lock);
-  int r;
-  for (;;) {
-    r = pcr__wq_sleep(&c->wq, &t, deadline);
-    if (r < 0 || atomic_load(&c->wq.seq) != seq) break;
-    pcr__wq_prepare(&c->wq, &t);  /* a slice ended: sleep on */
-    t.seq = seq;
+  int r = 0;
+  while (atomic_load(&c->wq.seq) == seq) {
+    pcr_wqtok t;
+    pcr__wq_prepare(&c->wq, &t);
+    t.seq = seq;  /* a notify since the unlock: the futex returns at once */
+    if ((r = pcr__wq_sleep(&c->wq, &t, deadline)) < 0) break;
   }
-  int e;
-  while ((e = pcr__lock_lock(&l->lock, -1)) == -EINTR) {}
+  while (pcr__lock_lock(&l->lock, -1) == -EINTR) {}
   l->depth = depth;
-  if (r == -EINTR) return r;
-  return r == 0 ? 1 : 0;
+  if (atomic_load(&c->wq.seq) != seq) return 1;
+  return r == -EINTR ? -EINTR : 0;
 }
 
 int pcr__cond_notify(pcr_sync *c, int n) {
   if (!pcr__sync_owned(c->cond_lock)) return -EPERM;
-  pcr__wq_wake(&c->wq, n);
+  atomic_fetch_add(&c->wq.seq, 1);
+  if (atomic_load(&c->wq.nsleep)) pcr__futex_wake(&c->wq.seq, n);
   return 0;
 }
 
@@ -145,11 +146,29 @@ static void block(pcr_sync *b) {
   while (pcr__lock_lock(&b->lock, -1) == -EINTR) {}
 }
 
-int pcr__barrier_arrive(pcr_sync *b, uint32_t *gen) {
-  block(b);
-  if (atomic_load(&b->broken)) {
+static int draining(pcr_sync *b) {
+  return atomic_load(&b->value) >= b->limit && !atomic_load(&b->broken);
+}
+
+int pcr__barrier_arrive(pcr_sync *b, uint32_t *gen, double deadline) {
+  for (;;) {
+    block(b);
+    if (atomic_load(&b->broken)) {
+      pcr__lock_unlock(&b->lock);
+      return -EPIPE;
+    }
+    if (atomic_load(&b->value) < b->limit) break;
+    /* The last arrival of the round runs the action: wait for the next. */
     pcr__lock_unlock(&b->lock);
-    return -EPIPE;
+    if (expired(deadline)) return -ETIMEDOUT;
+    pcr_wqtok t;
+    pcr__wq_prepare(&b->wq, &t);
+    if (!draining(b)) {
+      pcr__wq_cancel(&b->wq, &t);
+      continue;
+    }
+    int r = pcr__wq_sleep(&b->wq, &t, deadline);
+    if (r < 0) return r;
   }
   *gen = atomic_load(&b->gen);
   int64_t idx = atomic_fetch_add(&b->value, 1);
@@ -157,13 +176,18 @@ int pcr__barrier_arrive(pcr_sync *b, uint32_t *gen) {
   return (int)idx;
 }
 
-/* The last arrival, after the action: open the barrier for this round. */
-void pcr__barrier_pass(pcr_sync *b) {
+/* The last arrival, after the action: open the barrier for its round,
+** unless a reset or abort came first (-EPIPE). */
+int pcr__barrier_pass(pcr_sync *b, uint32_t gen) {
   block(b);
-  atomic_store(&b->value, 0);
-  atomic_fetch_add(&b->gen, 1);
+  int ok = atomic_load(&b->gen) == gen && !atomic_load(&b->broken);
+  if (ok) {
+    atomic_store(&b->value, 0);
+    atomic_fetch_add(&b->gen, 1);
+  }
   pcr__lock_unlock(&b->lock);
   pcr__wq_wake(&b->wq, INT32_MAX);
+  return ok ? 0 : -EPIPE;
 }
 
 void pcr__barrier_break(pcr_sync *b) {

@@ -63,12 +63,14 @@ int pcr__cond_wait(pcr_sync *c, double deadline);
 int pcr__cond_notify(pcr_sync *c, int n);
 
 /* Barriers. arrive returns the arrival index (parties - 1 for the last
-** one, which must then call pcr__barrier_pass, after the action) or
-** -EPIPE when broken; *gen receives the generation to wait on. wait
-** blocks for the others: 0 passed, -EPIPE broken, -ETIMEDOUT (the caller
-** decides whether that breaks it) or -EINTR. */
-int pcr__barrier_arrive(pcr_sync *b, uint32_t *gen);
-void pcr__barrier_pass(pcr_sync *b);
+** one, which must then call pcr__barrier_pass, after the action), -EPIPE
+** when broken, or -ETIMEDOUT / -EINTR while it waited for the previous
+** round to leave; *gen receives the generation to wait on. pass returns 0,
+** or -EPIPE when a reset or abort came during the action. wait blocks for
+** the others: 0 passed, -EPIPE broken, -ETIMEDOUT (the caller decides
+** whether that breaks it) or -EINTR. */
+int pcr__barrier_arrive(pcr_sync *b, uint32_t *gen, double deadline);
+int pcr__barrier_pass(pcr_sync *b, uint32_t gen);
 int pcr__barrier_wait(pcr_sync *b, uint32_t gen, double deadline);
 void pcr__barrier_break(pcr_sync *b);
 void pcr__barrier_reset(pcr_sync *b);

@@ -26,8 +26,8 @@ local function view_of(ct)
   if vt then return vt end
   -- The field named after the id keeps each view's declaration distinct:
   -- busted caches ffi.typeof by its first argument alone.
-  vt = ffi.metatype(ffi.typeof(("struct { $ *ptr; double n; int32_t _%d; }")
-                               :format(id), ct), {
+  vt = ffi.metatype(ffi.typeof(
+    ("struct { $ *const ptr; const double n; int32_t _%d; }"):format(id), ct), {
     __index = function(a, i)
       if type(i) == "number" then
         if i >= 0 and i < a.n then return a.ptr[i] end
