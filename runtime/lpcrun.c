@@ -128,13 +128,15 @@ static int conn_send(lua_State *L) {
   size_t n;
   const char *p;
   unsigned kind = PCR_FRAME_STRING;
+  pcr__msg_begin();
   if (lua_type(L, 2) == LUA_TSTRING) {  /* strings go raw: no copy */
     p = lua_tolstring(L, 2, &n);
   } else {
-    p = pcr__ser_encode_named(L, 2, &n, "message");
+    p = pcr__ser_encode_msg(L, 2, &n, "message");
     kind = PCR_FRAME_VALUE;
   }
   int r = sendframe(L, lc, kind, p, n, deadline, "send");
+  pcr__msg_end(r == 0);  /* timed out: the references go (errors: later) */
   if (r) return r;
   lua_pushboolean(L, 1);
   return 1;
@@ -172,7 +174,7 @@ static int recvframe(lua_State *L, int raw, const char *who) {
     return luaL_error(L, "%s: %s", who, strerror(-e));
   }
   if (raw || kind != PCR_FRAME_VALUE) lua_pushlstring(L, p, n);
-  else pcr__ser_decode(L, p, n, PCR_SER_TRUSTED);
+  else pcr__ser_decode(L, p, n, PCR_SER_TRUSTED | PCR_SER_MSG);
   pcr__conn_done(&lc->c);
   return 1;
 }
@@ -235,7 +237,9 @@ static int conn_serialize(lua_State *L) {
   wireconn w = {lc->c.in ? pcr__shm_offset(lc->c.in) : 0,
                 lc->c.out ? pcr__shm_offset(lc->c.out) : 0,
                 (uint64_t)st.st_ino, (int32_t)getpid(), lc->c.fd};
-  pcr__conn_hold(lc->c.in, lc->c.out);  /* the receiver adopts it */
+  /* In a message the receiver adopts a hold; pcrun.encode's output may be
+  ** decoded many times or never, so each decode takes its own. */
+  if (pcr__ser_msg) pcr__conn_hold(lc->c.in, lc->c.out);
   lua_pushlstring(L, (const char *)&w, sizeof w);
   return 1;
 }
@@ -257,6 +261,9 @@ static int conn_deserialize(lua_State *L) {
   wireconn w;
   if (n != sizeof w) return luaL_error(L, "bad pcrun.Connection encoding");
   memcpy(&w, s, sizeof w);
+  if (!pcr__ser_msg && !pcr__ser_trusted)
+    return luaL_error(L, "pcrun.decode: a connection in untrusted input "
+                         "(decode with { trusted = true })");
   pcr_ring *in = ringat(w.in), *out = ringat(w.out);
   if ((w.in && !in) || (w.out && !out))
     return luaL_error(L, "pcrun.Connection: its buffers are gone");
@@ -275,6 +282,7 @@ static int conn_deserialize(lua_State *L) {
     return luaL_error(L, "pcrun.Connection: cannot receive a connection this "
                          "process did not inherit (%s)", strerror(errno));
   lconn *lc = newconn(L);
+  if (!pcr__ser_msg) pcr__conn_hold(in, out);
   lc->c.in = in;
   lc->c.out = out;
   lc->c.fd = fd;

@@ -67,6 +67,36 @@ static void release(lobj *h) {
   h->o = NULL;
 }
 
+/* -- Messages --------------------------------------------------------- */
+
+static pcr_obj **pend;  /* references taken by the message being encoded */
+static int npend, cappend;
+
+void pcr__msg_end(int sent) {
+  if (!sent)
+    for (int i = 0; i < npend; i++) pcr__obj_unref(pend[i]);
+  npend = 0;
+}
+
+void pcr__msg_begin(void) {
+  pcr__msg_end(0);  /* an encode that raised left its references here */
+}
+
+/* A reference for the message being encoded, dropped if it is not sent.
+** Returns 0, or -1 out of memory (nothing taken). */
+static int msg_ref(pcr_obj *o) {
+  if (npend == cappend) {
+    int cap = cappend ? 2 * cappend : 16;
+    pcr_obj **p = realloc(pend, sizeof *p * (size_t)cap);
+    if (!p) return -1;
+    pend = p;
+    cappend = cap;
+  }
+  pcr__obj_ref(o);
+  pend[npend++] = o;
+  return 0;
+}
+
 int pcr__lshared_hold(pcr_obj ***out) {
   pcr_obj **v = malloc(sizeof *v * (size_t)(nlive + 1));
   if (!v) return -1;
@@ -189,6 +219,7 @@ static int q_put_(lua_State *L, int nowait, const char *m) {
   const char *p;
   unsigned kind = PCR_QF_STRING;
   lua_Number num;
+  pcr__msg_begin();
   switch (lua_type(L, 2)) {
   case LUA_TSTRING: p = lua_tolstring(L, 2, &n); break;
   case LUA_TNUMBER:
@@ -204,7 +235,7 @@ static int q_put_(lua_State *L, int nowait, const char *m) {
     break;
   case LUA_TNIL: kind = PCR_QF_NIL; p = ""; n = 0; break;
   default:
-    p = pcr__ser_encode_named(L, 2, &n, "value");
+    p = pcr__ser_encode_msg(L, 2, &n, "value");
     kind = PCR_QF_VALUE;
   }
   for (;;) {
@@ -212,9 +243,11 @@ static int q_put_(lua_State *L, int nowait, const char *m) {
     int e = pcr__queue_put(q, kind, p, n, d);
     if (e == 0) break;
     if (e == -EINTR || (e == -ETIMEDOUT && d != deadline)) {
+      if (pcr__lua_sigint(L)) pcr__msg_end(0);
       interrupted(L);
       continue;
     }
+    pcr__msg_end(0);  /* not sent: its references go */
     if (e == -ETIMEDOUT) {
       if (nowait) return luaL_error(L, "%s: queue is full", who(L, K_QUEUE, m));
       lua_pushnil(L);
@@ -226,6 +259,7 @@ static int q_put_(lua_State *L, int nowait, const char *m) {
     if (e == -ENOSPC) return nospace(L, who(L, K_QUEUE, m));
     return luaL_error(L, "%s: %s", who(L, K_QUEUE, m), strerror(-e));
   }
+  pcr__msg_end(1);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -271,7 +305,8 @@ static int q_get_(lua_State *L, int nowait, const char *m) {
     lua_pushboolean(L, h->m.kind == PCR_QF_TRUE);
     break;
   case PCR_QF_NIL: lua_pushnil(L); break;
-  default: pcr__ser_decode(L, h->m.p, h->m.n, PCR_SER_TRUSTED);
+  default:
+    pcr__ser_decode(L, h->m.p, h->m.n, PCR_SER_TRUSTED | PCR_SER_MSG);
   }
   if (h->m.blk) {  /* decoded: the block is done with */
     pcr__shm_free(h->m.blk);
@@ -802,7 +837,8 @@ static int o_serialize(lua_State *L) {
   int k = kindof(L, 1);
   if (k < 0 || !h->o) return luaL_error(L, "cannot send a released object");
   wireobj w = { pcr__shm_offset(h->o), k, h->o->type };
-  pcr__obj_ref(h->o);  /* the receiver adopts it */
+  if (pcr__ser_msg && msg_ref(h->o) < 0)  /* the receiver adopts it */
+    return luaL_error(L, "out of memory");
   lua_pushlstring(L, (const char *)&w, sizeof w);
   return 1;
 }
@@ -814,10 +850,14 @@ static int o_deserialize(lua_State *L) {
   if (n != sizeof w) return luaL_error(L, "bad pcrun object encoding");
   memcpy(&w, s, sizeof w);
   pcr_obj *o = pcr__shm_at(w.off, sizeof(pcr_obj));
+  if (!pcr__ser_msg && !pcr__ser_trusted)
+    return luaL_error(L, "pcrun.decode: a shared object in untrusted input "
+                         "(decode with { trusted = true })");
   if (!o || o->magic != PCR_OBJ_MAGIC || o->type != w.type || w.kind < 0 ||
       w.kind >= K_N)
     return luaL_error(L, "pcrun: a shared object in a message no longer "
                          "exists");
+  if (!pcr__ser_msg) pcr__obj_ref(o);  /* else adopt the message's */
   pushobj(L, o, w.kind);
   return 1;
 }

@@ -13,6 +13,17 @@ void pcr__lshared_open(lua_State *L);
 ** count, or -1 out of memory. */
 int pcr__lshared_hold(pcr_obj ***out);
 
+/* Messages. While a transport (a queue, a pipe: each message decoded
+** once) encodes or decodes (pcr__ser_msg), a handle hands its reference
+** over with the message: the encoder takes one, the decoder adopts it.
+** Otherwise (pcrun.encode and pcrun.decode, whose output may be decoded
+** any number of times, or never) an encode takes none and each decode
+** takes its own. msg_begin starts a message (dropping what a failed
+** encode left); msg_end ends it: sent, the references travel with it;
+** not sent, they are dropped. */
+void pcr__msg_begin(void);
+void pcr__msg_end(int sent);
+
 /* In a child just forked: forget what the parent's handles hold. */
 void pcr__lshared_forked(void);
 

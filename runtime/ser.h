@@ -10,6 +10,14 @@
 #define PCR_SER_VERSION 2      /* wire format version written and read */
 #define PCR_SER_MAXDEPTH 1000  /* nesting limit, encoder and decoder */
 #define PCR_SER_TRUSTED 1      /* decode flag: allow Lua bytecode */
+#define PCR_SER_MSG 2          /* decode flag: a transport's message */
+
+/* What the encode or decode under way is, for hooks of shared objects:
+** pcr__ser_msg is 1 in a transport's message (a queue, a pipe: decoded
+** exactly once), where a handle's reference travels with the message;
+** pcr__ser_trusted is 1 when the decode trusts its input. Every encode and
+** decode sets them on entry and restores them on return. */
+extern int pcr__ser_msg, pcr__ser_trusted;
 
 /* Encodes the value at stack index idx. Returns a buffer owned by the
    encoder state of L (a userdata in the registry, reused): it stays valid
@@ -24,6 +32,10 @@ const char *pcr__ser_encode(lua_State *L, int idx, size_t *len);
    "pcrun.encode: args[2].conn: cannot send a userdata"). */
 const char *pcr__ser_encode_named(lua_State *L, int idx, size_t *len,
                                   const char *root);
+
+/* As pcr__ser_encode_named, for a transport's message (pcr__ser_msg). */
+const char *pcr__ser_encode_msg(lua_State *L, int idx, size_t *len,
+                                const char *root);
 
 /* Decodes len bytes at buf and pushes exactly one value. flags is 0 or
    PCR_SER_TRUSTED; without it functions (bytecode or by name) are refused.

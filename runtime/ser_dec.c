@@ -538,7 +538,14 @@ void pcr__ser_decode_state(lua_State *L, const flayout *fl,
   if (refs) lua_remove(L, base + 1);
 }
 
+int pcr__ser_msg, pcr__ser_trusted;
+
 void pcr__ser_decode(lua_State *L, const char *buf, size_t len, int flags)
 {
-  pcr__ser_decode_state(L, NULL, buf, len, flags);
+  int msg = pcr__ser_msg, trusted = pcr__ser_trusted;
+  pcr__ser_msg = (flags & PCR_SER_MSG) != 0;
+  pcr__ser_trusted = (flags & PCR_SER_TRUSTED) != 0;
+  pcr__ser_decode_state(L, NULL, buf, len, flags & PCR_SER_TRUSTED);
+  pcr__ser_msg = msg;
+  pcr__ser_trusted = trusted;
 }

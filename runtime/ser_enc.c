@@ -978,17 +978,31 @@ const char *pcr__ser_encode_state(lua_State *L, sstate *S, int sud,
   return b->p;
 }
 
+static const char *encode_as(lua_State *L, int idx, size_t *len,
+                             const char *root, int msg)
+{
+  if (idx < 0 && idx > LUA_REGISTRYINDEX) idx = lua_gettop(L) + idx + 1;
+  int top = lua_gettop(L), saved = pcr__ser_msg;
+  luaL_checkstack(L, 16, "pcrun.encode");
+  sstate *S = pcr__ser_getstate(L);
+  pcr__ser_msg = msg;
+  const char *p = pcr__ser_encode_state(L, S, top + 1, idx, len,
+                                        root ? root : "value");
+  pcr__ser_msg = saved;
+  lua_settop(L, top);
+  return p;
+}
+
 const char *pcr__ser_encode_named(lua_State *L, int idx, size_t *len,
                                   const char *root)
 {
-  if (idx < 0 && idx > LUA_REGISTRYINDEX) idx = lua_gettop(L) + idx + 1;
-  int top = lua_gettop(L);
-  luaL_checkstack(L, 16, "pcrun.encode");
-  sstate *S = pcr__ser_getstate(L);
-  const char *p = pcr__ser_encode_state(L, S, top + 1, idx, len,
-                                        root ? root : "value");
-  lua_settop(L, top);
-  return p;
+  return encode_as(L, idx, len, root, 0);
+}
+
+const char *pcr__ser_encode_msg(lua_State *L, int idx, size_t *len,
+                                const char *root)
+{
+  return encode_as(L, idx, len, root, 1);
 }
 
 const char *pcr__ser_encode(lua_State *L, int idx, size_t *len)

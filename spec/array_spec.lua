@@ -126,6 +126,21 @@ describe("pcrun.array", function()
     assert.equal("0", r.stdout)
   end)
 
+  it("survives pcrun.encode decoded twice or never, and refuses untrusted "
+     .. "input", function()
+    local a = pcrun.array("int32_t", 4, 7)
+    local s = pcrun.encode(a)
+    error_has("pcrun.decode: a shared object in untrusted input",
+              pcrun.decode, s)
+    local b = pcrun.decode(s, { trusted = true })
+    local c = pcrun.decode(s, { trusted = true })
+    b, c = nil, nil
+    collectgarbage()
+    collectgarbage()
+    assert.equal(7, a[3])  -- still alive: each decode took its own reference
+    pcrun.encode(pcrun.queue())  -- never decoded: nothing held
+  end)
+
   it("checks bounds and index types", function()
     local a = pcrun.array("int32_t", 3)
     error_has("pcrun.Array: index 3 out of range [0, 3)",

@@ -264,6 +264,23 @@ describe("pcrun.queue", function()
     assert.equal(before, pcrun.arena().used)
   end)
 
+  it("gives back the references of the objects in a put that failed", function()
+    local q = pcrun.queue(1)
+    q:put(0)
+    collectgarbage()
+    local used = pcrun.arena().used
+    for _ = 1, 50 do  -- not arrays: busted would keep sent cdata alive
+      local x = pcrun.queue()
+      assert.is_false(pcall(q.put_nowait, q, { x }))
+      assert.is_nil(q:put({ x }, 0.001))
+    end
+    q:get()
+    q:put(1)  -- the next message's start drops what a failure left
+    collectgarbage()
+    collectgarbage()
+    assert.equal(used, pcrun.arena().used)
+  end)
+
   it("checks its arguments", function()
     error_has("pcrun.queue: maxsize must be a positive integer",
               pcrun.queue, 0)
