@@ -954,19 +954,31 @@ static int f_acquire(void *p, double timeout) {
   int k;
   pcr_sync *s = fastsync(p, &k);
   if (!s) return -EBADF;
+  int sem = k == K_SEM || k == K_BSEM, r;
+  if (!sem && k != K_LOCK && k != K_RLOCK && k != K_COND) return -EBADF;
+  /* One try without a clock read or a liveness probe: the common case. */
+  if (sem) {
+    int64_t v = atomic_load(&s->value);
+    if (v > 0 && atomic_compare_exchange_strong(&s->value, &v, v - 1))
+      return 0;
+  } else if (k == K_RLOCK && pcr__sync_owned(s)) {
+    s->depth++;
+    return 0;
+  } else {
+    uint32_t free_ = 0;
+    if (atomic_compare_exchange_strong_explicit(&s->lock.word, &free_,
+          pcr__self(), memory_order_acquire, memory_order_relaxed)) {
+      s->depth = 1;
+      return 0;
+    }
+  }
+  if (timeout == 0)
+    return sem ? pcr__sem_acquire(s, 0) : pcr__sync_acquire(s, 0);
   /* At most one slice here: a longer wait goes on in the C method, which
   ** sees Ctrl-C. -EAGAIN says the slice passed. */
   int bounded = timeout < 0 || timeout > SLICE;
-  double deadline = timeout == 0 ? 0
-                    : pcr__now() + (bounded ? SLICE : timeout);
-  int r;
-  switch (k) {
-  case K_LOCK: case K_RLOCK: case K_COND:
-    r = pcr__sync_acquire(s, deadline);
-    break;
-  case K_SEM: case K_BSEM: r = pcr__sem_acquire(s, deadline); break;
-  default: return -EBADF;
-  }
+  double deadline = pcr__now() + (bounded ? SLICE : timeout);
+  r = sem ? pcr__sem_acquire(s, deadline) : pcr__sync_acquire(s, deadline);
   return r == -ETIMEDOUT && bounded ? -EAGAIN : r;
 }
 
