@@ -238,10 +238,12 @@ static int q_put_(lua_State *L, int nowait, const char *m) {
     p = pcr__ser_encode_msg(L, 2, &n, "value");
     kind = PCR_QF_VALUE;
   }
-  for (;;) {
-    double d = sliced(deadline);
+  for (int first = 1;; first = 0) {
+    /* First a try that reads no clock: the common case needs none. */
+    double d = first ? 0 : sliced(deadline);
     int e = pcr__queue_put(q, kind, p, n, d);
     if (e == 0) break;
+    if (first && e == -ETIMEDOUT && deadline != 0) continue;
     if (e == -EINTR || (e == -ETIMEDOUT && d != deadline)) {
       if (pcr__lua_sigint(L)) pcr__msg_end(0);
       interrupted(L);
@@ -275,10 +277,11 @@ static int q_get_(lua_State *L, int nowait, const char *m) {
     pcr__shm_free(h->m.blk);
     h->m.blk = NULL;
   }
-  for (;;) {
-    double d = sliced(deadline);
-    int e = pcr__queue_get(q, &h->m, d, nowait ? 0 : 100e-6);
+  for (int first = 1;; first = 0) {
+    double d = first ? 0 : sliced(deadline);
+    int e = pcr__queue_get(q, &h->m, d, first || nowait ? 0 : 100e-6);
     if (e == 0) break;
+    if (first && e == -ETIMEDOUT && deadline != 0) continue;
     if (e == -EINTR || (e == -ETIMEDOUT && d != deadline)) {
       interrupted(L);
       continue;
