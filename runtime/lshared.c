@@ -465,10 +465,15 @@ static int acquire(lua_State *L, pcr_sync *s, int k, double deadline) {
   }
 }
 
+/* Kinds with acquire, release and with. */
+static int lockish(int k) {
+  return k == K_LOCK || k == K_RLOCK || k == K_SEM || k == K_BSEM ||
+         k == K_COND;
+}
+
 static int s_acquire(lua_State *L) {
   int k = kindof(L, 1);
-  if (k != K_LOCK && k != K_RLOCK && k != K_SEM && k != K_BSEM &&
-      k != K_COND)
+  if (!lockish(k))
     return luaL_error(L, "acquire: call it as obj:acquire([timeout])");
   pcr_sync *s = tosync(L, k, "acquire");
   if (k == K_COND) s = s->cond_lock;
@@ -491,9 +496,7 @@ static int syncrelease(lua_State *L, pcr_sync *s, int k, int64_t n) {
 
 static int s_release(lua_State *L) {
   int k = kindof(L, 1);
-  if (k != K_LOCK && k != K_RLOCK && k != K_SEM && k != K_BSEM &&
-      k != K_COND)
-    return luaL_error(L, "release: call it as obj:release()");
+  if (!lockish(k)) return luaL_error(L, "release: call it as obj:release()");
   pcr_sync *s = tosync(L, k, "release");
   int64_t n = 1;
   if (k == K_COND) s = s->cond_lock;
@@ -510,9 +513,7 @@ static int s_release(lua_State *L) {
 /* obj:with(fn, ...): fn(...) holding it; released on error too. */
 static int s_with(lua_State *L) {
   int k = kindof(L, 1);
-  if (k != K_LOCK && k != K_RLOCK && k != K_SEM && k != K_BSEM &&
-      k != K_COND)
-    return luaL_error(L, "with: call it as obj:with(fn, ...)");
+  if (!lockish(k)) return luaL_error(L, "with: call it as obj:with(fn, ...)");
   pcr_sync *s = tosync(L, k, "with");
   if (k == K_COND) s = s->cond_lock;
   if (!lua_isfunction(L, 2)) {

@@ -1,41 +1,6 @@
 /* Tests of the embedding API: open, run, errors, close reaping children. */
 #include "pcrun.h"
-
-#include <dirent.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <unistd.h>
-
-static int failures;
-
-#define CHECK(cond) do { \
-  if (!(cond)) { \
-    fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-    failures++; \
-  } } while (0)
-
-/* Count live children of this process by scanning /proc. */
-static int children(void) {
-  DIR *d = opendir("/proc");
-  struct dirent *e;
-  int n = 0;
-  char path[300], buf[512];
-  while ((e = readdir(d))) {
-    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-    snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
-    FILE *f = fopen(path, "r");
-    if (!f) continue;
-    size_t k = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[k] = 0;
-    char *p = strrchr(buf, ')');
-    int ppid = 0;
-    if (p && sscanf(p + 2, "%*c %d", &ppid) == 1 && ppid == getpid()) n++;
-  }
-  closedir(d);
-  return n;
-}
+#include "testlib.h"
 
 static void test_errors(void) {
   CHECK(strcmp(pcr_strerror(PCR_OK), "success") == 0);
@@ -79,17 +44,17 @@ static void test_children_reaped(void) {
     "  pcrun.process(function() local t = os.time() + 0.3\n"
     "    while os.time() < t do end end):start()\n"
     "end", NULL) == PCR_OK);
-  CHECK(children() == 3);
+  CHECK(descendants() == 3);
   pcr_close(rt);  /* waits for them, as Python joins non-daemon children */
-  CHECK(children() == 0);
+  CHECK(descendants() == 0);
 
   CHECK(pcr_open(&rt, NULL) == PCR_OK);
   CHECK(pcr_run_string(rt,
     "require('pcrun').process(function() while true do end end):start()",
     NULL) == PCR_OK);
-  CHECK(children() == 1);
+  CHECK(descendants() == 1);
   pcr_kill_children(rt);
-  CHECK(children() == 0);
+  CHECK(descendants() == 0);
   pcr_close(rt);
 }
 
