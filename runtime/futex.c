@@ -169,10 +169,14 @@ void pcr__wq_cancel(pcr_waitq *q, pcr_wqtok *t) {
   atomic_fetch_sub(&q->nsleep, 1);
 }
 
-/* Strike off sleepers that died asleep. The CAS lets one healer win. */
+/* Strike off sleepers that died asleep. The CAS lets one healer win.
+** Each call looks at a few slots only, in turn, so that many sleepers do
+** not each probe every other one at every slice. */
 static void heal(pcr_waitq *q) {
+  static unsigned next;
   uint32_t me = pcr__self();
-  for (int i = 0; i < PCR_WQ_SLOTS; i++) {
+  for (int k = 0; k < 4; k++) {
+    int i = (int)(next++ % PCR_WQ_SLOTS);
     uint32_t p = atomic_load_explicit(&q->pid[i], memory_order_relaxed);
     if (p && p != me && pcr__pid_dead(p) &&
         atomic_compare_exchange_strong(&q->pid[i], &p, 0))
