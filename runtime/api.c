@@ -12,6 +12,7 @@
 #include <lua.h>
 #include <lualib.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,7 @@ int luaopen_pcrun_core(lua_State *L);
 
 struct pcr_runtime {
   lua_State *L;
+  pid_t pid;               /* the process that opened it */
   char *err;               /* last error text, owned */
   char *ret;               /* pcr_call's last string result, owned */
   int workers;             /* per export */
@@ -30,6 +32,10 @@ struct pcr_runtime {
   pcr_export_errfn onerr;
   void *onerr_ud;
 };
+
+/* The process that has a runtime open, or 0: one per process, since the
+** registry of children to reap (proc.c) is per process. */
+static _Atomic pid_t opened;
 
 void pcr_options_init(pcr_options *o) {
   memset(o, 0, sizeof *o);
@@ -64,11 +70,13 @@ static int exedir(char *buf, size_t n) {
   return 0;
 }
 
-/* package.path = extra;build tree;next to the binary;install;default */
+/* package.path = extra;build tree;next to the binary;install;default.
+** Without the standard libraries there is no package table: nothing. */
 static void setpaths(lua_State *L, const pcr_options *o) {
   char dir[4096];
   const char *exe = exedir(dir, sizeof dir) == 0 ? dir : ".";
   lua_getglobal(L, "package");
+  if (!lua_istable(L, -1)) { lua_pop(L, 1); return; }
   lua_pushfstring(L, "%s%s" PCR_LUA_SRC_DIR "/?.lua;" PCR_LUA_SRC_DIR
                   "/?/init.lua;%s/../share/lua/5.1/?.lua;%s/../share/lua/5.1/"
                   "?/init.lua;" PCR_LUA_INSTALL_DIR "/?.lua;"
@@ -91,36 +99,69 @@ static void setpaths(lua_State *L, const pcr_options *o) {
   lua_pop(L, 2);
 }
 
+/* Set up a fresh state (lua_cpcall: the options are the light userdata). */
+static int setupstate(lua_State *L) {
+  const pcr_options *o = lua_touserdata(L, 1);
+  if (o->open_libs) luaL_openlibs(L);
+  setpaths(L, o);
+  lua_pushinteger(L, o->workers);
+  lua_setfield(L, LUA_REGISTRYINDEX, "pcrun.workers");
+  pcr__native_open(L);
+  return 0;
+}
+
 int pcr_open(pcr_runtime **out, const pcr_options *o) {
   pcr_options def;
   if (!out) return PCR_EINVAL;
   *out = NULL;
   if (!o) { pcr_options_init(&def); o = &def; }
   if (o->workers < 0) return PCR_EINVAL;
-  if (pcr__shm_attach(o->arena_size) < 0) return PCR_ENOSHM;
-  pcr_runtime *rt = calloc(1, sizeof *rt);
-  if (!rt) return PCR_ENOMEM;
-  rt->L = luaL_newstate();
-  if (!rt->L) { free(rt); return PCR_ENOMEM; }
-  if (o->open_libs) luaL_openlibs(rt->L);
-  setpaths(rt->L, o);
-  lua_pushinteger(rt->L, o->workers);
-  lua_setfield(rt->L, LUA_REGISTRYINDEX, "pcrun.workers");
-  pcr__native_open(rt->L);
+  pid_t me = getpid(), cur = atomic_load(&opened);
+  if (cur == me || !atomic_compare_exchange_strong(&opened, &cur, me))
+    return PCR_EINVAL;  /* another runtime is open in this process */
+  int r = PCR_ENOSHM;
+  pcr_runtime *rt = NULL;
+  if (pcr__shm_attach(o->arena_size) < 0) goto failed;
+  r = PCR_ENOMEM;
+  if (!(rt = calloc(1, sizeof *rt)) || !(rt->L = luaL_newstate())) goto failed;
+  rt->pid = me;
+  int e = lua_cpcall(rt->L, setupstate, (void *)o);
+  if (e) { r = e == LUA_ERRMEM ? PCR_ENOMEM : PCR_ELUA; goto failed; }
   rt->workers = o->workers ? o->workers : pcr__proc_cpu_count();
   rt->onerr = o->export_error;
   rt->onerr_ud = o->export_error_ud;
-  if (o->zygote && pcr__zygote_start(&rt->zy, rt->L, &rt->natives) < 0) {
-    lua_close(rt->L);
-    free(rt);
-    return PCR_ESYS;
-  }
+  r = PCR_ESYS;
+  if (o->zygote && pcr__zygote_start(&rt->zy, rt->L, &rt->natives) < 0)
+    goto failed;
   *out = rt;
   return PCR_OK;
+failed:
+  if (rt && rt->L) lua_close(rt->L);
+  free(rt);
+  atomic_store(&opened, 0);
+  return r;
+}
+
+/* pcr_close in a process forked from the one that opened rt: the
+** children, exports and arena blocks are the opener's, so leave them and
+** free only this copy's own memory. The Lua state is left as well: its
+** finalizers would act on the opener's pools and shared objects. */
+static void closecopy(pcr_runtime *rt) {
+  while (rt->exports) {
+    pcr__export *x = rt->exports;
+    rt->exports = x->next;
+    pcr__export_forget(x);
+  }
+  pcr__zygote_forget(&rt->zy);
+  pcr__native_free(rt->natives);
+  free(rt->ret);
+  free(rt->err);
+  free(rt);
 }
 
 void pcr_close(pcr_runtime *rt) {
   if (!rt) return;
+  if (rt->pid != getpid()) { closecopy(rt); return; }
   for (pcr__export *x = rt->exports; x; x = x->next) pcr__export_shut(x);
   while (rt->exports) {
     pcr__export *x = rt->exports;
@@ -134,6 +175,7 @@ void pcr_close(pcr_runtime *rt) {
   free(rt->ret);
   free(rt->err);
   free(rt);
+  atomic_store(&opened, 0);
 }
 
 static int traceback(lua_State *L) {
@@ -169,16 +211,33 @@ static int loaded(pcr_runtime *rt, int r) {
          : r == LUA_ERRFILE ? PCR_EFILE : PCR_ENOMEM;
 }
 
-int pcr_run_file(pcr_runtime *rt, const char *path, int argc, char **argv) {
-  if (!rt || !path || argc < 0) return PCR_EINVAL;
-  lua_State *L = rt->L;
-  lua_createtable(L, argc, 1);
-  for (int i = 0; i < argc; i++) {
-    lua_pushstring(L, argv[i]);
+typedef struct args { int argc; char **argv; } args;
+
+/* Set global `arg` (lua_cpcall: a strict _G may raise). */
+static int setarg(lua_State *L) {
+  const args *a = lua_touserdata(L, 1);
+  lua_createtable(L, a->argc, 1);
+  for (int i = 0; i < a->argc; i++) {
+    lua_pushstring(L, a->argv[i]);
     lua_rawseti(L, -2, i);
   }
   lua_setglobal(L, "arg");
-  int e = loaded(rt, luaL_loadfile(L, strcmp(path, "-") ? path : NULL));
+  return 0;
+}
+
+int pcr_run_file(pcr_runtime *rt, const char *path, int argc, char **argv) {
+  if (!rt || !path || argc < 0 || (argc > 0 && !argv)) return PCR_EINVAL;
+  lua_State *L = rt->L;
+  args a = {argc, argv};
+  int e = lua_cpcall(L, setarg, &a);
+  if (e) {
+    fail(rt, e == LUA_ERRMEM ? PCR_ENOMEM : PCR_ELUA, "pcr_run_file: cannot "
+         "set global 'arg': %s", lua_tostring(L, -1) ? lua_tostring(L, -1)
+                                                     : "?");
+    lua_pop(L, 1);
+    return e == LUA_ERRMEM ? PCR_ENOMEM : PCR_ELUA;
+  }
+  e = loaded(rt, luaL_loadfile(L, strcmp(path, "-") ? path : NULL));
   if (e) return e;
   for (int i = 1; i < argc; i++) lua_pushstring(L, argv[i]);
   return docall(rt, argc > 0 ? argc - 1 : 0);
@@ -191,22 +250,21 @@ int pcr_run_string(pcr_runtime *rt, const char *code, const char *name) {
   return e ? e : docall(rt, 0);
 }
 
+/* require(module) and bind the global, all protected (a strict _G). */
+static int requiremod(lua_State *L) {
+  const char *module = lua_tostring(L, 1);
+  lua_getglobal(L, "require");
+  lua_pushvalue(L, 1);
+  lua_call(L, 1, 1);
+  lua_setglobal(L, module);
+  return 0;
+}
+
 int pcr_require(pcr_runtime *rt, const char *module) {
   if (!rt || !module) return PCR_EINVAL;
-  lua_getglobal(rt->L, "require");
+  lua_pushcfunction(rt->L, requiremod);
   lua_pushstring(rt->L, module);
-  int base = lua_gettop(rt->L) - 1;
-  lua_pushcfunction(rt->L, traceback);
-  lua_insert(rt->L, base);
-  int r = lua_pcall(rt->L, 1, 1, base);
-  lua_remove(rt->L, base);
-  if (r) {
-    seterr(rt, lua_tostring(rt->L, -1));
-    lua_pop(rt->L, 1);
-    return PCR_ELUA;
-  }
-  lua_setglobal(rt->L, module);
-  return PCR_OK;
+  return docall(rt, 1);
 }
 
 void pcr_kill_children(pcr_runtime *rt) {
@@ -280,7 +338,12 @@ int pcr_call(pcr_runtime *rt, const char *fn, const char *sig, void *ret,
   lua_State *L = rt->L;
   int base = lua_gettop(L);
   lua_pushcfunction(L, traceback);
-  lua_getglobal(L, fn);
+  if (pcr__lua_getglobal(L, fn)) {
+    fail(rt, PCR_ELUA, "pcr_call: reading global '%s' raised: %s", fn,
+         lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
+    lua_settop(L, base);
+    return PCR_ELUA;
+  }
   if (!lua_isfunction(L, -1)) {
     const char *tn = luaL_typename(L, -1);
     lua_settop(L, base);
@@ -311,9 +374,13 @@ int pcr_register(pcr_runtime *rt, const char *name, pcr_fnptr fn,
   int r = pcr__native_add(rt->L, &rt->natives, name, fn, sig, err,
                           sizeof err);
   if (r) return fail(rt, r, "%s", err);
-  if (rt->zy.pid > 0 && (r = pcr__zygote_register(&rt->zy, name, fn, sig)))
-    return fail(rt, r < -100 ? PCR_ESYS : r, "pcr_register: '%s': the "
-                "zygote could not register it (%d)", name, r);
+  if (rt->zy.pid > 0 && (r = pcr__zygote_register(&rt->zy, name, fn, sig))) {
+    pcr__native_remove(rt->L, &rt->natives, name);  /* all or nothing */
+    int code = r <= PCR_EINVAL && r >= PCR_ECHILD ? r : PCR_ESYS;
+    return fail(rt, code, "pcr_register: '%s': the zygote could not "
+                "register it: %s", name, code == PCR_ESYS ? strerror(-r)
+                                                          : pcr_strerror(r));
+  }
   seterr(rt, "");
   return PCR_OK;
 }

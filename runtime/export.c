@@ -70,7 +70,7 @@ _Static_assert(offsetof(struct pcr__xsrv, magic) == 0, "magic first");
 /* -- The calling side (any host thread) -------------------------------- */
 
 static _Thread_local int tcode;
-static _Thread_local char tmsg[512];
+static _Thread_local char tmsg[XBUF];  /* as large as a slot's message */
 static _Thread_local char tstr[XBUF];  /* string results */
 
 int pcr__export_status(const char **msg) {
@@ -143,28 +143,32 @@ static xslot *claim(pcr__export *x) {
   return NULL;
 }
 
-/* Replace dead worker pid, in zygote mode (the host itself may have
-** threads, so it never forks here). */
+/* Worker pid died: in zygote mode ask the zygote for a replacement (the
+** host itself may have threads, so it never forks here); otherwise mark
+** the entry dead as -pid (the zombie is ours, reaped at free). */
 static void respawn(pcr__export *x, int pid) {
-  if (!x->zy) return;
   pthread_mutex_lock(&x->mu);
   for (int i = 0; i < x->nworkers; i++) {
     if (atomic_load(&x->pids[i]) != pid) continue;
+    if (!x->zy) { atomic_store(&x->pids[i], -pid); continue; }
     pid_t np = atomic_load(&x->srv->closing) ? 0
                                               : pcr__zygote_fork(x->zy, x->srv);
-    atomic_store(&x->pids[i], np > 0 ? np : 0);
+    atomic_store(&x->pids[i], np > 0 ? np : 0);  /* the zygote reaps pid */
   }
   pthread_mutex_unlock(&x->mu);
 }
 
+/* Whether a worker is alive; replaces (or marks) those found dead. */
 static int anyalive(pcr__export *x) {
   for (int i = 0; i < x->nworkers; i++) {
     int pid = atomic_load(&x->pids[i]);
     if (pid > 0 && !pcr__pid_dead((uint32_t)pid)) return 1;
     if (pid > 0) respawn(x, pid);
   }
-  for (int i = 0; i < x->nworkers; i++)
-    if (atomic_load(&x->pids[i]) > 0) return 1;
+  for (int i = 0; i < x->nworkers; i++) {
+    int pid = atomic_load(&x->pids[i]);
+    if (pid > 0 && !pcr__pid_dead((uint32_t)pid)) return 1;
+  }
   return 0;
 }
 
@@ -176,8 +180,9 @@ static int putargs(pcr__export *x, xslot *sl, void **args) {
     if (x->sig.args[i] != PCR_T_STR || !str) continue;
     size_t len = strlen(str) + 1;
     if (len > XBUF - used)
-      return xfail(x, PCR_EINVAL, "export '%s': string arguments longer than "
-                   "%d bytes in all", x->srv->name, XBUF - 1);
+      return xfail(x, PCR_EINVAL, "export '%s': string arguments take more "
+                   "than %d bytes in all (each its length + 1)",
+                   x->srv->name, XBUF);
     memcpy(sl->buf + used, str, len);
     sl->args[i].s = sl->buf + used;  /* the arena is at the same address */
     used += len;
@@ -292,10 +297,20 @@ static void serve1(lua_State *L, pcr__xsrv *s, const pcr__sig *sig, int fn,
       lua_pushfstring(L, "export '%s': result %s", s->name, why);
       reply(sl, PCR_ETYPE, lua_tostring(L, -1));
     } else {
-      reply(sl, PCR_OK, NULL);
-      if (sig->ret == PCR_T_STR && sl->ret.s) {
-        snprintf(sl->buf, XBUF, "%s", sl->ret.s);
+      size_t len = 0;
+      if (sig->ret == PCR_T_STR && sl->ret.s) lua_tolstring(L, -1, &len);
+      if (len >= XBUF) {
+        sl->ret.s = NULL;
+        snprintf(sl->buf, XBUF, "export '%s': string result of %lu bytes "
+                 "is longer than the limit of %d bytes", s->name,
+                 (unsigned long)len, XBUF - 1);
+        sl->code = PCR_ETYPE;
+      } else if (sig->ret == PCR_T_STR && sl->ret.s) {
+        reply(sl, PCR_OK, NULL);
+        memcpy(sl->buf, sl->ret.s, len + 1);  /* may hold NULs: cut there */
         sl->ret.s = sl->buf;
+      } else {
+        reply(sl, PCR_OK, NULL);
       }
     }
   } else {
@@ -321,8 +336,10 @@ static int getfn(lua_State *L, pcr__xsrv *s, int byvalue) {
                       "worker: %s", s->name, lua_tostring(L, -1));
       return 0;
     }
-  } else {
-    lua_getglobal(L, s->name);
+  } else if (pcr__lua_getglobal(L, s->name)) {
+    lua_pushfstring(L, "export '%s': cannot read the global in the worker: "
+                    "%s", s->name, lua_tostring(L, -1));
+    return 0;
   }
   if (lua_isfunction(L, -1)) return 1;
   lua_pushfstring(L, "export '%s': not a function in the worker", s->name);
@@ -333,7 +350,11 @@ void pcr__export_serve(lua_State *L, pcr__xsrv *s, int byvalue) {
   pcr__sig sig;
   char err[PCR_SIG_TEXT + 128];
   uint32_t me = (uint32_t)getpid();
-  signal(SIGTERM, SIG_DFL);
+  sigset_t term;
+  sigemptyset(&term);
+  sigaddset(&term, SIGTERM);
+  signal(SIGTERM, SIG_DFL);  /* how the exit reaper stops a daemon */
+  sigprocmask(SIG_UNBLOCK, &term, NULL);
   lua_settop(L, 0);
   int ok = pcr__sig_parse(&sig, s->sig, err, sizeof err) == 0 &&
            getfn(L, s, byvalue);
@@ -365,8 +386,11 @@ void pcr__export_serve(lua_State *L, pcr__xsrv *s, int byvalue) {
 
 /* -- Creating and closing (the thread that owns the runtime) ----------- */
 
+/* Encode global arg 1 (protected: a strict _G may raise). */
 static int encodefn(lua_State *L) {
   size_t n;
+  lua_getglobal(L, lua_tostring(L, 1));
+  lua_replace(L, 1);
   const char *p = pcr__ser_encode_named(L, 1, &n, "function");
   lua_pushlstring(L, p, n);
   return 1;
@@ -379,7 +403,7 @@ static int newsrv(lua_State *L, pcr__export *x, const char *name, int byvalue,
   const char *bytes = NULL;
   if (byvalue) {
     lua_pushcfunction(L, encodefn);
-    lua_getglobal(L, name);
+    lua_pushstring(L, name);
     if (lua_pcall(L, 1, 1, 0)) {
       snprintf(err, n, "pcr_export: '%s' cannot be sent to the zygote's "
                "workers: %s", name, lua_tostring(L, -1));
@@ -410,6 +434,8 @@ static int spawn(lua_State *L, pcr__export *x) {
   if (x->zy) return pcr__zygote_fork(x->zy, x->srv);
   pid_t pid = pcr__proc_spawn(NULL, NULL);
   if (pid == 0) pcr__export_serve(L, x->srv, 0);
+  if (pid > 0) pcr__proc_set_daemon(pid, 1);  /* an exit without pcr_close
+                                                 must not wait for it */
   return pid;
 }
 
@@ -417,7 +443,17 @@ int pcr__export_new(lua_State *L, pcr__zygote *zy, const char *name,
                     const char *sig, int nworkers, pcr__xerrfn onerr,
                     void *ud, pcr__export **out, char *err, size_t n) {
   char why[PCR_SIG_TEXT + 128];
-  lua_getglobal(L, name);
+  if (strlen(name) >= sizeof ((pcr__xsrv *)0)->name) {
+    snprintf(err, n, "pcr_export: name '%.40s...' is longer than %d "
+             "characters", name, (int)sizeof ((pcr__xsrv *)0)->name - 1);
+    return PCR_EINVAL;
+  }
+  if (pcr__lua_getglobal(L, name)) {
+    snprintf(err, n, "pcr_export: reading global '%s' raised: %s", name,
+             lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
+    lua_pop(L, 1);
+    return PCR_ELUA;
+  }
   int isfn = lua_isfunction(L, -1);
   const char *tn = luaL_typename(L, -1);
   lua_pop(L, 1);
@@ -483,12 +519,17 @@ void pcr__export_shut(pcr__export *x) {
   while (atomic_load(&x->inflight) > 0) usleep(1000);
 }
 
+void pcr__export_forget(pcr__export *x) {
+  free(x);  /* the closure and srv stay: the opener's (a fork shares them) */
+}
+
 void pcr__export_free(pcr__export *x) {
   /* Workers leave once they see `closing`; one stuck in a long call is
   ** killed after a short grace. None may outlive srv, which it writes. */
   double until = pcr__now() + 0.5;
   for (int i = 0; i < x->nworkers; i++) {
     int pid = atomic_load(&x->pids[i]), st;
+    if (pid < 0 && !x->zy) pcr__proc_wait(-pid, -1, &st);  /* dead already */
     if (pid <= 0) continue;
     if (pcr__proc_wait_any(pid, until) == 0) {
       pcr__proc_signal(pid, SIGKILL);

@@ -28,7 +28,8 @@ typedef struct pcr__export {
   pthread_mutex_t mu;         /* serializes respawns */
   _Atomic int inflight;       /* host threads inside a call */
   int nworkers;
-  _Atomic int pids[64];       /* worker pids; 0 = none */
+  _Atomic int pids[64];       /* worker pids; 0 = none, -pid = died (not
+                                 zygote mode: reaped at free) */
   pcr__sig sig;               /* last: the cif points into it */
 } pcr__export;
 
@@ -47,6 +48,10 @@ void pcr__export_shut(pcr__export *x);
 /* Stop and reap the workers (those forked by this process; the zygote
 ** reaps its own), then free x. After pcr__export_shut. Parent. */
 void pcr__export_free(pcr__export *x);
+
+/* Free x's memory in a process forked from the one that made it: the
+** workers, closure and srv stay untouched, as they are the maker's. */
+void pcr__export_forget(pcr__export *x);
 
 /* A worker's life: serve calls of srv with L until the export closes.
 ** byvalue: the function is decoded from srv (zygote workers), else it is

@@ -127,11 +127,24 @@ range:
   return -1;
 }
 
+/* Push x.ptr, or x:ptr() if that is a method (protected: x's __index
+** may raise, and indexing a userdata without one does). */
+static int getptr(lua_State *L) {
+  lua_settop(L, 1);
+  lua_getfield(L, 1, "ptr");
+  if (lua_isfunction(L, -1)) {
+    lua_pushvalue(L, 1);
+    lua_call(L, 1, 1);
+  }
+  return 1;
+}
+
 /* A pointer argument: nil, light userdata, cdata, or an object whose `ptr`
 ** field (a value or a method) is one of those. */
 static int toptr(lua_State *L, int idx, pcr__val *v, int depth, char *why,
                  size_t n) {
   int64_t a;
+  idx = idx < 0 && idx > LUA_REGISTRYINDEX ? lua_gettop(L) + idx + 1 : idx;
   switch (lua_type(L, idx)) {
   case LUA_TNIL: v->p = NULL; return 0;
   case LUA_TLIGHTUSERDATA: v->p = lua_touserdata(L, idx); return 0;
@@ -142,15 +155,14 @@ static int toptr(lua_State *L, int idx, pcr__val *v, int depth, char *why,
     return 0;
   case LUA_TTABLE: case LUA_TUSERDATA:
     if (depth > 0) break;
-    lua_getfield(L, idx, "ptr");
-    if (lua_isfunction(L, -1)) {
-      lua_pushvalue(L, idx);
-      if (lua_pcall(L, 1, 1, 0)) {
-        snprintf(why, n, "has a ptr method that failed: %s",
-                 lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
-        lua_pop(L, 1);
-        return -1;
-      }
+    lua_pushcfunction(L, getptr);
+    lua_pushvalue(L, idx);
+    if (lua_pcall(L, 1, 1, 0)) {
+      snprintf(why, n, "must be a pointer, got %s (its ptr raised: %s)",
+               luaL_typename(L, idx),
+               lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
+      lua_pop(L, 1);
+      return -1;
     }
     int r = lua_isnil(L, -1) ? why_type(L, idx, "a pointer", why, n)
                              : toptr(L, lua_gettop(L), v, depth + 1, why, n);
@@ -164,6 +176,7 @@ static int toptr(lua_State *L, int idx, pcr__val *v, int depth, char *why,
 int pcr__lua_toval(lua_State *L, int idx, int kind, pcr__val *v, char *why,
                    size_t n) {
   v->u64 = 0;
+  idx = idx < 0 && idx > LUA_REGISTRYINDEX ? lua_gettop(L) + idx + 1 : idx;
   switch (kind) {
   case PCR_T_VOID: return 0;
   case PCR_T_BOOL:
@@ -252,6 +265,8 @@ static int native_call(lua_State *L) {
 
 static int validname(const char *s) {
   if (!s || !*s || strlen(s) >= 64) return 0;
+  /* pcrun.native's own helpers would shadow these */
+  if (!strcmp(s, "has") || !strcmp(s, "names")) return 0;
   if (!(s[0] == '_' || ((s[0] | 32) >= 'a' && (s[0] | 32) <= 'z'))) return 0;
   for (; *s; s++)
     if (!(*s == '_' || (*s >= '0' && *s <= '9') ||
@@ -282,7 +297,7 @@ int pcr__native_add(lua_State *L, pcr__native **list, const char *name,
                     pcr__fn fn, const char *sig, char *err, size_t n) {
   if (!validname(name)) {
     snprintf(err, n, "pcr_register: bad name '%s' (letters, digits and _, "
-             "at most 63)", name ? name : "(null)");
+             "at most 63; not 'has' or 'names')", name ? name : "(null)");
     return PCR_EINVAL;
   }
   if (!fn) {
@@ -314,6 +329,31 @@ int pcr__native_add(lua_State *L, pcr__native **list, const char *name,
   nf->next = *list;
   *list = nf;
   return 0;
+}
+
+void pcr__native_remove(lua_State *L, pcr__native **list, const char *name) {
+  for (pcr__native **pp = list; *pp; pp = &(*pp)->next) {
+    pcr__native *nf = *pp;
+    if (strcmp(nf->name, name)) continue;
+    lua_getfield(L, LUA_REGISTRYINDEX, REGKEY);
+    lua_pushnil(L);
+    lua_setfield(L, -2, name);
+    lua_pop(L, 1);
+    *pp = nf->next;
+    free(nf);
+    return;
+  }
+}
+
+static int getglobal(lua_State *L) {
+  lua_getglobal(L, lua_tostring(L, 1));
+  return 1;
+}
+
+int pcr__lua_getglobal(lua_State *L, const char *name) {
+  lua_pushcfunction(L, getglobal);
+  lua_pushstring(L, name);
+  return lua_pcall(L, 1, 1, 0);
 }
 
 void pcr__native_free(pcr__native *list) {

@@ -23,6 +23,13 @@ typedef struct pcr__native {
 int pcr__native_add(lua_State *L, pcr__native **list, const char *name,
                     pcr__fn fn, const char *sig, char *err, size_t n);
 
+/* Undo pcr__native_add of name (in *list and in L), if registered. */
+void pcr__native_remove(lua_State *L, pcr__native **list, const char *name);
+
+/* Push global name of L, protected (a strict _G's __index may raise).
+** Returns 0, or a LUA_ERR* code with the message pushed instead. */
+int pcr__lua_getglobal(lua_State *L, const char *name);
+
 /* Free a list built by pcr__native_add (after the Lua state is closed). */
 void pcr__native_free(pcr__native *list);
 

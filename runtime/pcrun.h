@@ -60,14 +60,15 @@ typedef void (*pcr_fnptr)(void);
 
 /* Called on the calling host thread when a call of an exported function
 ** fails, before it returns its error value; name is the export's name,
-** msg the text pcr_export_status() then gives. Must not call back into
+** msg the text pcr_export_status() then gives. Several host threads may
+** run it at the same time: make it thread-safe. Must not call back into
 ** the runtime. */
 typedef void (*pcr_export_errfn)(void *ud, const char *name, int code,
                                  const char *msg);
 
 typedef struct pcr_options {
-  int workers;            /* default pool size and workers per export;
-                             0 = cpu_count() */
+  int workers;            /* default pool size and workers per export
+                             (at most 64 per export); 0 = cpu_count() */
   size_t arena_size;      /* bytes of shared arena; 0 = $PCRUN_ARENA or 1 GiB */
   const char *lua_path;   /* prepended to package.path; may be NULL (copied) */
   const char *lua_cpath;  /* prepended to package.cpath; may be NULL (copied) */
@@ -83,17 +84,27 @@ typedef struct pcr_options {
 PCR_API void pcr_options_init(pcr_options *o);
 
 /* Create a runtime: a Lua state with pcrun loaded as global-free module
-** `pcrun`. *out receives the handle, freed by pcr_close(). o may be NULL. */
+** `pcrun`. *out receives the handle, freed by pcr_close(). o may be NULL.
+** One runtime per process: PCR_EINVAL while another is open in this
+** process (a forked copy of the host may open its own). Call it from a
+** thread that outlives the runtime: its children are killed when the
+** thread that forked them exits (PR_SET_PDEATHSIG). Returns PCR_OK,
+** PCR_EINVAL, PCR_ENOMEM, PCR_ENOSHM, PCR_ELUA or PCR_ESYS (zygote). */
 PCR_API int pcr_open(pcr_runtime **out, const pcr_options *o);
 
 /* Close the runtime: terminate and reap every child it forked, close the
-** Lua state and free the handle. pcr_close(NULL) is a no-op. */
+** Lua state and free the handle. pcr_close(NULL) is a no-op. Called in a
+** process forked from the one that opened rt, it frees only that copy's
+** handle memory: the children, exports, shared arena blocks and Lua state
+** stay the opener's. A host that exits without pcr_close has its export
+** workers and zygote terminated at exit. */
 PCR_API void pcr_close(pcr_runtime *rt);
 
 /* Run a script file (path "-" reads stdin) with argv as the global `arg`
 ** table (argv[0] is the script name, as luajit sets it). argv is copied.
-** Returns PCR_OK, PCR_EFILE, PCR_ESYNTAX or PCR_ELUA; the message and
-** traceback are in pcr_last_error(). */
+** Returns PCR_OK, PCR_EFILE, PCR_ESYNTAX or PCR_ELUA (also when setting
+** `arg` raises, e.g. under a strict _G); the message and traceback are in
+** pcr_last_error(). */
 PCR_API int pcr_run_file(pcr_runtime *rt, const char *path, int argc,
                          char **argv);
 
@@ -121,9 +132,10 @@ PCR_API const char *pcr_last_error(pcr_runtime *rt);
 ** return type: a double for double, an int32_t for int, a
 ** `const char *` (owned by rt, valid until the next call on rt) for
 ** const char *. Returns PCR_OK; PCR_EINVAL for a bad signature or a
-** global that is not a function; PCR_ELUA when fn raised (message and
-** traceback in pcr_last_error); PCR_ETYPE when its result does not fit
-** the return type. Call from the thread that owns rt. */
+** global that is not a function; PCR_ELUA when fn raised, or reading the
+** global did (a strict _G; message and traceback in pcr_last_error);
+** PCR_ETYPE when its result does not fit the return type. Call from the
+** thread that owns rt. */
 PCR_API int pcr_call(pcr_runtime *rt, const char *fn, const char *sig,
                      void *ret, ...);
 
@@ -134,9 +146,12 @@ PCR_API int pcr_call(pcr_runtime *rt, const char *fn, const char *sig,
 ** double, `const char *` (a Lua string, valid during the call) and any
 ** other `T *` (a pointer: nil, light userdata, FFI cdata, or an object
 ** with a `ptr` field or method, such as a shared array). name and sig are
-** copied. Workers forked later (pools, exports) see it; those forked
-** before do not. Returns PCR_OK or PCR_EINVAL (bad or taken name, bad
-** signature; the text in pcr_last_error names it). Owner thread. */
+** copied. Names: letters, digits and _, at most 63, not "has" or "names"
+** (pcrun.native's own functions). Workers forked later (pools, exports)
+** see it; those forked before do not. Returns PCR_OK, PCR_EINVAL (bad or
+** taken name, bad signature; the text in pcr_last_error names it) or, in
+** zygote mode, PCR_ESYS when the zygote cannot take it (the registration
+** is then undone). Owner thread. */
 PCR_API int pcr_register(pcr_runtime *rt, const char *name, pcr_fnptr fn,
                          const char *sig);
 
@@ -146,21 +161,24 @@ PCR_API int pcr_register(pcr_runtime *rt, const char *name, pcr_fnptr fn,
 ** until pcr_close(rt); any host thread may call it, at the same time:
 ** each call runs lua_fn in one of the export's worker processes (forked
 ** now from this process, or from the zygote). Arguments are copied: a
-** `const char *` is copied into the request (2047 bytes in all); other
-** pointers pass as addresses, so they must point into the shared arena.
-** A string result is copied to a buffer of the calling thread, valid
-** until its next call of an exported function. On failure a call returns
+** `const char *` is copied into the request (2048 bytes in all, counting
+** each string's length + 1; else PCR_EINVAL); other pointers pass as
+** addresses, so they must point into the shared arena. A string result
+** (at most 2047 bytes, else PCR_ETYPE) is copied to a buffer of the
+** calling thread, valid until its next call of an exported function. The
+** name lua_fn is at most 63 characters. On failure a call returns
 ** NaN (float, double), 0, false or NULL, and pcr_export_status() on that
 ** thread gives the code and message (plus options.export_error). Calls in
 ** flight when pcr_close runs fail with PCR_ECLOSED; calling the pointer
 ** after pcr_close has returned is undefined. Returns PCR_OK, PCR_EINVAL
-** (bad signature, lua_fn not a global function, cannot be sent to the
-** zygote), PCR_ENOSHM or PCR_ESYS. Owner thread. */
+** (bad signature, name too long, lua_fn not a global function, cannot be
+** sent to the zygote), PCR_ELUA (reading the global raised), PCR_ENOSHM
+** or PCR_ESYS. Owner thread. */
 PCR_API int pcr_export(pcr_runtime *rt, const char *lua_fn, const char *sig,
                        void *fnptr_out);
 
-/* The status of the calling thread's last call of an exported function
-** (any runtime): PCR_OK if it succeeded, else its PCR_E* code (PCR_ELUA:
+/* The status of the calling thread's last call of an exported function:
+** PCR_OK if it succeeded, else its PCR_E* code (PCR_ELUA:
 ** the Lua function raised; PCR_ETYPE: its result did not fit; PCR_ECHILD:
 ** the worker died; PCR_ECLOSED: the runtime closed). *msg, if msg is not
 ** NULL, receives the text (with the worker's traceback), owned by the

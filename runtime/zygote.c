@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 enum { Z_FORK = 1, Z_REGISTER, Z_QUIT };
@@ -46,7 +47,32 @@ static void handle(int fd, const zmsg *m, lua_State *L, pcr__native **nat) {
   }
 }
 
+/* Keep only stdio and fd (moved to 3): the host's other fds (sockets,
+** pipes, files open at pcr_open) must not live on in the zygote and its
+** workers. Returns the new fd. */
+static int closefds(int fd) {
+  if (fd != 3) {
+    if (dup2(fd, 3) < 0) return fd;
+    close(fd);
+  }
+#ifdef SYS_close_range
+  if (syscall(SYS_close_range, 4u, ~0u, 0u) == 0) return 3;
+#endif
+  long max = sysconf(_SC_OPEN_MAX);
+  for (long k = 4; k < (max > 0 && max < 65536 ? max : 65536); k++)
+    close((int)k);
+  return 3;
+}
+
 static void zmain(int fd, lua_State *L, pcr__native **nat) {
+  /* The host's SIGTERM handler or mask must not outlive it here: the
+  ** host's exit reaper stops the zygote (a daemon) with SIGTERM. */
+  sigset_t term;
+  sigemptyset(&term);
+  sigaddset(&term, SIGTERM);
+  signal(SIGTERM, SIG_DFL);
+  sigprocmask(SIG_UNBLOCK, &term, NULL);
+  fd = closefds(fd);
   for (;;) {
     struct pollfd p = {.fd = fd, .events = POLLIN};
     int r = poll(&p, 1, 200);
@@ -78,6 +104,8 @@ int pcr__zygote_start(pcr__zygote *z, lua_State *L, pcr__native **natives) {
     zmain(sv[1], L, natives);
   }
   close(sv[1]);
+  pcr__proc_set_daemon(pid, 1);  /* an exit without pcr_close: SIGTERM it,
+                                    and its workers die with it */
   z->pid = pid;
   z->fd = sv[0];
   pthread_mutex_init(&z->mu, NULL);
@@ -111,6 +139,13 @@ int pcr__zygote_register(pcr__zygote *z, const char *name, void (*fn)(void),
   snprintf(m.name, sizeof m.name, "%s", name);
   snprintf(m.sig, sizeof m.sig, "%s", sig);
   return ask(z, &m);
+}
+
+void pcr__zygote_forget(pcr__zygote *z) {
+  if (z->pid <= 0) return;
+  if (z->fd >= 0) close(z->fd);  /* this process's copy only */
+  z->fd = -1;
+  z->pid = 0;
 }
 
 void pcr__zygote_stop(pcr__zygote *z) {

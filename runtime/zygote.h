@@ -29,6 +29,10 @@ pid_t pcr__zygote_fork(pcr__zygote *z, pcr__xsrv *srv);
 int pcr__zygote_register(pcr__zygote *z, const char *name, void (*fn)(void),
                          const char *sig);
 
+/* In a process forked from the zygote's parent: close this copy's socket
+** and forget the zygote, leaving it to its parent. */
+void pcr__zygote_forget(pcr__zygote *z);
+
 /* Tell the zygote to stop its workers and exit, and reap it. Parent. */
 void pcr__zygote_stop(pcr__zygote *z);
 

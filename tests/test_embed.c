@@ -5,11 +5,14 @@
 #include "testlib.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 
@@ -483,7 +486,11 @@ static void test_export(int zygote) {
   longs[sizeof longs - 1] = 0;
   CHECK(shout(longs, 1) == NULL);
   CHECK(pcr_export_status(&msg) == PCR_EINVAL);
-  HAS(msg, "string arguments longer than 2047 bytes");
+  HAS(msg, "string arguments take more than 2048 bytes in all");
+  memset(longs, 'a', 2046);  /* 2047 characters: the most one string takes */
+  longs[2047] = 0;
+  s = shout(longs + 1, 0);
+  CHECK(s && strlen(s) == 2046 && pcr_export_status(NULL) == PCR_OK);
 
   pcr_close(rt);
   CHECK(descendants() == 0);
@@ -546,6 +553,182 @@ static void test_zygote_parentage(void) {
   CHECK(descendants() == 0);
 }
 
+/* Without zygote mode dead workers are not replaced: once all have died a
+** call fails with PCR_ECHILD (it used to wait forever). */
+static void test_all_dead(void) {
+  pcr_runtime *rt = open_rt(0, 2);
+  lua_ok(rt, exported_lua);
+  double (*die)(double), (*sq1)(double);
+  CHECK(pcr_export(rt, "die", "double(double)", &die) == PCR_OK);
+  CHECK(pcr_export(rt, "sq1", "double(double)", &sq1) == PCR_OK);
+  const char *msg;
+  for (int i = 0; i < 2; i++)
+    CHECK(isnan(die(0)) && pcr_export_status(NULL) == PCR_ECHILD);
+  CHECK(isnan(die(0)));
+  CHECK(pcr_export_status(&msg) == PCR_ECHILD);
+  HAS(msg, "export 'die': every worker has died");
+  CHECK(isnan(die(0)) && pcr_export_status(NULL) == PCR_ECHILD);
+  CHECK(sq1(1) == 2);  /* other exports go on */
+  pcr_close(rt);
+  CHECK(descendants() == 0);
+}
+
+/* One runtime per process: a second pcr_open fails until the first is
+** closed. */
+static void test_one_runtime(void) {
+  pcr_runtime *a = open_rt(0, 1), *b = (pcr_runtime *)&b;
+  CHECK(pcr_open(&b, NULL) == PCR_EINVAL && b == NULL);
+  pcr_close(a);
+  CHECK(pcr_open(&b, NULL) == PCR_OK);
+  pcr_close(b);
+}
+
+/* A host that returns from main without pcr_close: the exit reaper stops
+** the zygote and workers instead of waiting for them (it used to hang). */
+static void test_exit_without_close(int zygote) {
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid == 0) {
+    pcr_options o;
+    pcr_options_init(&o);
+    o.zygote = zygote;
+    o.workers = 2;
+    pcr_runtime *rt;
+    double (*count)(double);
+    if (pcr_open(&rt, &o) || pcr_run_string(rt, exported_lua, "=x") ||
+        pcr_export(rt, "count", "double(double)", &count) || count(1) != 2)
+      _exit(2);
+    exit(0);  /* atexit handlers run; LeakSanitizer may object to rt */
+  }
+  int st;
+  CHECK(waitpid(pid, &st, 0) == pid);
+  CHECK(WIFEXITED(st) && WEXITSTATUS(st) != 2);
+  CHECK(descendants() == 0);
+}
+
+/* Lua API calls that may raise run protected: no libs, a strict _G, and
+** results whose `ptr` lookup raises give error codes, not a panic. */
+static void test_protected(void) {
+  pcr_options o;
+  pcr_options_init(&o);
+  o.open_libs = 0;
+  pcr_runtime *rt;
+  CHECK(pcr_open(&rt, &o) == PCR_OK);
+  CHECK(pcr_run_string(rt, "x = 1", "=s") == PCR_OK);
+  pcr_close(rt);
+
+  rt = open_rt(0, 1);
+  lua_ok(rt,
+    "local ffi = require 'ffi'\n"
+    "local obj = { p = ffi.cast('void *', 0x1234) }\n"
+    "function obj.ptr(self) return self.p end\n"
+    "function getm() return obj end\n"
+    "function proxy() return newproxy() end\n"
+    "function strictobj() return setmetatable({}, { __index = "
+    "function(_, k) error('no field ' .. k) end }) end\n");
+  void *p = NULL, *(*gm)(void), *(*so)(void);
+  CHECK(pcr_call(rt, "getm", "void *(void)", &p) == PCR_OK);
+  CHECK(p == (void *)0x1234);
+  CHECK(pcr_call(rt, "proxy", "void *(void)", &p) == PCR_ETYPE);
+  HAS(pcr_last_error(rt), "result must be a pointer, got userdata");
+  CHECK(pcr_call(rt, "strictobj", "void *(void)", &p) == PCR_ETYPE);
+  HAS(pcr_last_error(rt), "no field ptr");
+  CHECK(pcr_export(rt, "getm", "void *(void)", &gm) == PCR_OK);
+  CHECK(pcr_export(rt, "strictobj", "void *(void)", &so) == PCR_OK);
+  CHECK(gm() == (void *)0x1234 && pcr_export_status(NULL) == PCR_OK);
+  const char *msg;
+  CHECK(so() == NULL && pcr_export_status(&msg) == PCR_ETYPE);
+  HAS(msg, "no field ptr");
+  CHECK(so() == NULL && pcr_export_status(NULL) == PCR_ETYPE);
+
+  lua_ok(rt, "setmetatable(_G, { __index = function(_, k) "
+         "error('undefined global ' .. k, 2) end, __newindex = "
+         "function(_, k) error('new global ' .. k, 2) end })");
+  CHECK(pcr_call(rt, "nosuch", "void(void)", NULL) == PCR_ELUA);
+  HAS(pcr_last_error(rt), "undefined global nosuch");
+  void *fp = NULL;
+  CHECK(pcr_export(rt, "nosuch", "void(void)", &fp) == PCR_ELUA && !fp);
+  HAS(pcr_last_error(rt), "undefined global nosuch");
+  CHECK(pcr_require(rt, "pcrun.native") == PCR_ELUA);
+  HAS(pcr_last_error(rt), "new global pcrun.native");
+  char *argv[] = {"nofile.lua", NULL};
+  CHECK(pcr_run_file(rt, "/nonexistent/x.lua", 1, argv) == PCR_ELUA);
+  HAS(pcr_last_error(rt), "new global arg");
+  pcr_close(rt);
+  CHECK(descendants() == 0);
+}
+
+/* pcr_close in a forked copy of the host leaves the host's runtime
+** alone (it used to close its exports and free its arena blocks). */
+static void test_close_in_fork(int zygote) {
+  pcr_runtime *rt = open_rt(zygote, 1);
+  lua_ok(rt, exported_lua);
+  double (*sq1)(double);
+  CHECK(pcr_export(rt, "sq1", "double(double)", &sq1) == PCR_OK);
+  CHECK(sq1(1) == 2);
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid == 0) { pcr_close(rt); _exit(0); }
+  int st;
+  CHECK(waitpid(pid, &st, 0) == pid && WIFEXITED(st));
+  CHECK(sq1(2) == 5 && pcr_export_status(NULL) == PCR_OK);
+  pcr_close(rt);
+  CHECK(descendants() == 0);
+}
+
+/* Limits: export names, string results; reserved native names; a
+** registration the dead zygote cannot take is undone. */
+static void test_limits(void) {
+  pcr_runtime *rt = open_rt(1, 1);
+  char name[80], code[200];
+  memset(name, 'f', 70);
+  name[70] = 0;
+  snprintf(code, sizeof code, "function %s(x) return x end\n"
+           "function big(n) return ('x'):rep(n) end", name);
+  lua_ok(rt, code);
+  void *fp = NULL;
+  CHECK(pcr_export(rt, name, "double(double)", &fp) == PCR_EINVAL && !fp);
+  HAS(pcr_last_error(rt), "is longer than 63 characters");
+  name[63] = 0;
+  snprintf(code, sizeof code, "function %s(x) return x end", name);
+  lua_ok(rt, code);
+  double (*f)(double);
+  CHECK(pcr_export(rt, name, "double(double)", &f) == PCR_OK && f(3) == 3);
+  const char *(*big)(int), *msg;
+  CHECK(pcr_export(rt, "big", "const char *(int)", &big) == PCR_OK);
+  CHECK(strlen(big(2047)) == 2047 && pcr_export_status(NULL) == PCR_OK);
+  CHECK(big(2048) == NULL && pcr_export_status(&msg) == PCR_ETYPE);
+  HAS(msg, "export 'big': string result of 2048 bytes is longer than the "
+      "limit of 2047 bytes");
+  CHECK(pcr_register(rt, "has", PCR_FN(n_hyp), "double(double, double)") ==
+        PCR_EINVAL);
+  CHECK(pcr_register(rt, "names", PCR_FN(n_hyp), "double(double, double)")
+        == PCR_EINVAL);
+  HAS(pcr_last_error(rt), "bad name 'names'");
+
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/task/%d/children", (int)getpid(),
+           (int)getpid());
+  FILE *fh = fopen(path, "r");
+  int zpid = 0;
+  if (fh) {
+    CHECK(fscanf(fh, "%d", &zpid) == 1);
+    fclose(fh);
+  }
+  if (zpid > 0) {  /* the zygote, our only child */
+    kill(zpid, SIGKILL);
+    while (waitpid(zpid, NULL, 0) < 0 && errno == EINTR) {}
+    CHECK(pcr_register(rt, "hyp", PCR_FN(n_hyp), "double(double, double)")
+          == PCR_ESYS);
+    HAS(pcr_last_error(rt), "the zygote could not register it");
+    CHECK(pcr_register(rt, "hyp", PCR_FN(n_hyp), "double(double, double)")
+          == PCR_ESYS);  /* not "already registered": it was undone */
+    lua_ok(rt, "assert(not require('pcrun.native').has('hyp'))");
+  }
+  pcr_close(rt);
+  CHECK(descendants() == 0);
+}
+
 int main(void) {
   setvbuf(stderr, NULL, _IONBF, 0);
   test_sig_valid();
@@ -559,6 +742,14 @@ int main(void) {
   test_close_in_flight(0);
   test_close_in_flight(1);
   test_zygote_parentage();
+  test_all_dead();
+  test_one_runtime();
+  test_exit_without_close(0);
+  test_exit_without_close(1);
+  test_protected();
+  test_close_in_fork(0);
+  test_close_in_fork(1);
+  test_limits();
   if (failures) {
     fprintf(stderr, "%d check(s) failed\n", failures);
     return 1;
