@@ -997,12 +997,37 @@ static int f_release(void *p) {
   }
 }
 
+/* Queues, numbers only: put never waits, get takes a number frame that is
+** ready. Anything else (full, empty, closed, another kind, a block of
+** the last get still held) is the C methods' job. */
+static pcr_queue *fastqueue(void *p) {
+  lobj *h = p;
+  if (!h || h->magic != LOBJ_MAGIC || !h->o ||
+      (h->kind != K_QUEUE && h->kind != K_JQUEUE) || h->m.blk)
+    return NULL;
+  return (pcr_queue *)h->o;
+}
+
+static int f_qput(void *p, double v) {
+  pcr_queue *q = fastqueue(p);
+  return q ? pcr__queue_put(q, PCR_QF_NUMBER, &v, sizeof v, 0) : -EBADF;
+}
+
+static int f_qget(void *p, double *v) {
+  pcr_queue *q = fastqueue(p);
+  return q ? pcr__queue_get_number(q, v) : -EBADF;
+}
+
 static void pushfast(lua_State *L) {
   lua_newtable(L);
   lua_pushlightuserdata(L, (void *)(uintptr_t)f_acquire);
   lua_setfield(L, -2, "acquire");
   lua_pushlightuserdata(L, (void *)(uintptr_t)f_release);
   lua_setfield(L, -2, "release");
+  lua_pushlightuserdata(L, (void *)(uintptr_t)f_qput);
+  lua_setfield(L, -2, "qput");
+  lua_pushlightuserdata(L, (void *)(uintptr_t)f_qget);
+  lua_setfield(L, -2, "qget");
   lua_pushinteger(L, ETIMEDOUT);
   lua_setfield(L, -2, "ETIMEDOUT");
   lua_pushinteger(L, EAGAIN);

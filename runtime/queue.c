@@ -216,7 +216,7 @@ fail:
 }
 
 /* Take one frame if there is one: 1, 0 (none) or a negative errno. */
-static int tryget(pcr_queue *q, pcr_qmsg *m, double deadline) {
+static int tryget(pcr_queue *q, pcr_qmsg *m, double deadline, int number) {
   int e = lockq(&q->rlock, deadline);
   if (e < 0) return e;
   pcr_qseg *s = q->rseg;
@@ -245,6 +245,10 @@ static int tryget(pcr_queue *q, pcr_qmsg *m, double deadline) {
   }
   uint64_t hdr;
   get8(s, t, &hdr);
+  if (number && (hdr & 0xff) != PCR_QF_NUMBER) {  /* left for the full get */
+    pcr__lock_unlock(&q->rlock);
+    return -EAGAIN;
+  }
   size_t n = (size_t)(hdr >> 8), plen = n;
   m->kind = (unsigned)(hdr & 0x7f);
   m->blk = NULL;
@@ -288,13 +292,19 @@ int pcr__queue_ready(pcr_queue *q) {
          atomic_load(&s->next) != NULL || atomic_load(&q->closed);
 }
 
+int pcr__queue_get_number(pcr_queue *q, double *v) {
+  pcr_qmsg m = { .buf = (char *)v, .bufcap = 9 };
+  int r = tryget(q, &m, 0, 1);
+  return r > 0 ? 0 : r == 0 ? -ETIMEDOUT : r;
+}
+
 int pcr__queue_get(pcr_queue *q, pcr_qmsg *m, double deadline, double spin) {
   double spinto = -1;
   for (;;) {
-    int r = tryget(q, m, deadline);
+    int r = tryget(q, m, deadline, 0);
     if (r) return r > 0 ? 0 : r;
     if (atomic_load(&q->closed)) {
-      r = tryget(q, m, deadline);  /* a put may have landed before close */
+      r = tryget(q, m, deadline, 0);  /* a put landed before the close */
       return r > 0 ? 0 : r < 0 ? r : -EPIPE;
     }
     if (spin > 0) {

@@ -74,6 +74,11 @@ typedef struct pcr_qmsg {
 ** The deadline also bounds the wait for the readers' lock. */
 int pcr__queue_get(pcr_queue *q, pcr_qmsg *m, double deadline, double spin);
 
+/* Take the oldest frame only if it is a number, without waiting: 0 with
+** *v set, -ETIMEDOUT (none ready or the readers' lock busy), -EAGAIN (the
+** oldest is not a number) or another negative errno. */
+int pcr__queue_get_number(pcr_queue *q, double *v);
+
 /* Whether a get would not block (a frame waits, or the queue is closed). */
 int pcr__queue_ready(pcr_queue *q);
 

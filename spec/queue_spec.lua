@@ -129,6 +129,25 @@ describe("pcrun.queue", function()
     assert.equal(0, p.exitcode)
   end))
 
+  it("keeps numbers and other values in order through a small bounded "
+     .. "queue between processes", run(30, function()
+    local q = pcrun.queue(3)
+    local p = pcrun.process(function()
+      for i = 1, 20000 do
+        if i % 7 == 0 then q:put({ i }) elseif i % 11 == 0 then q:put(tostring(i))
+        else q:put(i) end
+      end
+    end):start()
+    for i = 1, 20000 do
+      local v = q:get(10)
+      if type(v) == "table" then v = v[1] elseif type(v) == "string" then
+        v = tonumber(v) end
+      assert.equal(i, v)
+    end
+    p:join()
+    assert.equal(0, p.exitcode)
+  end))
+
   it("delivers every item exactly once, in order per producer, with 4 "
      .. "producers and 3 consumers", run(60, function()
     local q, out = pcrun.queue(64), pcrun.queue()

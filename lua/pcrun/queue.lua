@@ -28,9 +28,8 @@ function M.joinable_queue(maxsize)
 end
 
 --- q:iter(): iterate over items until the queue is closed and drained.
-local qget = core.Queue.__index.get
 local function qnext(q)
-  local ok, v = pcall(qget, q)
+  local ok, v = pcall(q.get, q)
   if ok then return true, v end
   if tostring(v):find("closed and empty", 1, true) then return nil end
   error(v, 0)
@@ -39,5 +38,30 @@ function core.Queue.__index.iter(q)
   return function() local more, v = qnext(q); if more then return v end end
 end
 core.JoinableQueue.__index.iter = core.Queue.__index.iter
+
+-- Numbers go through ffi function pointers when nothing needs waiting: an
+-- ffi call compiles into the caller's trace, a lua_CFunction ends it.
+local ffi = require "ffi"
+local fast = core.sync_fast
+local f_put = ffi.cast("int (*)(void *, double)", fast.qput)
+local f_get = ffi.cast("int (*)(void *, double *)", fast.qget)
+local got = ffi.new("double[1]")
+
+for _, mt in ipairs { core.Queue, core.JoinableQueue } do
+  local put, get = mt.__index.put, mt.__index.get
+  mt.__index.put = function(q, v, timeout)
+    if type(v) == "number" and timeout == nil and type(q) == "userdata"
+        and f_put(q, v) == 0 then
+      return true
+    end
+    return put(q, v, timeout)
+  end
+  mt.__index.get = function(q, timeout)
+    if timeout == nil and type(q) == "userdata" and f_get(q, got) == 0 then
+      return got[0]
+    end
+    return get(q, timeout)
+  end
+end
 
 return M
