@@ -1,8 +1,9 @@
 /* The Lua binding of the arena's shared objects: queues, locks and the
 ** other synchronization objects, shared arrays and values. A handle is a
 ** userdata holding one reference; it crosses a process boundary by offset
-** with a reference held for the receiver, and every handle of this process
-** sits on a list so that fork can take the child's references. */
+** (in a queue item or a pipe message with a reference for the receiver),
+** and every handle of this process sits on a list so that fork can take
+** the child's references. */
 #include "array.h"
 #include "lshared.h"
 #include "queue.h"
