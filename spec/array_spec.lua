@@ -150,6 +150,8 @@ describe("pcrun.array", function()
     error_has("pcrun.Array: index must be a number, got boolean",
               function() return a[true] end)
     assert.is_nil(a.nosuchmethod)
+    error_has("pcrun.Array:fill: cannot convert 'string'", a.fill, a, "x")
+    assert.same({ 5, 5, 5 }, a:fill(5):totable())
   end)
 
   it("checks its arguments", function()

@@ -117,7 +117,13 @@ methods.totable = function(a)
 end
 methods.fill = function(a, v)
   local p = a.ptr
-  for i = 0, a.n - 1 do p[i] = v end
+  if a.n > 0 then  -- one store first: a bad value fails with our name
+    local ok, err = pcall(function() p[0] = v end)
+    if not ok then
+      error("pcrun.Array:fill: " .. tostring(err):gsub("^.-:%d+: ", ""), 2)
+    end
+  end
+  for i = 1, a.n - 1 do p[i] = v end
   return a
 end
 methods.ctype = function(a) return (select(3, anchors[a]:info())) end
