@@ -245,5 +245,6 @@ describe("pcrun.value", function()
     error_has("pcrun.Value:cas: argument 2 must be a number, got string",
               v.cas, v, 1, "2")
     error_has("pcrun.Value:store: argument 1 must be a number", v.store, v)
+    error_has("pcrun.Value:load: call it as v:load(...)", v.load, {})
   end)
 end)

@@ -316,6 +316,7 @@ describe("pcrun.queue", function()
               q.put, q, 1, {})
     error_has("pcrun.Queue:get: call it as obj:get(...)", q.get)
     error_has("pcrun.Queue:put: call it as obj:put(...)", q.put, {}, 1)
+    error_has("pcrun.Queue:iter: call it as q:iter()", q.iter, {})
     error_has("value: cannot send a coroutine", q.put, q,
               coroutine.create(print))
     assert.is_true(q:empty())  -- a failed encode put nothing

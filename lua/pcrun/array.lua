@@ -168,22 +168,35 @@ local function checknum(who, x, i)
   end
 end
 
-function Value:load() return self._ref:value_op(self._kind, "l") end
+local function checkself(who, v)
+  if getmetatable(v) ~= Value then
+    error(("pcrun.Value:%s: call it as v:%s(...)"):format(who, who), 3)
+  end
+end
+
+function Value:load()
+  checkself("load", self)
+  return self._ref:value_op(self._kind, "l")
+end
 function Value:store(x)
+  checkself("store", self)
   checknum("store", x, 1)
   self._ref:value_op(self._kind, "s", x)
 end
 function Value:add(d)
+  checkself("add", self)
   checknum("add", d, 1)
   return self._ref:value_op(self._kind, "a", d)
 end
 function Value:cas(old, new)
+  checkself("cas", self)
   checknum("cas", old, 1)
   checknum("cas", new, 2)
   return self._ref:value_op(self._kind, "c", old, new)
 end
 --- A pointer to the value for ffi code (plain, not atomic, access).
 function Value:ptr()
+  checkself("ptr", self)
   local addr, _, ctype = self._ref:info()
   return view_of(ffi.typeof(ctype))(ffi.cast("void *", addr), 1).ptr
 end

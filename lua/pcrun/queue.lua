@@ -35,6 +35,10 @@ local function qnext(q)
   error(v, 0)
 end
 function core.Queue.__index.iter(q)
+  local mt = getmetatable(q)
+  if mt ~= core.Queue and mt ~= core.JoinableQueue then
+    error("pcrun.Queue:iter: call it as q:iter()", 2)
+  end
   return function() local more, v = qnext(q); if more then return v end end
 end
 core.JoinableQueue.__index.iter = core.Queue.__index.iter
