@@ -83,6 +83,24 @@ void pcr__msg_begin(void) {
   pcr__msg_end(0);  /* an encode that raised left its references here */
 }
 
+/* The arena offsets of the objects the message being encoded carries. */
+static size_t msg_refs(const uint64_t **out) {
+  static uint64_t *offs;
+  static int cap;
+  if (npend > cap) {
+    uint64_t *p = realloc(offs, sizeof *p * (size_t)npend);
+    if (!p) {  /* without the list a freed queue would leak them: rare */
+      *out = NULL;
+      return 0;
+    }
+    offs = p;
+    cap = npend;
+  }
+  for (int i = 0; i < npend; i++) offs[i] = pcr__shm_offset(pend[i]);
+  *out = offs;
+  return (size_t)npend;
+}
+
 /* A reference for the message being encoded, dropped if it is not sent.
 ** Returns 0, or -1 out of memory (nothing taken). */
 static int msg_ref(pcr_obj *o) {
@@ -242,7 +260,9 @@ static int q_put_(lua_State *L, int nowait, const char *m) {
   for (int first = 1;; first = 0) {
     /* First a try that reads no clock: the common case needs none. */
     double d = first ? 0 : sliced(deadline);
-    int e = pcr__queue_put(q, kind, p, n, d);
+    const uint64_t *refs;
+    size_t nrefs = msg_refs(&refs);
+    int e = pcr__queue_put(q, kind, p, n, refs, nrefs, d);
     if (e == 0) break;
     if (first && e == -ETIMEDOUT && deadline != 0) continue;
     if (e == -EINTR || (e == -ETIMEDOUT && d != deadline)) {
@@ -1011,7 +1031,8 @@ static pcr_queue *fastqueue(void *p) {
 
 static int f_qput(void *p, double v) {
   pcr_queue *q = fastqueue(p);
-  return q ? pcr__queue_put(q, PCR_QF_NUMBER, &v, sizeof v, 0) : -EBADF;
+  return q ? pcr__queue_put(q, PCR_QF_NUMBER, &v, sizeof v, NULL, 0, 0)
+           : -EBADF;
 }
 
 static int f_qget(void *p, double *v) {

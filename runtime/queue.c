@@ -13,6 +13,9 @@
 #define HDR 8
 #define PAD8(n) (((n) + 7) & ~(size_t)7)
 #define INDIRECT 0x80u                 /* payload is an arena block */
+#define REFS 0x40u                     /* a trailer lists the arena objects
+                                          whose references ride with it */
+#define KIND(h) ((unsigned)((h) & 0x3f))
 #define BIG ((size_t)1 << 16)          /* payloads from here on go apart */
 #define SEG_FIRST ((size_t)1 << 14)
 #define SEG_MAX ((size_t)1 << 24)
@@ -53,7 +56,6 @@ static void segcopyout(pcr_qseg *s, uint64_t at, void *p, size_t n) {
   }
 }
 
-/* Free the segments from s on, with the blocks of frames never read. */
 /* The two hot cases inline: a header, and an 8-byte payload. */
 static inline void put8(pcr_qseg *s, uint64_t at, const void *p) {
   memcpy(s->data + (at & (s->cap - 1)), p, 8);
@@ -63,18 +65,43 @@ static inline void get8(pcr_qseg *s, uint64_t at, void *p) {
   memcpy(p, s->data + (at & (s->cap - 1)), 8);
 }
 
+/* Drop the references a frame's trailer lists (at t: count, offsets). */
+static void droprefs(pcr_qseg *s, uint64_t t) {
+  uint64_t n, off;
+  get8(s, t, &n);
+  for (uint64_t i = 0; i < n; i++) {
+    get8(s, t + 8 * (i + 1), &off);
+    pcr_obj *o = pcr__shm_at(off, sizeof(pcr_obj));
+    if (o && o->magic == PCR_OBJ_MAGIC) pcr__obj_unref(o);
+  }
+}
+
+/* Bytes a frame takes after its header. */
+static uint64_t framelen(pcr_qseg *s, uint64_t t, uint64_t hdr) {
+  uint64_t len = PAD8((hdr & INDIRECT) ? 8 : (size_t)(hdr >> 8));
+  if (hdr & REFS) {
+    uint64_t n;
+    get8(s, t + HDR + len, &n);
+    len += 8 * (n + 1);
+  }
+  return len;
+}
+
+/* Free the segments from s on, with what unread frames hold: their
+** blocks, and the references of the objects they carry. */
 static void segfree_all(pcr_qseg *s) {
   while (s) {
     uint64_t t = atomic_load(&s->tail), h = atomic_load(&s->head);
-    while (h - t >= HDR) {
+    while (h - t >= HDR) {  /* a dead writer published nothing half */
       uint64_t hdr, off;
       get8(s, t, &hdr);
-      t += HDR;
-      if (!(hdr & INDIRECT)) { t += PAD8(hdr >> 8); continue; }
-      if (h - t < sizeof off) break;
-      get8(s, t, &off);
-      pcr__shm_free(pcr__shm_at(off, (size_t)(hdr >> 8)));
-      t += sizeof off;
+      if (hdr & INDIRECT) {
+        get8(s, t + HDR, &off);
+        pcr__shm_free(pcr__shm_at(off, (size_t)(hdr >> 8)));
+      }
+      if (hdr & REFS)
+        droprefs(s, t + HDR + PAD8((hdr & INDIRECT) ? 8 : hdr >> 8));
+      t += HDR + framelen(s, t, hdr);
     }
     pcr_qseg *next = atomic_load(&s->next);
     pcr__shm_free(s);
@@ -141,7 +168,7 @@ static void wrepair(pcr_queue *q) {
 }
 
 int pcr__queue_put(pcr_queue *q, unsigned kind, const void *p, size_t n,
-                   double deadline) {
+                   const uint64_t *refs, size_t nrefs, double deadline) {
   void *blk = NULL;
   uint64_t off;
   size_t plen = n;
@@ -153,6 +180,7 @@ int pcr__queue_put(pcr_queue *q, unsigned kind, const void *p, size_t n,
     plen = sizeof off;
     kind |= INDIRECT;
   }
+  if (nrefs) kind |= REFS;
   uint64_t hdr = ((uint64_t)n << 8) | kind;
   int e;
   for (;;) {
@@ -175,7 +203,7 @@ int pcr__queue_put(pcr_queue *q, unsigned kind, const void *p, size_t n,
   }
   pcr_qseg *s = atomic_load_explicit(&q->wseg, memory_order_relaxed);
   uint64_t h = atomic_load_explicit(&s->head, memory_order_relaxed);
-  size_t need = HDR + PAD8(plen);
+  size_t need = HDR + PAD8(plen) + (nrefs ? 8 * (nrefs + 1) : 0);
   if (s->cap - (h - q->tailseen) < need) {
     q->tailseen = atomic_load_explicit(&s->tail, memory_order_acquire);
     if (s->cap - (h - q->tailseen) < need) {
@@ -200,6 +228,11 @@ int pcr__queue_put(pcr_queue *q, unsigned kind, const void *p, size_t n,
   put8(s, h, &hdr);
   if (plen == 8) put8(s, h + HDR, p);
   else segcopyin(s, h + HDR, p, plen);
+  if (nrefs) {
+    uint64_t at = h + HDR + PAD8(plen), cnt = nrefs;
+    put8(s, at, &cnt);
+    segcopyin(s, at + 8, refs, 8 * nrefs);
+  }
   atomic_store_explicit(&s->head, h + need, memory_order_release);
   /* Counted after the publish: a death in between undercounts by one,
   ** which lets a bounded queue take one item more; the other order would
@@ -249,12 +282,11 @@ static int tryget(pcr_queue *q, pcr_qmsg *m, double deadline, int number) {
     pcr__lock_unlock(&q->rlock);
     return -EAGAIN;
   }
-  size_t n = (size_t)(hdr >> 8), plen = n;
-  m->kind = (unsigned)(hdr & 0x7f);
+  size_t n = (size_t)(hdr >> 8);
+  m->kind = KIND(hdr);  /* a trailer's references go to the decoder */
   m->blk = NULL;
   if (hdr & INDIRECT) {
     uint64_t off;
-    plen = sizeof off;
     get8(s, t + HDR, &off);
     m->blk = pcr__shm_at(off, n);
     m->p = m->blk;
@@ -277,7 +309,7 @@ static int tryget(pcr_queue *q, pcr_qmsg *m, double deadline, int number) {
   m->n = n;
   atomic_store_explicit(&q->nget, atomic_load_explicit(&q->nget,
                         memory_order_relaxed) + 1, memory_order_relaxed);
-  atomic_store_explicit(&s->tail, t + HDR + PAD8(plen),
+  atomic_store_explicit(&s->tail, t + HDR + framelen(s, t, hdr),
                         memory_order_release);
   pcr__lock_unlock(&q->rlock);
   if (q->maxsize) pcr__wq_wake(&q->putq, 1);

@@ -51,11 +51,13 @@ static inline int64_t pcr__queue_size(pcr_queue *q) {
 /* A new queue; NULL when the arena is full. Freed by pcr__obj_unref. */
 pcr_queue *pcr__queue_new(int64_t maxsize);
 
-/* Append one frame. Returns 0, -ETIMEDOUT (full until the deadline;
-** deadline 0 never waits), -EPIPE (closed), -ENOSPC (arena full) or
-** -EINTR. */
+/* Append one frame. refs (arena offsets of nrefs objects) are the
+** references the frame carries to its reader: a queue freed before the
+** frame is read drops them. Returns 0, -ETIMEDOUT (full until the
+** deadline; deadline 0 never waits), -EPIPE (closed), -ENOSPC (arena
+** full) or -EINTR. */
 int pcr__queue_put(pcr_queue *q, unsigned kind, const void *p, size_t n,
-                   double deadline);
+                   const uint64_t *refs, size_t nrefs, double deadline);
 
 /* A received frame: data lies in buf (grown with realloc, owned by the
 ** caller) or, for a large one, in an arena block the caller frees with

@@ -270,6 +270,24 @@ describe("pcrun.queue", function()
     assert.equal(before, pcrun.arena().used)
   end))
 
+  it("gives back the objects in its unread items when it is freed",
+     function()
+    collectgarbage()
+    collectgarbage()
+    local before = pcrun.arena().used
+    ;(function()
+      local q = pcrun.queue()
+      for _ = 1, 100 do  -- queues as items: busted keeps sent cdata alive
+        q:put({ pcrun.queue(), pcrun.event(), n = 1 })
+      end
+      q:put(string.rep("y", 100000))  -- a big one, in its own block
+      q:put({ pcrun.lock(), string.rep("z", 100000) })
+    end)()
+    collectgarbage()
+    collectgarbage()
+    assert.equal(before, pcrun.arena().used)
+  end)
+
   it("frees a queue's unread items with it", function()
     collectgarbage()
     local before = pcrun.arena().used
