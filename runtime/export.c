@@ -14,14 +14,18 @@
 #include "shm.h"
 #include "zygote.h"
 
+#include <errno.h>
 #include <lauxlib.h>
 #include <math.h>
+#include <poll.h>
 #include <sched.h>
 #include <stdarg.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define XSLOTS 32
@@ -31,6 +35,7 @@
 #define XSPIN 50e-6         /* seconds a side polls before it sleeps */
 #define XCLOCK 8            /* polls between clock reads while polling */
 #define XYIELD 32           /* polls between sched_yield while polling */
+#define XSCAN 0.01          /* seconds between scans for dead idle workers */
 
 /* Slot states. A worker takes a posted slot by writing XS_TAKEN + its pid,
 ** so a caller can always tell whose death fails its call. */
@@ -126,6 +131,103 @@ static void freeslot(pcr__xsrv *s, xslot *sl) {
   bump(&s->freed, &s->fwait);
 }
 
+/* -- Worker liveness: one pidfd per worker, all under x->mu ------------ */
+
+/* A pidfd on pid, or -1 (kernel without pidfd_open). For a child of this
+** process, before anyone may reap it. */
+static int openpidfd(int pid) {
+  int fd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+  return fd < 0 ? -1 : fd;
+}
+
+/* Whether worker i has exited. */
+static int exited(pcr__export *x, int i) {
+  int pid = x->pids[i];
+  if (pid <= 0) return 1;
+  if (x->pidfds[i] < 0) return pcr__pid_dead((uint32_t)pid);
+  struct pollfd p = {.fd = x->pidfds[i], .events = POLLIN};
+  return poll(&p, 1, 0) > 0;  /* POLLIN: exited (POLLNVAL: cannot be) */
+}
+
+/* Worker i died: in zygote mode ask the zygote for a replacement (the
+** host itself may have threads, so it never forks here); otherwise mark
+** the entry dead as -pid and keep its pidfd (the zombie is ours, reaped
+** at free). Returns whether a live worker now holds entry i. */
+static int replace(pcr__export *x, int i) {
+  if (!x->zy) {
+    if (x->pids[i] > 0) x->pids[i] = -x->pids[i];
+    return 0;
+  }
+  if (x->pidfds[i] >= 0) close(x->pidfds[i]);  /* the zygote reaps pid */
+  x->pidfds[i] = -1;
+  x->pids[i] = 0;
+  if (atomic_load(&x->srv->closing)) return 0;
+  int fd;
+  pid_t np = pcr__zygote_fork(x->zy, x->srv, &fd);
+  if (np <= 0) return 0;
+  x->pids[i] = np;
+  x->pidfds[i] = fd;
+  return 1;
+}
+
+/* Look at every worker with one poll() and replace (or mark) those that
+** died; in zygote mode also refill entries a failed fork left empty.
+** Returns how many are alive. */
+static int scan(pcr__export *x) {
+  struct pollfd p[64];
+  int at[64], n = 0, live = 0;
+  for (int i = 0; i < x->nworkers; i++) {
+    if (x->pids[i] <= 0 || x->pidfds[i] < 0) {
+      if (x->pids[i] > 0 && !exited(x, i)) live++;
+      else if (x->pids[i] > 0 || (x->zy && x->pids[i] == 0))
+        live += replace(x, i);
+      continue;
+    }
+    p[n] = (struct pollfd){.fd = x->pidfds[i], .events = POLLIN};
+    at[n++] = i;
+  }
+  if (n && poll(p, (nfds_t)n, 0) < 0) return live + n;  /* EINTR: unsure */
+  for (int k = 0; k < n; k++)
+    live += p[k].revents ? replace(x, at[k]) : 1;
+  return live;
+}
+
+/* Whether a worker is alive; replaces (or marks) those found dead. */
+static int anyalive(pcr__export *x) {
+  pthread_mutex_lock(&x->mu);
+  int live = scan(x);
+  pthread_mutex_unlock(&x->mu);
+  return live > 0;
+}
+
+/* Whether the worker pid that took a slot has died; replaces (or marks)
+** it if so. A pid no longer in pids[] was found dead and replaced. */
+static int takerdead(pcr__export *x, int pid) {
+  int dead = 1;
+  pthread_mutex_lock(&x->mu);
+  for (int i = 0; i < x->nworkers; i++) {
+    if (x->pids[i] != pid && x->pids[i] != -pid) continue;
+    if ((dead = exited(x, i)) && x->pids[i] > 0) replace(x, i);
+    break;
+  }
+  pthread_mutex_unlock(&x->mu);
+  return dead;
+}
+
+/* A caller about to sleep: every XSCAN at most (among all callers), scan
+** for workers that died while idle, so that they are replaced before a
+** call stalls on them. Skipped while another thread holds the lock. */
+static void check(pcr__export *x) {
+  int64_t now = (int64_t)(pcr__now() * 1e6);
+  if (now < atomic_load_explicit(&x->nextscan, memory_order_relaxed) ||
+      pthread_mutex_trylock(&x->mu))
+    return;
+  atomic_store_explicit(&x->nextscan, now + (int64_t)(XSCAN * 1e6),
+                        memory_order_relaxed);
+  scan(x);
+  pthread_mutex_unlock(&x->mu);
+}
+
 static xslot *claim(pcr__export *x) {
   pcr__xsrv *s = x->srv;
   unsigned start = (unsigned)((uintptr_t)&tcode >> 6) % XSLOTS;
@@ -138,38 +240,10 @@ static xslot *claim(pcr__export *x) {
           atomic_compare_exchange_strong(&sl->state, &want, XS_CLAIMED))
         return sl;
     }
+    check(x);
     sleepon(&s->freed, seq, &s->fwait, pcr__now() + XPOLL);
   }
   return NULL;
-}
-
-/* Worker pid died: in zygote mode ask the zygote for a replacement (the
-** host itself may have threads, so it never forks here); otherwise mark
-** the entry dead as -pid (the zombie is ours, reaped at free). */
-static void respawn(pcr__export *x, int pid) {
-  pthread_mutex_lock(&x->mu);
-  for (int i = 0; i < x->nworkers; i++) {
-    if (atomic_load(&x->pids[i]) != pid) continue;
-    if (!x->zy) { atomic_store(&x->pids[i], -pid); continue; }
-    pid_t np = atomic_load(&x->srv->closing) ? 0
-                                              : pcr__zygote_fork(x->zy, x->srv);
-    atomic_store(&x->pids[i], np > 0 ? np : 0);  /* the zygote reaps pid */
-  }
-  pthread_mutex_unlock(&x->mu);
-}
-
-/* Whether a worker is alive; replaces (or marks) those found dead. */
-static int anyalive(pcr__export *x) {
-  for (int i = 0; i < x->nworkers; i++) {
-    int pid = atomic_load(&x->pids[i]);
-    if (pid > 0 && !pcr__pid_dead((uint32_t)pid)) return 1;
-    if (pid > 0) respawn(x, pid);
-  }
-  for (int i = 0; i < x->nworkers; i++) {
-    int pid = atomic_load(&x->pids[i]);
-    if (pid > 0 && !pcr__pid_dead((uint32_t)pid)) return 1;
-  }
-  return 0;
 }
 
 static int putargs(pcr__export *x, xslot *sl, void **args) {
@@ -196,6 +270,7 @@ static int putargs(pcr__export *x, xslot *sl, void **args) {
 static int await(pcr__export *x, xslot *sl) {
   pcr__xsrv *s = x->srv;
   if (spin(&sl->state, XS_DONE, 1)) return 0;
+  check(x);
   atomic_store(&sl->sleeping, 1);  /* seq_cst, then the seq_cst load below */
   for (;;) {
     uint32_t st = atomic_load(&sl->state);
@@ -208,11 +283,11 @@ static int await(pcr__export *x, xslot *sl) {
     }
     if (pcr__futex_wait(&sl->state, st, pcr__now() + XPOLL) != -ETIMEDOUT)
       continue;
-    if (st >= XS_TAKEN && pcr__pid_dead(st - XS_TAKEN)) {
+    check(x);
+    if (st >= XS_TAKEN && takerdead(x, (int)(st - XS_TAKEN))) {
       if (!atomic_compare_exchange_strong(&sl->state, &st, XS_CLAIMED))
         continue;
       freeslot(s, sl);
-      respawn(x, (int)(st - XS_TAKEN));
       return xfail(x, PCR_ECHILD, "export '%s': worker pid %u died during "
                    "the call", s->name, st - XS_TAKEN);
     }
@@ -430,12 +505,20 @@ static int newsrv(lua_State *L, pcr__export *x, const char *name, int byvalue,
   return 0;
 }
 
-static int spawn(lua_State *L, pcr__export *x) {
-  if (x->zy) return pcr__zygote_fork(x->zy, x->srv);
-  pid_t pid = pcr__proc_spawn(NULL, NULL);
-  if (pid == 0) pcr__export_serve(L, x->srv, 0);
-  if (pid > 0) pcr__proc_set_daemon(pid, 1);  /* an exit without pcr_close
-                                                 must not wait for it */
+/* Start worker i. Returns its pid or a negative errno. */
+static int spawn(lua_State *L, pcr__export *x, int i) {
+  pid_t pid;
+  if (x->zy) {
+    pid = pcr__zygote_fork(x->zy, x->srv, &x->pidfds[i]);
+  } else {
+    pid = pcr__proc_spawn(NULL, NULL);
+    if (pid == 0) pcr__export_serve(L, x->srv, 0);
+    if (pid > 0) pcr__proc_set_daemon(pid, 1);  /* an exit without
+                                                   pcr_close must not wait
+                                                   for it */
+    if (pid > 0) x->pidfds[i] = openpidfd(pid);  /* our unreaped child */
+  }
+  if (pid > 0) x->pids[i] = pid;
   return pid;
 }
 
@@ -474,6 +557,7 @@ int pcr__export_new(lua_State *L, pcr__zygote *zy, const char *name,
   x->onerr = onerr;
   x->onerr_ud = ud;
   x->nworkers = nworkers < 1 ? 1 : nworkers > 64 ? 64 : nworkers;
+  for (int i = 0; i < 64; i++) x->pidfds[i] = -1;
   pthread_mutex_init(&x->mu, NULL);
   if ((r = newsrv(L, x, name, zy != NULL, err, n))) {
     pthread_mutex_destroy(&x->mu);
@@ -481,7 +565,7 @@ int pcr__export_new(lua_State *L, pcr__zygote *zy, const char *name,
     return r;
   }
   for (int i = 0; i < x->nworkers; i++) {
-    int pid = spawn(L, x);
+    int pid = spawn(L, x, i);
     if (pid < 0) {
       snprintf(err, n, "pcr_export: '%s': cannot start a worker: %s", name,
                strerror(-pid));
@@ -489,7 +573,6 @@ int pcr__export_new(lua_State *L, pcr__zygote *zy, const char *name,
       pcr__export_free(x);
       return PCR_ESYS;
     }
-    atomic_store(&x->pids[i], pid);
   }
   void *code;
   ffi_closure *cl = ffi_closure_alloc(sizeof *cl, &code);
@@ -520,15 +603,65 @@ void pcr__export_shut(pcr__export *x) {
 }
 
 void pcr__export_forget(pcr__export *x) {
+  for (int i = 0; i < x->nworkers; i++)  /* this process's copies only */
+    if (x->pidfds[i] >= 0) close(x->pidfds[i]);
   free(x);  /* the closure and srv stay: the opener's (a fork shares them) */
+}
+
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+
+/* Wait until the process of pidfd fd has exited or deadline (< 0:
+** never) has passed. Returns whether it exited. */
+static int pidfd_wait(int fd, double deadline) {
+  for (;;) {
+    int ms = -1;
+    if (deadline >= 0) {
+      double left = deadline - pcr__now();
+      ms = left <= 0 ? 0 : (int)(left * 1000.0 + 0.999);
+    }
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    int r = poll(&p, 1, ms);
+    if (r > 0) return 1;
+    if (r < 0 && errno != EINTR) return 1;  /* cannot wait: assume gone */
+    if (r == 0 && ms == 0) return 0;
+  }
+}
+
+/* Reap our exited child pid, known by pidfd fd, unless someone already
+** did (pcr__proc_sweep, pcr_kill_children): the pid may then name another
+** process. WNOWAIT: the registry in proc.c does the reaping. */
+static void reapown(int pid, int fd) {
+  siginfo_t si;
+  int st;
+  memset(&si, 0, sizeof si);
+  if (waitid((idtype_t)P_PIDFD, (id_t)fd, &si, WEXITED | WNOHANG | WNOWAIT)
+      == 0) {
+    if (si.si_pid == pid) pcr__proc_wait(pid, -1, &st);
+  } else if (errno == EINVAL && pcr__proc_is_child(pid)) {
+    pcr__proc_wait(pid, -1, &st);  /* kernel < 5.4: as before pidfds */
+  }
 }
 
 void pcr__export_free(pcr__export *x) {
   /* Workers leave once they see `closing`; one stuck in a long call is
-  ** killed after a short grace. None may outlive srv, which it writes. */
+  ** killed after a short grace. None may outlive srv, which it writes.
+  ** Through the pidfds: a pid reaped by the zygote or by a sweep may
+  ** already name an unrelated process. */
   double until = pcr__now() + 0.5;
   for (int i = 0; i < x->nworkers; i++) {
-    int pid = atomic_load(&x->pids[i]), st;
+    int pid = x->pids[i], fd = x->pidfds[i], st;
+    if (fd >= 0) {
+      if (pid > 0 && !pidfd_wait(fd, until)) {
+        syscall(SYS_pidfd_send_signal, fd, SIGKILL, NULL, 0u);
+        pidfd_wait(fd, -1);
+      }
+      if (pid && !x->zy) reapown(pid > 0 ? pid : -pid, fd);
+      close(fd);
+      continue;
+    }
+    /* No pidfd (kernel < 5.3): by pid. */
     if (pid < 0 && !x->zy) pcr__proc_wait(-pid, -1, &st);  /* dead already */
     if (pid <= 0) continue;
     if (pcr__proc_wait_any(pid, until) == 0) {

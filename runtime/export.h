@@ -8,6 +8,7 @@
 
 #include <lua.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 typedef struct pcr__xsrv pcr__xsrv;
@@ -25,11 +26,17 @@ typedef struct pcr__export {
   pcr__zygote *zy;            /* forks workers in zygote mode, else NULL */
   pcr__xerrfn onerr;
   void *onerr_ud;
-  pthread_mutex_t mu;         /* serializes respawns */
+  pthread_mutex_t mu;         /* guards pids[], pidfds[]; serializes
+                                 respawns */
   _Atomic int inflight;       /* host threads inside a call */
+  _Atomic int64_t nextscan;   /* µs (pcr__now): next scan for dead idle
+                                 workers by a waiting caller */
   int nworkers;
-  _Atomic int pids[64];       /* worker pids; 0 = none, -pid = died (not
+  int pids[64];               /* worker pids; 0 = none, -pid = died (not
                                  zygote mode: reaped at free) */
+  int pidfds[64];             /* pidfd per worker, opened at spawn: liveness
+                                 and signals never hit a reused pid; -1 =
+                                 none (kernel without pidfd_open) */
   pcr__sig sig;               /* last: the cif points into it */
 } pcr__export;
 

@@ -112,8 +112,10 @@ int pcr__zygote_start(pcr__zygote *z, lua_State *L, pcr__native **natives) {
   return 0;
 }
 
-/* One request and its reply, under the lock. */
-static int32_t ask(pcr__zygote *z, const zmsg *m) {
+/* One request and its reply, under the lock. With pidfd, a positive
+** reply is a worker's pid and *pidfd receives a pidfd on it (or -1),
+** opened before the lock is released. */
+static int32_t ask(pcr__zygote *z, const zmsg *m, int *pidfd) {
   int32_t r = -EPIPE;
   ssize_t k;
   pthread_mutex_lock(&z->mu);
@@ -124,13 +126,21 @@ static int32_t ask(pcr__zygote *z, const zmsg *m) {
       if (k != sizeof r) r = -EPIPE;
     }
   }
+  /* The worker is the zygote's child, so its pid stays its own until the
+  ** zygote reaps it, and the zygote reaps only in its loop: after our next
+  ** request (none while we hold the lock) or its 200 ms poll timeout. A
+  ** new worker waits for requests and exits on its own only at close, so
+  ** it is alive (or at worst unreaped) now, and the pid cannot name an
+  ** unrelated process yet. */
+  if (pidfd) *pidfd = r > 0 ? (int)syscall(SYS_pidfd_open, (pid_t)r, 0) : -1;
+  if (pidfd && *pidfd < 0) *pidfd = -1;
   pthread_mutex_unlock(&z->mu);
   return r;
 }
 
-pid_t pcr__zygote_fork(pcr__zygote *z, pcr__xsrv *srv) {
+pid_t pcr__zygote_fork(pcr__zygote *z, pcr__xsrv *srv, int *pidfd) {
   zmsg m = {.op = Z_FORK, .srv = srv};
-  return ask(z, &m);
+  return ask(z, &m, pidfd);
 }
 
 int pcr__zygote_register(pcr__zygote *z, const char *name, void (*fn)(void),
@@ -138,7 +148,7 @@ int pcr__zygote_register(pcr__zygote *z, const char *name, void (*fn)(void),
   zmsg m = {.op = Z_REGISTER, .fn = fn};
   snprintf(m.name, sizeof m.name, "%s", name);
   snprintf(m.sig, sizeof m.sig, "%s", sig);
-  return ask(z, &m);
+  return ask(z, &m, NULL);
 }
 
 void pcr__zygote_forget(pcr__zygote *z) {

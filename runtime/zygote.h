@@ -21,8 +21,9 @@ struct pcr__zygote {
 int pcr__zygote_start(pcr__zygote *z, lua_State *L, pcr__native **natives);
 
 /* Ask the zygote to fork a worker serving srv. Returns its pid or a
-** negative errno. Any host thread. */
-pid_t pcr__zygote_fork(pcr__zygote *z, pcr__xsrv *srv);
+** negative errno; *pidfd receives a pidfd on the worker (opened before the
+** zygote can reap it), or -1 if none could be opened. Any host thread. */
+pid_t pcr__zygote_fork(pcr__zygote *z, pcr__xsrv *srv, int *pidfd);
 
 /* Register a native function in the zygote's copy as well. Returns 0,
 ** PCR_E* or a negative errno. Any host thread. */

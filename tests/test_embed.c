@@ -1,6 +1,7 @@
 /* Tests of pcr_call, native functions, exported functions and zygote mode,
 ** and of the signature parser (table-driven plus a fuzz-ish pass). */
 #include "ffisig.h"
+#include "proc.h"
 #include "pcrun.h"
 #include "testlib.h"
 
@@ -13,8 +14,15 @@
 #include <string.h>
 #include <signal.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 
 static pcr_runtime *open_rt(int zygote, int workers) {
   pcr_options o;
@@ -573,6 +581,162 @@ static void test_all_dead(void) {
   CHECK(descendants() == 0);
 }
 
+/* -- Workers that die while idle ---------------------------------------- */
+
+/* Children of pid (single-threaded) that are not zombies; *one gets one. */
+static int live_children(int pid, int *one) {
+  char path[64], stat[512];
+  snprintf(path, sizeof path, "/proc/%d/task/%d/children", pid, pid);
+  FILE *f = fopen(path, "r");
+  int kid, n = 0;
+  if (!f) return -1;
+  while (fscanf(f, "%d", &kid) == 1) {
+    snprintf(path, sizeof path, "/proc/%d/stat", kid);
+    FILE *g = fopen(path, "r");
+    if (!g) continue;
+    size_t k = fread(stat, 1, sizeof stat - 1, g);
+    fclose(g);
+    stat[k] = 0;
+    char *p = strrchr(stat, ')');
+    if (!p || p[2] == 'Z') continue;
+    n++;
+    if (one) *one = kid;
+  }
+  fclose(f);
+  return n;
+}
+
+static int zygote_pid(void) {
+  int z = 0;
+  return live_children((int)getpid(), &z) == 1 ? z : 0;
+}
+
+/* Kill pid and wait (at most 5 s) until it is no live process. */
+static void kill_wait(int pid) {
+  char path[64], stat[512];
+  kill(pid, SIGKILL);
+  snprintf(path, sizeof path, "/proc/%d/stat", pid);
+  for (int t = 0; t < 5000; t++) {
+    FILE *g = fopen(path, "r");
+    if (!g) return;
+    size_t k = fread(stat, 1, sizeof stat - 1, g);
+    fclose(g);
+    stat[k] = 0;
+    char *p = strrchr(stat, ')');
+    if (p && p[2] == 'Z') return;
+    usleep(1000);
+  }
+}
+
+typedef struct sjob { double (*f)(double); int n, bad; } sjob;
+
+static void *slowcalls(void *arg) {
+  sjob *j = arg;
+  for (int i = 0; i < j->n; i++)
+    if (j->f(0.002) != 0.002 || pcr_export_status(NULL) != PCR_OK) j->bad++;
+  return NULL;
+}
+
+/* Zygote mode: a worker killed while idle is replaced by callers that had
+** to wait, without a call stalling on it first, and concurrent calls all
+** succeed meanwhile. */
+static void test_idle_death(void) {
+  pcr_runtime *rt = open_rt(1, 3);
+  lua_ok(rt, exported_lua);
+  double (*slow)(double);
+  CHECK(pcr_export(rt, "slow", "double(double)", &slow) == PCR_OK);
+  CHECK(slow(0.001) == 0.001);
+  int zpid = zygote_pid(), w = 0;
+  CHECK(zpid > 0);
+  CHECK(live_children(zpid, &w) == 3 && w > 0);
+  kill_wait(w);
+  CHECK(live_children(zpid, NULL) == 2);
+  /* One caller at a time: every call is taken at once by a live worker,
+  ** so only the scan of a waiting caller can find the dead one. */
+  int n = 0, bad = 0;
+  double until = now_s() + 10;
+  while (live_children(zpid, NULL) != 3 && now_s() < until) {
+    if (slow(0.002) != 0.002 || pcr_export_status(NULL) != PCR_OK) bad++;
+    n++;
+  }
+  CHECK(bad == 0 && n > 0);
+  CHECK(live_children(zpid, NULL) == 3);
+
+  /* Again, with calls from 4 threads at once. */
+  CHECK(live_children(zpid, &w) == 3 && w > 0);
+  kill_wait(w);
+  pthread_t th[4];
+  sjob jobs[4];
+  for (int i = 0; i < 4; i++) {
+    jobs[i] = (sjob){slow, 50, 0};
+    pthread_create(&th[i], NULL, slowcalls, &jobs[i]);
+  }
+  for (int i = 0; i < 4; i++) {
+    pthread_join(th[i], NULL);
+    CHECK(jobs[i].bad == 0);
+  }
+  until = now_s() + 10;
+  while (live_children(zpid, NULL) != 3 && now_s() < until)
+    CHECK(slow(0.002) == 0.002);
+  CHECK(live_children(zpid, NULL) == 3);
+  pcr_close(rt);
+  CHECK(descendants() == 0);
+}
+
+/* A dead worker's pid, once reaped (by the zygote, or by the host without
+** one), may be reused by an unrelated process: calls and pcr_close must
+** leave that process alone. Needs a writable ns_last_pid to force the
+** reuse; skipped otherwise. */
+static void test_pid_reuse(int zygote) {
+  FILE *lp = fopen("/proc/sys/kernel/ns_last_pid", "r+");
+  if (!lp) {
+    fprintf(stderr, "  test_pid_reuse(%d): skipped (ns_last_pid)\n", zygote);
+    return;
+  }
+  pcr_runtime *rt = open_rt(zygote, 2);
+  lua_ok(rt, exported_lua);
+  double (*slow)(double);
+  CHECK(pcr_export(rt, "slow", "double(double)", &slow) == PCR_OK);
+  CHECK(slow(0.001) == 0.001);
+  int parent = zygote ? zygote_pid() : (int)getpid(), w = 0;
+  CHECK(parent > 0 && live_children(parent, &w) == 2 && w > 0);
+  kill_wait(w);
+  if (zygote) {  /* the zygote reaps it within its 200 ms poll */
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d", w);
+    for (int t = 0; t < 5000 && access(path, F_OK) == 0; t++) usleep(1000);
+  } else {       /* the host's registry reaps it (as before each fork) */
+    pcr__proc_sweep();
+  }
+  fprintf(lp, "%d", w - 1);
+  fclose(lp);
+  int fds[2];
+  CHECK(pipe(fds) == 0);
+  pid_t other = fork();
+  if (other == 0) {  /* an unrelated process with the worker's pid */
+    close(fds[0]);
+    pause();
+    _exit(0);
+  }
+  close(fds[1]);
+  if (other != w) {
+    fprintf(stderr, "  test_pid_reuse(%d): pid not reused, partly "
+            "skipped\n", zygote);
+  }
+  for (int i = 0; i < 20; i++)
+    CHECK(slow(0.002) == 0.002 && pcr_export_status(NULL) == PCR_OK);
+  pcr_close(rt);
+  int ost = 0;
+  pid_t wr = waitpid(other, &ost, WNOHANG);
+  if (wr != 0) fprintf(stderr, "  test_pid_reuse(%d): %d gone, status %#x\n",
+                       zygote, (int)other, ost);
+  CHECK(wr == 0);  /* still running */
+  kill(other, SIGKILL);
+  while (waitpid(other, NULL, 0) < 0 && errno == EINTR) {}
+  close(fds[0]);
+  CHECK(descendants() == 0);
+}
+
 /* One runtime per process: a second pcr_open fails until the first is
 ** closed. */
 static void test_one_runtime(void) {
@@ -743,6 +907,9 @@ int main(void) {
   test_close_in_flight(1);
   test_zygote_parentage();
   test_all_dead();
+  test_idle_death();
+  test_pid_reuse(0);
+  test_pid_reuse(1);
   test_one_runtime();
   test_exit_without_close(0);
   test_exit_without_close(1);
