@@ -166,7 +166,7 @@ void pcr_close(pcr_runtime *rt) {
   while (rt->exports) {
     pcr__export *x = rt->exports;
     rt->exports = x->next;
-    pcr__export_free(x);
+    pcr__export_free(x, 1);
   }
   pcr__zygote_stop(&rt->zy);
   lua_close(rt->L);  /* pools and connections close through __gc */

@@ -570,7 +570,7 @@ int pcr__export_new(lua_State *L, pcr__zygote *zy, const char *name,
       snprintf(err, n, "pcr_export: '%s': cannot start a worker: %s", name,
                strerror(-pid));
       pcr__export_shut(x);
-      pcr__export_free(x);
+      pcr__export_free(x, 0);
       return PCR_ESYS;
     }
   }
@@ -581,7 +581,7 @@ int pcr__export_new(lua_State *L, pcr__zygote *zy, const char *name,
     snprintf(err, n, "pcr_export: '%s': libffi cannot make a closure", name);
     if (cl) ffi_closure_free(cl);
     pcr__export_shut(x);
-    pcr__export_free(x);
+    pcr__export_free(x, 0);
     return PCR_ENOMEM;
   }
   x->closure = cl;
@@ -644,7 +644,7 @@ static void reapown(int pid, int fd) {
   }
 }
 
-void pcr__export_free(pcr__export *x) {
+void pcr__export_free(pcr__export *x, int park) {
   /* Workers leave once they see `closing`; one stuck in a long call is
   ** killed after a short grace. None may outlive srv, which it writes.
   ** Through the pidfds: a pid reaped by the zygote or by a sweep may
@@ -669,6 +669,20 @@ void pcr__export_free(pcr__export *x) {
       pcr__proc_wait_any(pid, -1);
     }
     if (!x->zy) pcr__proc_wait(pid, -1, &st);  /* the zygote reaps its own */
+  }
+  if (park) {
+    /* The host may still hold the function pointer, and a thread may be
+    ** between entering it and counting itself in flight: keep what a
+    ** call reads (x, the closure, srv saying `closing`), so a late call
+    ** fails with PCR_ECLOSED instead of touching freed memory. Kept
+    ** reachable, and small: one runtime per process. */
+    static pcr__export *parked;
+    for (int i = 0; i < x->nworkers; i++) x->pids[i] = 0, x->pidfds[i] = -1;
+    x->nworkers = 0;
+    x->zy = NULL;
+    x->next = parked;
+    parked = x;
+    return;
   }
   if (x->closure) ffi_closure_free(x->closure);
   pcr__shm_free(x->srv);

@@ -53,8 +53,10 @@ int pcr__export_new(lua_State *L, pcr__zygote *zy, const char *name,
 void pcr__export_shut(pcr__export *x);
 
 /* Stop and reap the workers (those forked by this process; the zygote
-** reaps its own), then free x. After pcr__export_shut. Parent. */
-void pcr__export_free(pcr__export *x);
+** reaps its own), then free x; or, with park (x's function was handed
+** out), keep x, its closure and srv, so that a call that comes late fails
+** with PCR_ECLOSED. After pcr__export_shut. Parent. */
+void pcr__export_free(pcr__export *x, int park);
 
 /* Free x's memory in a process forked from the one that made it: the
 ** workers, closure and srv stay untouched, as they are the maker's. */

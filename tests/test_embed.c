@@ -737,6 +737,20 @@ static void test_pid_reuse(int zygote) {
   CHECK(descendants() == 0);
 }
 
+/* A function pointer still called after pcr_close fails cleanly: the
+** export's closure and state are kept, saying "closed". */
+static void test_call_after_close(int zygote) {
+  pcr_runtime *rt = open_rt(zygote, 1);
+  lua_ok(rt, exported_lua);
+  double (*slow)(double);
+  CHECK(pcr_export(rt, "slow", "double(double)", &slow) == PCR_OK);
+  CHECK(slow(0.001) == 0.001);
+  pcr_close(rt);
+  double v = slow(1);
+  CHECK(isnan(v) && pcr_export_status(NULL) == PCR_ECLOSED);
+  CHECK(descendants() == 0);
+}
+
 /* One runtime per process: a second pcr_open fails until the first is
 ** closed. */
 static void test_one_runtime(void) {
@@ -911,6 +925,8 @@ int main(void) {
   test_pid_reuse(0);
   test_pid_reuse(1);
   test_one_runtime();
+  test_call_after_close(0);
+  test_call_after_close(1);
   test_exit_without_close(0);
   test_exit_without_close(1);
   test_protected();
