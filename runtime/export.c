@@ -615,18 +615,9 @@ void pcr__export_forget(pcr__export *x) {
 /* Wait until the process of pidfd fd has exited or deadline (< 0:
 ** never) has passed. Returns whether it exited. */
 static int pidfd_wait(int fd, double deadline) {
-  for (;;) {
-    int ms = -1;
-    if (deadline >= 0) {
-      double left = deadline - pcr__now();
-      ms = left <= 0 ? 0 : (int)(left * 1000.0 + 0.999);
-    }
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    int r = poll(&p, 1, ms);
-    if (r > 0) return 1;
-    if (r < 0 && errno != EINTR) return 1;  /* cannot wait: assume gone */
-    if (r == 0 && ms == 0) return 0;
-  }
+  int r;
+  while ((r = pcr__pidfd_wait(fd, deadline)) == -EINTR) {}
+  return r != 0;  /* cannot wait: assume gone */
 }
 
 /* Reap our exited child pid, known by pidfd fd, unless someone already

@@ -30,7 +30,6 @@ typedef struct lobj {
 #define LOBJ_MAGIC 0x6a624f50u
 
 static lobj *live;
-static int nlive;
 
 /* Metatable names, by kind; the user-facing name follows "pcrun.". */
 enum { K_QUEUE, K_JQUEUE, K_LOCK, K_RLOCK, K_SEM, K_BSEM, K_EVENT, K_COND,
@@ -46,7 +45,6 @@ static void link_obj(lobj *h) {
   h->next = live;
   if (live) live->prev = h;
   live = h;
-  nlive++;
 }
 
 static void unlink_obj(lobj *h) {
@@ -54,7 +52,6 @@ static void unlink_obj(lobj *h) {
   else if (live == h) live = h->next;
   if (h->next) h->next->prev = h->prev;
   h->prev = h->next = NULL;
-  nlive--;
 }
 
 static void release(lobj *h) {
@@ -117,15 +114,17 @@ static int msg_ref(pcr_obj *o) {
 }
 
 int pcr__lshared_hold(pcr_obj ***out) {
-  pcr_obj **v = malloc(sizeof *v * (size_t)(nlive + 1));
+  size_t n = 0;
+  for (lobj *h = live; h; h = h->next) n++;
+  pcr_obj **v = malloc(sizeof *v * (n + 1));
   if (!v) return -1;
-  int n = 0;
+  int k = 0;
   for (lobj *h = live; h; h = h->next) {
     pcr__obj_ref(h->o);
-    v[n++] = h->o;
+    v[k++] = h->o;
   }
   *out = v;
-  return n;
+  return k;
 }
 
 void pcr__lshared_forked(void) {
@@ -217,6 +216,28 @@ static double sliced(double deadline) {
   return deadline < 0 || deadline > s ? s : deadline;
 }
 
+/* One blocking operation, op(ctx, d, first) with d a deadline: returns 0
+** (or a positive result) when done, -ETIMEDOUT when d passed, another
+** negative errno for the caller. It is retried per slice, Ctrl-C raising
+** between slices; with quick, a first try gets deadline 0 and reads no
+** clock, which is the common case. Returns -ETIMEDOUT only once the
+** caller's deadline passed. */
+typedef int (*waitop)(void *ctx, double d, int first);
+
+static int blocking(lua_State *L, double deadline, int quick, waitop op,
+                    void *ctx) {
+  for (int first = quick;; first = 0) {
+    double d = first ? 0 : sliced(deadline);
+    int e = op(ctx, d, first);
+    if (first && e == -ETIMEDOUT && deadline != 0) continue;
+    if (e == -EINTR || (e == -ETIMEDOUT && d != deadline)) {
+      interrupted(L);
+      continue;
+    }
+    return e;
+  }
+}
+
 /* -- Queues ----------------------------------------------------------- */
 
 static int l_queue(lua_State *L) {
@@ -227,6 +248,21 @@ static int l_queue(lua_State *L) {
   q->hdr.flags = joinable;  /* puts count unfinished tasks */
   pushobj(L, &q->hdr, joinable ? K_JQUEUE : K_QUEUE);
   return 1;
+}
+
+typedef struct putctx {
+  pcr_queue *q;
+  unsigned kind;
+  const char *p;
+  size_t n;
+  const uint64_t *refs;
+  size_t nrefs;
+} putctx;
+
+static int putop(void *ctx, double d, int first) {
+  putctx *c = ctx;
+  (void)first;
+  return pcr__queue_put(c->q, c->kind, c->p, c->n, c->refs, c->nrefs, d);
 }
 
 static int q_put_(lua_State *L, int nowait, const char *m) {
@@ -257,19 +293,10 @@ static int q_put_(lua_State *L, int nowait, const char *m) {
     p = pcr__ser_encode_msg(L, 2, &n, "value");
     kind = PCR_QF_VALUE;
   }
-  for (int first = 1;; first = 0) {
-    /* First a try that reads no clock: the common case needs none. */
-    double d = first ? 0 : sliced(deadline);
-    const uint64_t *refs;
-    size_t nrefs = msg_refs(&refs);
-    int e = pcr__queue_put(q, kind, p, n, refs, nrefs, d);
-    if (e == 0) break;
-    if (first && e == -ETIMEDOUT && deadline != 0) continue;
-    if (e == -EINTR || (e == -ETIMEDOUT && d != deadline)) {
-      if (pcr__lua_sigint(L)) pcr__msg_end(0);
-      interrupted(L);
-      continue;
-    }
+  putctx c = { q, kind, p, n, NULL, 0 };
+  c.nrefs = msg_refs(&c.refs);
+  int e = blocking(L, deadline, 1, putop, &c);
+  if (e) {
     pcr__msg_end(0);  /* not sent: its references go */
     if (e == -ETIMEDOUT) {
       if (nowait) return luaL_error(L, "%s: queue is full", who(L, K_QUEUE, m));
@@ -290,6 +317,17 @@ static int q_put_(lua_State *L, int nowait, const char *m) {
 static int q_put(lua_State *L) { return q_put_(L, 0, "put"); }
 static int q_put_nowait(lua_State *L) { return q_put_(L, 1, "put_nowait"); }
 
+typedef struct getctx {
+  pcr_queue *q;
+  pcr_qmsg *m;
+  int nowait;
+} getctx;
+
+static int getop(void *ctx, double d, int first) {
+  getctx *c = ctx;  /* spin before sleeping, unless a mere try */
+  return pcr__queue_get(c->q, c->m, d, first || c->nowait ? 0 : 100e-6);
+}
+
 static int q_get_(lua_State *L, int nowait, const char *m) {
   lobj *h = check(L, K_QUEUE, m);
   pcr_queue *q = (pcr_queue *)h->o;
@@ -298,15 +336,9 @@ static int q_get_(lua_State *L, int nowait, const char *m) {
     pcr__shm_free(h->m.blk);
     h->m.blk = NULL;
   }
-  for (int first = 1;; first = 0) {
-    double d = first ? 0 : sliced(deadline);
-    int e = pcr__queue_get(q, &h->m, d, first || nowait ? 0 : 100e-6);
-    if (e == 0) break;
-    if (first && e == -ETIMEDOUT && deadline != 0) continue;
-    if (e == -EINTR || (e == -ETIMEDOUT && d != deadline)) {
-      interrupted(L);
-      continue;
-    }
+  getctx c = { q, &h->m, nowait };
+  int e = blocking(L, deadline, 1, getop, &c);
+  if (e) {
     if (e == -ETIMEDOUT) {
       if (nowait) return luaL_error(L, "%s: queue is empty", who(L, K_QUEUE, m));
       lua_pushnil(L);
@@ -386,19 +418,16 @@ static int q_task_done(lua_State *L) {
   return 0;
 }
 
+static int joinop(void *q, double d, int first) {
+  (void)first;
+  return pcr__queue_join(q, d);
+}
+
 static int q_join(lua_State *L) {
   pcr_queue *q = (pcr_queue *)check(L, K_JQUEUE, "join")->o;
   double deadline = timeout(L, 2, K_JQUEUE, "join");
-  for (;;) {
-    double d = sliced(deadline);
-    int e = pcr__queue_join(q, d);
-    if (e == -EINTR || (e == -ETIMEDOUT && d != deadline)) {
-      interrupted(L);
-      continue;
-    }
-    lua_pushboolean(L, e == 0);
-    return 1;
-  }
+  lua_pushboolean(L, blocking(L, deadline, 0, joinop, q) == 0);
+  return 1;
 }
 
 /* -- Locks, semaphores, events, conditions, barriers ------------------ */
@@ -447,43 +476,44 @@ static pcr_sync *tosync(lua_State *L, int k, const char *m) {
 
 /* Acquire a lock, rlock or semaphore (or a condition's lock). Pushes
 ** true / false (timed out); a lock taken from a dead owner warns. */
-static int acquire(lua_State *L, pcr_sync *s, int k, double deadline) {
-  for (;;) {
-    double d = sliced(deadline);
-    int e = s->kind == PCR_SYNC_SEM || s->kind == PCR_SYNC_BSEM
-                ? pcr__sem_acquire(s, d)
-                : pcr__sync_acquire(s, d);
-    if (e == -EINTR || (e == -ETIMEDOUT && d != deadline)) {
-      interrupted(L);
-      continue;
-    }
-    if (e == -EDEADLK && deadline < 0)
-      return luaL_error(L, "%s: this process already holds the lock "
-                           "(waiting would deadlock; use pcrun.rlock)",
-                        who(L, k, "acquire"));
-    if (e == -EDEADLK) {
-      /* Our own lock, with a timeout: nobody else can free it, so wait it
-      ** out as a thread would. */
-      _Atomic uint32_t never = 0;
-      if (deadline > 0 && pcr__now() < deadline) {
-        if (pcr__futex_wait(&never, 0, sliced(deadline)) == -EINTR ||
-            pcr__now() < deadline)
-          interrupted(L);
-        continue;
-      }
-      e = -ETIMEDOUT;
-    }
-    if (e == PCR_LOCK_OWNERDEAD) {
-      fprintf(stderr, "pcrun: warning: %s: the previous owner died "
-                      "holding the lock; this process now holds it\n",
-              kname[k]);
-      lua_pushboolean(L, 1);
-      lua_pushliteral(L, "owner died");
-      return 2;
-    }
-    lua_pushboolean(L, e >= 0);
-    return 1;
+typedef struct acqctx {
+  pcr_sync *s;
+  double deadline;  /* the caller's: < 0 makes our own lock an error */
+} acqctx;
+
+static int acquireop(void *ctx, double d, int first) {
+  acqctx *c = ctx;
+  pcr_sync *s = c->s;
+  (void)first;
+  int e = s->kind == PCR_SYNC_SEM || s->kind == PCR_SYNC_BSEM
+              ? pcr__sem_acquire(s, d) : pcr__sync_acquire(s, d);
+  if (e == -EDEADLK && c->deadline > 0) {
+    /* Our own lock, with a timeout: nobody else can free it, so wait it
+    ** out as a thread would. */
+    _Atomic uint32_t never = 0;
+    e = pcr__futex_wait(&never, 0, d);
+    return e == -EINTR ? e : -ETIMEDOUT;
   }
+  return e;
+}
+
+static int acquire(lua_State *L, pcr_sync *s, int k, double deadline) {
+  acqctx c = { s, deadline };
+  int e = blocking(L, deadline, 0, acquireop, &c);
+  if (e == -EDEADLK)
+    return luaL_error(L, "%s: this process already holds the lock "
+                         "(waiting would deadlock; use pcrun.rlock)",
+                      who(L, k, "acquire"));
+  if (e == PCR_LOCK_OWNERDEAD) {
+    fprintf(stderr, "pcrun: warning: %s: the previous owner died "
+                    "holding the lock; this process now holds it\n",
+            kname[k]);
+    lua_pushboolean(L, 1);
+    lua_pushliteral(L, "owner died");
+    return 2;
+  }
+  lua_pushboolean(L, e >= 0);
+  return 1;
 }
 
 /* Kinds with acquire, release and with. */
@@ -587,40 +617,35 @@ static int e_is_set(lua_State *L) {
   return 1;
 }
 
+static int eventop(void *s, double d, int first) {
+  (void)first;
+  int e = pcr__event_wait(s, d);
+  return e > 0 ? 0 : e == 0 ? -ETIMEDOUT : e;
+}
+
 static int e_wait(lua_State *L) {
   pcr_sync *s = tosync(L, K_EVENT, "wait");
   double deadline = timeout(L, 2, K_EVENT, "wait");
-  for (;;) {
-    double d = sliced(deadline);
-    int e = pcr__event_wait(s, d);
-    if (e == -EINTR || (e == 0 && d != deadline)) {
-      interrupted(L);
-      continue;
-    }
-    lua_pushboolean(L, e > 0);
-    return 1;
-  }
+  lua_pushboolean(L, blocking(L, deadline, 0, eventop, s) == 0);
+  return 1;
+}
+
+/* Between slices this process holds the lock, so no notify can slip
+** between one wait and the next. */
+static int condop(void *c, double d, int first) {
+  (void)first;
+  int e = pcr__cond_wait(c, d);
+  return e > 0 ? 0 : e == 0 ? -ETIMEDOUT : e;
 }
 
 static int c_wait(lua_State *L) {
   pcr_sync *c = tosync(L, K_COND, "wait");
   double deadline = timeout(L, 2, K_COND, "wait");
-  int e;
-  for (;;) {
-    /* Between slices this process holds the lock, so no notify can slip
-    ** between one wait and the next. */
-    double d = sliced(deadline);
-    e = pcr__cond_wait(c, d);
-    if (e == -EPERM)
-      return luaL_error(L, "pcrun.Condition:wait: the lock is not held by "
-                           "this process");
-    if (e == -EINTR || (e == 0 && d != deadline)) {
-      interrupted(L);  /* another signal: wait on */
-      continue;
-    }
-    break;
-  }
-  lua_pushboolean(L, e > 0);
+  int e = blocking(L, deadline, 0, condop, c);
+  if (e == -EPERM)
+    return luaL_error(L, "pcrun.Condition:wait: the lock is not held by "
+                         "this process");
+  lua_pushboolean(L, e == 0);
   return 1;
 }
 
@@ -653,20 +678,24 @@ static int b_action(lua_State *L) {
   return 0;
 }
 
+typedef struct arrivectx {
+  pcr_sync *b;
+  uint32_t *gen;
+} arrivectx;
+
+static int arriveop(void *ctx, double d, int first) {
+  arrivectx *c = ctx;
+  (void)first;
+  return pcr__barrier_arrive(c->b, c->gen, d);
+}
+
 static int b_wait(lua_State *L) {
   pcr_sync *b = tosync(L, K_BARRIER, "wait");
   double deadline = timeout(L, 2, K_BARRIER, "wait");
   uint32_t gen;
-  int idx, e;
-  for (;;) {  /* arrive: waits only while the last round leaves */
-    double d = sliced(deadline);
-    idx = pcr__barrier_arrive(b, &gen, d);
-    if (idx == -EINTR || (idx == -ETIMEDOUT && d != deadline)) {
-      interrupted(L);
-      continue;
-    }
-    break;
-  }
+  arrivectx c = { b, &gen };
+  /* arrive waits only while the last round leaves */
+  int idx = blocking(L, deadline, 0, arriveop, &c), e;
   if (idx == -ETIMEDOUT) {
     pcr__barrier_break(b);
     idx = -EPIPE;

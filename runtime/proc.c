@@ -130,11 +130,7 @@ static int pidfd(pid_t pid) {
   return (int)syscall(SYS_pidfd_open, pid, 0);
 }
 
-/* Poll a pidfd until the process exits or the deadline passes. */
-static int pollpid(pid_t pid, double deadline) {
-  int fd = pidfd(pid);
-  if (fd < 0) return errno == ESRCH ? 1 : -errno;
-  int r;
+int pcr__pidfd_wait(int fd, double deadline) {
   for (;;) {
     int ms = -1;
     if (deadline >= 0) {
@@ -142,11 +138,18 @@ static int pollpid(pid_t pid, double deadline) {
       ms = left <= 0 ? 0 : (int)(left * 1000.0 + 0.999);
     }
     struct pollfd p = {.fd = fd, .events = POLLIN};
-    r = poll(&p, 1, ms);
-    if (r < 0) { r = -errno; break; }
-    if (r > 0) { r = 1; break; }
-    if (deadline >= 0 && pcr__now() >= deadline) { r = 0; break; }
+    int r = poll(&p, 1, ms);
+    if (r < 0) return -errno;
+    if (r > 0) return 1;
+    if (deadline >= 0 && pcr__now() >= deadline) return 0;
   }
+}
+
+/* Poll a pidfd until the process exits or the deadline passes. */
+static int pollpid(pid_t pid, double deadline) {
+  int fd = pidfd(pid);
+  if (fd < 0) return errno == ESRCH ? 1 : -errno;
+  int r = pcr__pidfd_wait(fd, deadline);
   close(fd);
   return r;
 }

@@ -21,6 +21,11 @@ int pcr__proc_wait(pid_t pid, double deadline, int *status);
 ** timeout or a negative errno. */
 int pcr__proc_wait_any(pid_t pid, double deadline);
 
+/* Wait until the process of pidfd fd has exited (1), the deadline passed
+** (0; < 0 waits forever) or a signal came (-EINTR); other errors as
+** negative errnos. Any process, not only a child. */
+int pcr__pidfd_wait(int fd, double deadline);
+
 /* Whether pid is a child this process registered and has not reaped. */
 int pcr__proc_is_child(pid_t pid);
 
