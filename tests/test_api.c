@@ -62,10 +62,5 @@ int main(void) {
   test_errors();
   test_run();
   test_children_reaped();
-  if (failures) {
-    fprintf(stderr, "%d check(s) failed\n", failures);
-    return 1;
-  }
-  puts("c_api: all checks passed");
-  return 0;
+  return finish("c_api");
 }
