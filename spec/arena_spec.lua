@@ -102,42 +102,28 @@ describe("pcrun.arena", function()
     assert.are.equal(base, used())
   end)
 
-  it("returns a pipe's buffers once a child holding it has returned",
-     function()
-    local a, b = pcrun.pipe()
-    local p = pcrun.process(function() b:send("hi") end):start()
-    assert.are.equal("hi", a:recv(5))
-    assert.is_true(p:join(5))
-    a:close()
-    b:close()
-    assert.are.equal(base, used())
-  end)
-
-  it("returns a pipe's buffers once a child holding it called os.exit",
-     function()
-    local a, b = pcrun.pipe()
-    local p = pcrun.process(function() b:send("hi") os.exit(0) end):start()
-    assert.are.equal("hi", a:recv(5))
-    assert.is_true(p:join(5))
-    a:close()
-    b:close()
-    assert.are.equal(base, used())
-  end)
-
-  it("returns a pipe's buffers once a child holding it was killed",
-     function()
-    local a, b = pcrun.pipe()
-    local p = pcrun.process(function()
-      b:send("hi")
-      while true do helpers.sleep(0.05) end
-    end):start()
-    assert.are.equal("hi", a:recv(5))
-    p:kill()
-    assert.is_true(p:join(5))
-    a:close()
-    b:close()
-    assert.are.equal(base, used())
-  end)
+  -- However a child holding a pipe ends, its buffers come back.
+  for _, case in ipairs {
+    { "has returned", function() end },
+    { "called os.exit", function() os.exit(0) end },
+    { "was killed", function() while true do helpers.sleep(0.05) end end,
+      kill = true },
+  } do
+    it("returns a pipe's buffers once a child holding it " .. case[1],
+       function()
+      local a, b = pcrun.pipe()
+      local p = pcrun.process(function()
+        b:send("hi")
+        case[2]()
+      end):start()
+      assert.are.equal("hi", a:recv(5))
+      if case.kill then p:kill() end
+      assert.is_true(p:join(5))
+      a:close()
+      b:close()
+      assert.are.equal(base, used())
+    end)
+  end
 
   it("shares one arena with children: their allocations show here",
      function()
