@@ -333,20 +333,12 @@ static const luaL_Reg conn_methods[] = {
 };
 
 static void conn_open(lua_State *L) {
-  if (!luaL_newmetatable(L, CONN_MT)) { lua_pop(L, 1); return; }
-  lua_newtable(L);
-  luaL_register(L, NULL, conn_methods);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, conn_close);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, conn_tostring);
-  lua_setfield(L, -2, "__tostring");
-  lua_pushcfunction(L, conn_serialize);
-  lua_setfield(L, -2, "__serialize");
-  lua_pushcfunction(L, conn_deserialize);
-  lua_setfield(L, -2, "__deserialize");
-  lua_pushliteral(L, CONN_MT);
-  lua_setfield(L, -2, "__name");
+  static const luaL_Reg meta[] = {
+    {"__gc", conn_close}, {"__tostring", conn_tostring},
+    {"__serialize", conn_serialize}, {"__deserialize", conn_deserialize},
+    {NULL, NULL}
+  };
+  pcr__lua_class(L, CONN_MT, conn_methods, NULL, meta);
   lua_pop(L, 1);
 }
 

@@ -1136,26 +1136,28 @@ static const luaL_Reg ref_m[] = {
   {"info", r_info}, {"value_op", r_value_op}, {NULL, NULL}
 };
 
-static void newmt(lua_State *L, int k, const luaL_Reg *m1, const luaL_Reg *m2) {
-  luaL_newmetatable(L, kname[k]);
+int pcr__lua_class(lua_State *L, const char *name, const luaL_Reg *methods,
+                   const luaL_Reg *more, const luaL_Reg *meta) {
+  int fresh = luaL_newmetatable(L, name);
   lua_newtable(L);
-  luaL_register(L, NULL, m1);
-  if (m2) luaL_register(L, NULL, m2);
+  luaL_register(L, NULL, methods);
+  if (more) luaL_register(L, NULL, more);
   lua_setfield(L, -2, "__index");
+  luaL_register(L, NULL, meta);
+  lua_pushstring(L, name);
+  lua_setfield(L, -2, "__name");
+  return fresh;
+}
+
+static void newmt(lua_State *L, int k, const luaL_Reg *m1, const luaL_Reg *m2) {
+  static const luaL_Reg meta[] = {
+    {"__gc", o_gc}, {"__tostring", o_tostring}, {"__eq", o_eq},
+    {"__serialize", o_serialize}, {"__deserialize", o_deserialize},
+    {NULL, NULL}
+  };
+  pcr__lua_class(L, kname[k], m1, m2, meta);
   lua_pushinteger(L, k);
   lua_setfield(L, -2, "__kind");
-  lua_pushstring(L, kname[k]);
-  lua_setfield(L, -2, "__name");
-  lua_pushcfunction(L, o_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, o_tostring);
-  lua_setfield(L, -2, "__tostring");
-  lua_pushcfunction(L, o_eq);
-  lua_setfield(L, -2, "__eq");
-  lua_pushcfunction(L, o_serialize);
-  lua_setfield(L, -2, "__serialize");
-  lua_pushcfunction(L, o_deserialize);
-  lua_setfield(L, -2, "__deserialize");
   lua_setfield(L, -2, kname[k] + 6);  /* core.Queue = mt, ... */
 }
 

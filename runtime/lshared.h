@@ -2,8 +2,15 @@
 #ifndef PCR_LSHARED_H
 #define PCR_LSHARED_H
 
+#include <lauxlib.h>
 #include <lua.h>
 #include "shm.h"
+
+/* Push the metatable name (made on first use) of a class: methods (and
+** more, if not NULL) in __index, the metamethods meta, __name. Returns
+** whether it was made now. */
+int pcr__lua_class(lua_State *L, const char *name, const luaL_Reg *methods,
+                   const luaL_Reg *more, const luaL_Reg *meta);
 
 /* Add the shared-object functions and metatables to the table on top. */
 void pcr__lshared_open(lua_State *L);
