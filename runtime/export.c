@@ -136,7 +136,7 @@ static void freeslot(pcr__xsrv *s, xslot *sl) {
 /* A pidfd on pid, or -1 (kernel without pidfd_open). For a child of this
 ** process, before anyone may reap it. */
 static int openpidfd(int pid) {
-  int fd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+  int fd = pcr__pidfd_open((pid_t)pid);
   return fd < 0 ? -1 : fd;
 }
 

@@ -126,7 +126,7 @@ int pcr__proc_exitcode(int status) {
   return -1;
 }
 
-static int pidfd(pid_t pid) {
+int pcr__pidfd_open(pid_t pid) {
   return (int)syscall(SYS_pidfd_open, pid, 0);
 }
 
@@ -147,7 +147,7 @@ int pcr__pidfd_wait(int fd, double deadline) {
 
 /* Poll a pidfd until the process exits or the deadline passes. */
 static int pollpid(pid_t pid, double deadline) {
-  int fd = pidfd(pid);
+  int fd = pcr__pidfd_open(pid);
   if (fd < 0) return errno == ESRCH ? 1 : -errno;
   int r = pcr__pidfd_wait(fd, deadline);
   close(fd);

@@ -26,6 +26,10 @@ int pcr__proc_wait_any(pid_t pid, double deadline);
 ** negative errnos. Any process, not only a child. */
 int pcr__pidfd_wait(int fd, double deadline);
 
+/* A pidfd for pid (any process), or -1 with errno set (ESRCH: gone;
+** ENOSYS: a kernel without pidfd_open). The one place that opens them. */
+int pcr__pidfd_open(pid_t pid);
+
 /* Whether pid is a child this process registered and has not reaped. */
 int pcr__proc_is_child(pid_t pid);
 

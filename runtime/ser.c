@@ -1,6 +1,6 @@
 /* ser.c -- the serializer's shared parts: per-state data and its layout
    self-test, the pointer map, the names index of package.loaded and types,
-   the cdata helper, and the Lua-facing functions (pcr__ser_open). */
+   the cdata helper. The Lua-facing functions are in lser.c. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -444,95 +444,4 @@ void pcr__ser_names_reset(lua_State *L)
   sstate *S = pcr__ser_getstate(L);
   S->names_ok = 0;
   lua_pop(L, 1);
-}
-
-/* The state is upvalue 1 of the Lua-facing functions: no registry lookup
-   per call. */
-static int ser_encode(lua_State *L)
-{
-  size_t n;
-  const char *root = lua_gettop(L) < 2 ? "value" :
-                     luaL_optstring(L, 2, "value");
-  lua_settop(L, 1);
-  lua_pushvalue(L, lua_upvalueindex(1));
-  int msg = pcr__ser_msg;
-  pcr__ser_msg = 0;  /* the output may be decoded any number of times */
-  const char *p = pcr__ser_encode_state(L, lua_touserdata(L, 2), 2, 1, &n,
-                                        root);
-  pcr__ser_msg = msg;
-  lua_pushlstring(L, p, n);
-  return 1;
-}
-
-static int ser_decode(lua_State *L)
-{
-  size_t n;
-  int flags = 0;
-  if (lua_type(L, 1) != LUA_TSTRING)
-    return luaL_error(L, "pcrun.decode: expected a string, got %s",
-                      luaL_typename(L, 1));
-  const char *s = lua_tolstring(L, 1, &n);
-  if (lua_istable(L, 2)) {
-    lua_getfield(L, 2, "trusted");
-    lua_getfield(L, 2, "bytecode");
-    if (lua_toboolean(L, -1) || lua_toboolean(L, -2)) flags = PCR_SER_TRUSTED;
-  } else if (!lua_isnoneornil(L, 2)) {
-    return luaL_error(L, "pcrun.decode: options must be a table, got %s",
-                      luaL_typename(L, 2));
-  }
-  int msg = pcr__ser_msg, trusted = pcr__ser_trusted;
-  pcr__ser_msg = 0;
-  pcr__ser_trusted = flags & PCR_SER_TRUSTED;
-  pcr__ser_decode_state(L,
-      &((sstate *)lua_touserdata(L, lua_upvalueindex(1)))->fl, s, n, flags);
-  pcr__ser_msg = msg;
-  pcr__ser_trusted = trusted;
-  return 1;
-}
-
-static int ser_register_type(lua_State *L)
-{
-  const char *name = lua_type(L, 1) == LUA_TSTRING ? lua_tostring(L, 1) : "";
-  if (!*name)
-    return luaL_error(L, "pcrun.register_type: name must be a non-empty "
-                      "string");
-  if (!lua_istable(L, 2))
-    return luaL_error(L, "pcrun.register_type: '%s': metatable must be a "
-                      "table, got %s", name, luaL_typename(L, 2));
-  lua_getfield(L, 2, "__serialize");
-  lua_getfield(L, 2, "__deserialize");
-  if (!lua_isnil(L, -2) && !lua_isfunction(L, -1))
-    return luaL_error(L, "pcrun.register_type: '%s' has __serialize but no "
-                      "__deserialize function", name);
-  lua_settop(L, 2);
-  sstate *S = pcr__ser_getstate(L);
-  lua_getfenv(L, -1);
-  lua_rawgeti(L, -1, E_TYPES);
-  lua_pushvalue(L, 1);
-  lua_pushvalue(L, 2);
-  lua_rawset(L, -3);
-  S->names_ok = 0;
-  lua_settop(L, 2);
-  return 1;
-}
-
-static int ser_refresh_names(lua_State *L)
-{
-  pcr__ser_names_reset(L);
-  return 0;
-}
-
-void pcr__ser_open(lua_State *L)
-{
-  static const luaL_Reg fns[] = {
-    { "encode", ser_encode },
-    { "decode", ser_decode },
-    { "register_type", ser_register_type },
-    { "refresh_names", ser_refresh_names },
-    { NULL, NULL }
-  };
-  pcr__ser_getstate(L);
-  luaL_setfuncs(L, fns, 1);
-  lua_pushinteger(L, PCR_SER_VERSION);
-  lua_setfield(L, -2, "format_version");
 }

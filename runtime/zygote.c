@@ -132,7 +132,7 @@ static int32_t ask(pcr__zygote *z, const zmsg *m, int *pidfd) {
   ** new worker waits for requests and exits on its own only at close, so
   ** it is alive (or at worst unreaped) now, and the pid cannot name an
   ** unrelated process yet. */
-  if (pidfd) *pidfd = r > 0 ? (int)syscall(SYS_pidfd_open, (pid_t)r, 0) : -1;
+  if (pidfd) *pidfd = r > 0 ? pcr__pidfd_open((pid_t)r) : -1;
   if (pidfd && *pidfd < 0) *pidfd = -1;
   pthread_mutex_unlock(&z->mu);
   return r;

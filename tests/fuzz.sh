@@ -7,7 +7,7 @@ mkdir -p "$out/corpus"
 clang -g -O1 -fsanitize=fuzzer,address,undefined \
   -fno-sanitize-recover=undefined $(pkg-config --cflags luajit) \
   "$src/runtime/fuzz/fuzz_decode.c" "$src/runtime/ser.c" \
-  "$src/runtime/ser_enc.c" "$src/runtime/ser_dec.c" \
+  "$src/runtime/ser_enc.c" "$src/runtime/ser_dec.c" "$src/runtime/lser.c" \
   $(pkg-config --libs luajit) -o "$out/fuzz_decode"
 # Seeds: valid encodings, so the run starts deep in the format.
 luajit "$src/tests/fuzz_seeds.lua" "$out/corpus"

@@ -10,8 +10,7 @@ local function posint(v)
   return type(v) == "number" and v >= 1 and v % 1 == 0 and v < 2^53
 end
 
-local SYNC = { lock = 1, rlock = 2, semaphore = 3, bounded_semaphore = 4,
-               event = 5, condition = 6, barrier = 7 }
+local SYNC = core.sync_kinds  -- constructor name -> kind, from C
 
 function M.lock() return core.sync(SYNC.lock) end
 function M.rlock() return core.sync(SYNC.rlock) end

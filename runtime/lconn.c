@@ -1,0 +1,335 @@
+/* The Lua binding of connections (pcrun.pipe's two ends) and select over
+** them, on the handle core (lhandle.h): a connection is a handle whose
+** state is a pcr_conn (pipe.h). */
+#include "lhandle.h"
+#include "pipe.h"
+#include "proc.h"
+#include "ser.h"
+#include "shm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define CONN_MT "pcrun.Connection"
+
+typedef struct lconn {
+  pcr_conn c;
+} lconn;
+
+static int K_CONN;
+
+static double deadline_arg(lua_State *L, int idx) {
+  if (lua_isnoneornil(L, idx)) return -1;
+  double t = luaL_checknumber(L, idx);
+  luaL_argcheck(L, t == t, idx, "timeout is NaN");
+  return pcr__now() + (t < 0 ? 0 : t);
+}
+
+static lconn *newconn(lua_State *L) {
+  lconn *lc = pcr__handle_extra(pcr__handle_push(L, NULL, K_CONN));
+  lc->c.fd = -1;  /* closed until it owns something */
+  return lc;
+}
+
+/* The connection of the handle at idx (any state), or raise. */
+static lconn *checkconn(lua_State *L, int idx) {
+  return pcr__handle_extra(luaL_checkudata(L, idx, CONN_MT));
+}
+
+static lconn *toconn(lua_State *L) {
+  lconn *lc = checkconn(L, 1);
+  if (lc->c.fd < 0) luaL_error(L, "attempt to use a closed connection");
+  return lc;
+}
+
+static int l_pipe(lua_State *L) {
+  int duplex = lua_isnoneornil(L, 1) ? 1 : lua_toboolean(L, 1);
+  size_t cap = (size_t)luaL_optnumber(L, 2, (lua_Number)PCR_RING_DEFAULT);
+  lconn *a = newconn(L), *b = newconn(L);
+  int e = pcr__pipe_open(&a->c, &b->c, duplex, cap);
+  if (e == -ENOSPC)
+    return luaL_error(L, "pcrun.pipe: out of shared arena space "
+                         "(raise PCRUN_ARENA, now %d MiB)",
+                      (int)(pcr__shm_size() >> 20));
+  if (e < 0)
+    return luaL_error(L, "pcrun.pipe: cannot create pipe: %s", strerror(-e));
+  return 2;
+}
+
+static int sendframe(lua_State *L, lconn *lc, unsigned kind, const char *p,
+                     size_t n, double deadline, const char *who) {
+  for (;;) {
+    int e = pcr__conn_send(&lc->c, kind, p, n, deadline);
+    if (e == 0) return 0;
+    if (e == -EINTR) { pcr__lua_interrupted(L); continue; }
+    if (e == -ETIMEDOUT) {
+      lua_pushnil(L);
+      lua_pushliteral(L, "timeout");
+      return 2;
+    }
+    if (e == -EPIPE) return luaL_error(L, "%s: peer closed the connection", who);
+    if (e == -EBADF) return luaL_error(L, "%s: connection is not writable", who);
+    return luaL_error(L, "%s: %s", who, strerror(-e));
+  }
+}
+
+static int conn_send(lua_State *L) {
+  lconn *lc = toconn(L);
+  luaL_checkany(L, 2);
+  double deadline = deadline_arg(L, 3);
+  size_t n;
+  const char *p;
+  unsigned kind = PCR_FRAME_STRING;
+  pcr__msg_begin();
+  if (lua_type(L, 2) == LUA_TSTRING) {  /* strings go raw: no copy */
+    p = lua_tolstring(L, 2, &n);
+  } else {
+    p = pcr__ser_encode_msg(L, 2, &n, "message");
+    kind = PCR_FRAME_VALUE;
+  }
+  int r = sendframe(L, lc, kind, p, n, deadline, "send");
+  pcr__msg_end(r == 0);  /* timed out: the references go (errors: later) */
+  if (r) return r;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int conn_send_bytes(lua_State *L) {
+  lconn *lc = toconn(L);
+  size_t n;
+  const char *p = luaL_checklstring(L, 2, &n);
+  int r = sendframe(L, lc, PCR_FRAME_BYTES, p, n, deadline_arg(L, 3),
+                    "send_bytes");
+  if (r) return r;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* Receive one frame; pushes it (decoded unless raw) or nil, "timeout". */
+static int recvframe(lua_State *L, int raw, const char *who) {
+  lconn *lc = toconn(L);
+  double deadline = deadline_arg(L, 2);
+  unsigned kind;
+  const char *p;
+  size_t n;
+  for (;;) {
+    int e = pcr__conn_recv(&lc->c, &kind, &p, &n, deadline);
+    if (e == 0) break;
+    if (e == -EINTR) { pcr__lua_interrupted(L); continue; }
+    if (e == -ETIMEDOUT) {
+      lua_pushnil(L);
+      lua_pushliteral(L, "timeout");
+      return 2;
+    }
+    if (e == -EPIPE) return luaL_error(L, "%s: end of file: peer closed", who);
+    if (e == -EBADF) return luaL_error(L, "%s: connection is not readable", who);
+    return luaL_error(L, "%s: %s", who, strerror(-e));
+  }
+  if (raw || kind != PCR_FRAME_VALUE) lua_pushlstring(L, p, n);
+  else pcr__ser_decode(L, p, n, PCR_SER_TRUSTED | PCR_SER_MSG);
+  pcr__conn_done(&lc->c);
+  return 1;
+}
+
+static int conn_recv(lua_State *L) { return recvframe(L, 0, "recv"); }
+static int conn_recv_bytes(lua_State *L) {
+  return recvframe(L, 1, "recv_bytes");
+}
+
+static int conn_poll(lua_State *L) {
+  lconn *lc = toconn(L);
+  double deadline = lua_isnoneornil(L, 2) ? pcr__now() : deadline_arg(L, 2);
+  for (;;) {
+    int e = pcr__conn_poll(&lc->c, deadline);
+    if (e == -EINTR) { pcr__lua_interrupted(L); continue; }
+    if (e == -EBADF) return luaL_error(L, "poll: connection is not readable");
+    lua_pushboolean(L, e > 0);
+    return 1;
+  }
+}
+
+static int conn_close(lua_State *L) {
+  checkconn(L, 1);
+  pcr__handle_release(lua_touserdata(L, 1));
+  return 0;
+}
+
+static int conn_closed(lua_State *L) {
+  lconn *lc = checkconn(L, 1);
+  lua_pushboolean(L, lc->c.fd < 0);
+  return 1;
+}
+
+static int conn_fileno(lua_State *L) {
+  lua_pushinteger(L, toconn(L)->c.fd);
+  return 1;
+}
+
+static int conn_tostring(lua_State *L) {
+  lconn *lc = checkconn(L, 1);
+  lua_pushfstring(L, "pcrun.Connection (%s%s%s): %p",
+                  lc->c.fd < 0 ? "closed" : lc->c.in ? "r" : "",
+                  lc->c.fd >= 0 && lc->c.out ? "w" : "", "", (void *)lc);
+  return 1;
+}
+
+/* Crossing a process boundary: the rings go by offset with one reference
+** held for the receiver; the socket by (pid, fd, inode), which the
+** receiver finds in its own table (inherited through fork) or copies from
+** the sender with pidfd_getfd. */
+typedef struct wireconn {
+  uint64_t in, out, ino;
+  int32_t pid, fd;
+} wireconn;
+
+static int conn_serialize(lua_State *L) {
+  lconn *lc = toconn(L);
+  struct stat st;
+  if (fstat(lc->c.fd, &st) < 0) return luaL_error(L, "%s", strerror(errno));
+  wireconn w = {lc->c.in ? pcr__shm_offset(lc->c.in) : 0,
+                lc->c.out ? pcr__shm_offset(lc->c.out) : 0,
+                (uint64_t)st.st_ino, (int32_t)getpid(), lc->c.fd};
+  /* In a message the receiver adopts a hold; pcrun.encode's output may be
+  ** decoded many times or never, so each decode takes its own. */
+  if (pcr__ser_msg) pcr__conn_hold(lc->c.in, lc->c.out);
+  lua_pushlstring(L, (const char *)&w, sizeof w);
+  return 1;
+}
+
+static int samesock(int fd, uint64_t ino) {
+  struct stat st;
+  return fd >= 0 && fstat(fd, &st) == 0 && (uint64_t)st.st_ino == ino;
+}
+
+static pcr_ring *ringat(uint64_t off) {
+  pcr_ring *r = off ? pcr__shm_at(off, sizeof(pcr_ring)) : NULL;
+  return r && r->hdr.magic == PCR_OBJ_MAGIC && r->hdr.type == PCR_OBJ_RING
+             ? r : NULL;
+}
+
+static int conn_deserialize(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  wireconn w;
+  if (n != sizeof w) return luaL_error(L, "bad pcrun.Connection encoding");
+  memcpy(&w, s, sizeof w);
+  if (!pcr__ser_msg && !pcr__ser_trusted)
+    return luaL_error(L, "pcrun.decode: a connection in untrusted input "
+                         "(decode with { trusted = true })");
+  pcr_ring *in = ringat(w.in), *out = ringat(w.out);
+  if ((w.in && !in) || (w.out && !out))
+    return luaL_error(L, "pcrun.Connection: its buffers are gone");
+  int fd = -1;
+  if (samesock(w.fd, w.ino)) {
+    fd = fcntl(w.fd, F_DUPFD_CLOEXEC, 0);
+  } else {
+    int pfd = pcr__pidfd_open(w.pid);
+    if (pfd >= 0) {
+      fd = (int)syscall(SYS_pidfd_getfd, pfd, w.fd, 0);
+      close(pfd);
+      if (fd >= 0 && !samesock(fd, w.ino)) { close(fd); fd = -1; }
+    }
+  }
+  if (fd < 0)
+    return luaL_error(L, "pcrun.Connection: cannot receive a connection this "
+                         "process did not inherit (%s)", strerror(errno));
+  lconn *lc = newconn(L);
+  if (!pcr__ser_msg) pcr__conn_hold(in, out);
+  lc->c.in = in;
+  lc->c.out = out;
+  lc->c.fd = fd;
+  return 1;
+}
+
+/* select(conns, timeout [, spin]) -> index of the first readable one, or
+** nil. spin: seconds to poll before sleeping (default 100 us). */
+static int l_select(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  int n = (int)lua_objlen(L, 1);
+  double deadline = deadline_arg(L, 2);
+  double spin = luaL_optnumber(L, 3, 100e-6);
+  pcr_conn *cs[PCR_SELECT_MAX];
+  luaL_argcheck(L, n > 0 && n <= PCR_SELECT_MAX, 1, "1 to 1024 connections");
+  for (int i = 0; i < n; i++) {
+    lua_rawgeti(L, 1, i + 1);
+    pcr_handle *h = luaL_testudata(L, -1, CONN_MT);
+    lconn *lc = h ? pcr__handle_extra(h) : NULL;
+    if (!lc || lc->c.fd < 0 || !lc->c.in)
+      return luaL_error(L, "select: item %d is not an open readable "
+                           "connection", i + 1);
+    cs[i] = &lc->c;
+    lua_pop(L, 1);
+  }
+  for (;;) {
+    int r = pcr__conn_select(cs, n, deadline, spin);
+    if (r >= 0) { lua_pushinteger(L, r + 1); return 1; }
+    if (r == -EINTR) { pcr__lua_interrupted(L); continue; }
+    if (r == -ETIMEDOUT) return 0;
+    return luaL_error(L, "select: %s", strerror(-r));
+  }
+}
+
+/* Mark a connection as used by one process per end (pools' channels). */
+static int conn_exclusive(lua_State *L) {
+  toconn(L)->c.exclusive = lua_toboolean(L, 2);
+  return 0;
+}
+
+static const luaL_Reg conn_methods[] = {
+  {"_exclusive", conn_exclusive},
+  {"send", conn_send}, {"recv", conn_recv},
+  {"send_bytes", conn_send_bytes}, {"recv_bytes", conn_recv_bytes},
+  {"poll", conn_poll}, {"close", conn_close}, {"closed", conn_closed},
+  {"fileno", conn_fileno},
+  {NULL, NULL}
+};
+
+static void c_release(pcr_handle *h) {
+  pcr__conn_close(&((lconn *)pcr__handle_extra(h))->c);
+}
+
+/* A forked copy's rings are held by the parent until it reaps it. */
+static void c_forked(pcr_handle *h) {
+  ((lconn *)pcr__handle_extra(h))->c.borrowed = 1;
+}
+
+static void drop_reader(pcr_obj *o) { pcr__conn_drop((pcr_ring *)o, NULL); }
+static void drop_writer(pcr_obj *o) { pcr__conn_drop(NULL, (pcr_ring *)o); }
+
+static int c_hold(pcr_handle *h, int (*add)(pcr_obj *, pcr_hold_fn)) {
+  pcr_conn *c = &((lconn *)pcr__handle_extra(h))->c;
+  if (c->fd < 0) return 0;
+  if (c->in) {
+    if (add(&c->in->hdr, drop_reader) < 0) return -1;
+    atomic_fetch_add(&c->in->readers, 1);
+  }
+  if (c->out) {
+    if (add(&c->out->hdr, drop_writer) < 0) return -1;
+    atomic_fetch_add(&c->out->writers, 1);
+  }
+  return 0;
+}
+
+void pcr__lconn_open(lua_State *L) {
+  static const luaL_Reg fns[] = {
+    {"pipe", l_pipe}, {"select", l_select}, {NULL, NULL}
+  };
+  pcr_hkind k = { CONN_MT, conn_methods, NULL, sizeof(lconn), -1,
+                  c_release, c_forked, c_hold, NULL, NULL, conn_serialize,
+                  conn_deserialize };
+  K_CONN = pcr__handle_register(L, &k);
+  luaL_getmetatable(L, CONN_MT);
+  lua_pushcfunction(L, conn_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pushcfunction(L, conn_close);
+  lua_setfield(L, -2, "__gc");
+  lua_setfield(L, -2, "Connection");
+  luaL_register(L, NULL, fns);
+}
