@@ -16,6 +16,8 @@ static int l_array_new(lua_State *L) {
   size_t esize = (size_t)luaL_checknumber(L, 2);
   lua_Number n = luaL_checknumber(L, 3);
   pcr_array *a = n < 0 ? NULL : pcr__array_new(ct, esize, (uint64_t)n);
+  if (!a && n >= 0 && pcr__lua_collect(L))
+    a = pcr__array_new(ct, esize, (uint64_t)n);
   if (!a) return pcr__handle_nospace(L, lua_tostring(L, 4) ? lua_tostring(L, 4)
                                                : "pcrun.array");
   pcr__handle_push(L, &a->hdr, K_REF);

@@ -54,10 +54,10 @@ static int l_pipe(lua_State *L) {
   size_t cap = (size_t)luaL_optnumber(L, 2, (lua_Number)PCR_RING_DEFAULT);
   lconn *a = newconn(L), *b = newconn(L);
   int e = pcr__pipe_open(&a->c, &b->c, duplex, cap);
+  if (e == -ENOSPC && pcr__lua_collect(L))
+    e = pcr__pipe_open(&a->c, &b->c, duplex, cap);
   if (e == -ENOSPC)
-    return luaL_error(L, "pcrun.pipe: out of shared arena space "
-                         "(raise PCRUN_ARENA, now %d MiB)",
-                      (int)(pcr__shm_size() >> 20));
+    return pcr__handle_nospace(L, "pcrun.pipe");
   if (e < 0)
     return luaL_error(L, "pcrun.pipe: cannot create pipe: %s", strerror(-e));
   return 2;

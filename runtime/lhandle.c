@@ -149,19 +149,13 @@ double pcr__handle_timeout(lua_State *L, int idx, int id, const char *m) {
 
 /* -- Arena pressure --------------------------------------------------- */
 
-void *pcr__lua_retry(lua_State *L, void *(*alloc)(void *), void *arg) {
-  void *p = alloc(arg);
-  if (p) return p;
-  /* Garbage handles may hold most of the arena: LuaJIT collects before
-  ** it reports out of memory, and so do we. */
+int pcr__lua_collect(lua_State *L) {
+  size_t before = pcr__shm_used();
+  /* Twice: a handle anchored by a weak table of a collected object
+  ** (pcrun.array's ObjRef) becomes garbage one cycle later. */
   lua_gc(L, LUA_GCCOLLECT, 0);
-  return alloc(arg);
-}
-
-static void *shmalloc(void *n) { return pcr__shm_alloc(*(size_t *)n); }
-
-void *pcr__lua_alloc(lua_State *L, size_t n) {
-  return pcr__lua_retry(L, shmalloc, &n);
+  lua_gc(L, LUA_GCCOLLECT, 0);
+  return pcr__shm_used() < before;
 }
 
 /* -- Messages --------------------------------------------------------- */

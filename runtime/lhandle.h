@@ -90,12 +90,11 @@ int pcr__handle_nospace(lua_State *L, const char *who);
 /* A timeout argument as a deadline (< 0 none), or raise. */
 double pcr__handle_timeout(lua_State *L, int idx, int id, const char *m);
 
-/* Allocate from the arena; on failure run a full collection in this
-** process (garbage handles free their blocks) and try once more. */
-void *pcr__lua_alloc(lua_State *L, size_t n);
-/* As pcr__lua_alloc for any allocation: alloc(arg) returns NULL when the
-** arena is full, and is retried once after a full collection. */
-void *pcr__lua_retry(lua_State *L, void *(*alloc)(void *), void *arg);
+/* Arena pressure: after an allocation failed, run a full collection in
+** this process (garbage handles free their blocks, as LuaJIT collects
+** before it reports out of memory). Returns 1 when arena space was freed
+** and the caller should try once more, else 0. */
+int pcr__lua_collect(lua_State *L);
 
 /* The message-reference transaction. begin drops what a failed encode
 ** left; ref takes a reference for the receiver (0, or -1 out of memory);

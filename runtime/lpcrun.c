@@ -149,30 +149,12 @@ static int l_default_workers(lua_State *L) {
   return 1;
 }
 
-/* Raw zeroed arena memory for the pool's own bookkeeping (a lightuserdata
-** to cast with ffi); internal, freed with shm_free. */
-static int l_shm_alloc(lua_State *L) {
-  size_t n = (size_t)luaL_checknumber(L, 1);
-  void *p = pcr__shm_alloc(n);
-  if (!p) return luaL_error(L, "out of shared arena space (raise PCRUN_ARENA)");
-  memset(p, 0, n);
-  lua_pushlightuserdata(L, p);
-  return 1;
-}
-
-static int l_shm_free(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TLIGHTUSERDATA);
-  pcr__shm_free(lua_touserdata(L, 1));
-  return 0;
-}
-
 static int l_isatty(lua_State *L) {
   lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
   return 1;
 }
 
 static const luaL_Reg core_funcs[] = {
-  {"shm_alloc", l_shm_alloc}, {"shm_free", l_shm_free},
   {"isatty", l_isatty},
   {"default_workers", l_default_workers},
   {"fork", l_fork}, {"child_exit", l_child_exit},
@@ -185,6 +167,8 @@ static const luaL_Reg core_funcs[] = {
 
 PCR_API int luaopen_pcrun_core(lua_State *L) {
   int e = pcr__shm_attach(0);
+  if (e < 0 && pcr__shm_env_error())
+    return luaL_error(L, "pcrun: %s", pcr__shm_env_error());
   if (e < 0)
     return luaL_error(L, "pcrun: cannot map the shared arena: %s "
                          "(check PCRUN_ARENA)", strerror(-e));

@@ -19,6 +19,7 @@ static int l_queue(lua_State *L) {
   int64_t maxsize = (int64_t)luaL_optnumber(L, 1, 0);
   int joinable = lua_toboolean(L, 2);
   pcr_queue *q = pcr__queue_new(maxsize);
+  if (!q && pcr__lua_collect(L)) q = pcr__queue_new(maxsize);
   if (!q) return pcr__handle_nospace(L, joinable ? "pcrun.joinable_queue" : "pcrun.queue");
   q->hdr.flags = joinable;  /* puts count unfinished tasks */
   pcr__handle_push(L, &q->hdr, joinable ? K_JQUEUE : K_QUEUE);
@@ -71,6 +72,10 @@ static int q_put_(lua_State *L, int nowait, const char *m) {
   putctx c = { q, kind, p, n, NULL, 0 };
   c.nrefs = pcr__msg_refs(&c.refs);
   int e = pcr__lua_blocking(L, deadline, 1, putop, &c);
+  /* Out of arena: collect and try again, unless the frame carries
+  ** references (a finalizer that sends would end our transaction). */
+  if (e == -ENOSPC && c.nrefs == 0 && pcr__lua_collect(L))
+    e = pcr__lua_blocking(L, deadline, 1, putop, &c);
   if (e) {
     pcr__msg_end(0);  /* not sent: its references go */
     if (e == -ETIMEDOUT) {

@@ -35,7 +35,9 @@ static int l_sync(lua_State *L) {
   const char *action = NULL;
   if (kind == PCR_SYNC_BARRIER && !lua_isnoneornil(L, 3))  /* may raise */
     action = pcr__ser_encode_named(L, 3, &n, "action");
-  pcr_sync *s = pcr__sync_new((uint32_t)kind, (int64_t)luaL_optnumber(L, 2, 0));
+  int64_t value = (int64_t)luaL_optnumber(L, 2, 0);
+  pcr_sync *s = pcr__sync_new((uint32_t)kind, value);
+  if (!s && pcr__lua_collect(L)) s = pcr__sync_new((uint32_t)kind, value);
   if (!s) return pcr__handle_nospace(L, ctor[kind]);
   if (kind == PCR_SYNC_COND) {  /* arg 3: the lock handle */
     pcr_handle *lh = lua_touserdata(L, 3);
@@ -49,7 +51,9 @@ static int l_sync(lua_State *L) {
     s->cond_lock = (pcr_sync *)lh->o;
   }
   if (action) {
-    if (!(s->blob = pcr__shm_alloc(n))) {
+    s->blob = pcr__shm_alloc(n);
+    if (!s->blob && pcr__lua_collect(L)) s->blob = pcr__shm_alloc(n);
+    if (!s->blob) {
       pcr__obj_unref(&s->hdr);
       return pcr__handle_nospace(L, "pcrun.barrier");
     }

@@ -1,6 +1,7 @@
 /* The pcrun command: a thin host on the embedding API. Runs a script, a
 ** string or stdin; Ctrl-C becomes a Lua error and exit status 130. */
 #include "pcrun.h"
+#include "shm.h"  /* pcr__shm_env_error */
 
 #include <lua.h>
 #include <luajit.h>
@@ -82,6 +83,10 @@ int main(int argc, char **argv) {
     return 1;
   }
   pcr_runtime *rt;
+  if (pcr__shm_env_error()) {  /* say what is wrong, not "out of arena" */
+    fprintf(stderr, "pcrun: %s\n", pcr__shm_env_error());
+    return 1;
+  }
   int r = pcr_open(&rt, &o);
   if (r) {
     fprintf(stderr, "pcrun: cannot start: %s\n", pcr_strerror(r));

@@ -16,22 +16,39 @@
 #define RECHECK 1.0        /* seconds; see pcr_conn.shared */
 #define HDR 8
 #define INDIRECT 0x80     /* frame kind flag: payload is an arena block */
+#define STREAM 0x40       /* frame kind flag: payload comes in segments */
+#define ABORT UINT64_MAX  /* segment header: the sender gave up, drop it */
 #define BIG ((size_t)1 << 18)  /* frames from here on go through a block */
+
+/* Copy n bytes at counter t of r out (no locking: a dtor or the reader). */
+static void peek(pcr_ring *r, uint64_t t, void *p, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    ((char *)p)[i] = r->data[(t + i) & (r->cap - 1)];
+}
 
 /* A ring's last reference: free the arena blocks of frames nobody read. */
 static void ringdtor(pcr_obj *o) {
   pcr_ring *r = (pcr_ring *)o;
   uint64_t t = atomic_load(&r->tail), h = atomic_load(&r->head);
   while (h - t >= HDR) {
-    uint64_t hdr, off;
-    for (int i = 0; i < HDR; i++)
-      ((char *)&hdr)[i] = r->data[(t + i) & (r->cap - 1)];
+    uint64_t hdr, off, seg;
+    peek(r, t, &hdr, HDR);
     t += HDR;
+    if (hdr & STREAM) {  /* segments up to the length, or an abort */
+      uint64_t left = hdr >> 8;
+      while (left && h - t >= HDR) {
+        peek(r, t, &seg, HDR);
+        t += HDR;
+        if (seg == ABORT || seg > left) break;
+        t += seg;
+        left -= seg;
+      }
+      continue;
+    }
     size_t len = (hdr & INDIRECT) ? sizeof off : (size_t)(hdr >> 8);
     if (h - t < len) break;  /* a writer died mid-frame */
     if (hdr & INDIRECT) {
-      for (size_t i = 0; i < sizeof off; i++)
-        ((char *)&off)[i] = r->data[(t + i) & (r->cap - 1)];
+      peek(r, t, &off, sizeof off);
       pcr__shm_free(pcr__shm_at(off, (size_t)(hdr >> 8)));
     }
     t += len;
@@ -166,6 +183,43 @@ static int lockring(pcr_lock *l, double deadline) {
   return e == PCR_LOCK_OWNERDEAD ? 0 : e;  /* its frame is lost, not ours */
 }
 
+/* A frame larger than the ring: its header, then segments (a length and
+** that many bytes) as room frees up. Each write leaves room for one more
+** header, so that a sender whose deadline passes (or whom a signal
+** interrupts) can always end the frame with ABORT: the reader drops what
+** it got of it, and nothing is left half-sent. Caller holds wlock. */
+static int stream(pcr_conn *c, pcr_ring *r, unsigned kind, const char *s,
+                  size_t n, double deadline) {
+  uint64_t h = ((uint64_t)n << 8) | kind | STREAM;
+  size_t done = 0;
+  int started = 0, e = 0;
+  while (done < n) {
+    size_t need = (started ? 0 : HDR) + 2 * HDR + 1;
+    size_t room = pcr__ring_room(r, need);
+    if (room < need) {
+      e = waitfor(c, r, &r->wsleep, space, need, deadline);
+      if (e < 0) break;
+      continue;
+    }
+    if (!started) {
+      pcr__ring_write(r, &h, HDR);
+      room -= HDR;
+      started = 1;
+    }
+    uint64_t k = room - 2 * HDR;
+    if (k > n - done) k = n - done;
+    pcr__ring_write_frame(r, &k, HDR, s + done, (size_t)k);
+    done += (size_t)k;
+    wake(c, &r->rsleep);
+  }
+  if (e < 0 && started) {  /* room for it was kept */
+    uint64_t abort_ = ABORT;
+    pcr__ring_write(r, &abort_, HDR);
+    wake(c, &r->rsleep);
+  }
+  return e;
+}
+
 int pcr__conn_send(pcr_conn *c, unsigned kind, const void *p, size_t n,
                    double deadline) {
   pcr_ring *r = c->out;
@@ -195,17 +249,9 @@ int pcr__conn_send(pcr_conn *c, unsigned kind, const void *p, size_t n,
     pcr__ring_write_frame(r, &h, HDR, s, n);
     done = total;
   }
-  while (e == 0 && done < total) {
-    size_t k;
-    if (done < HDR) k = pcr__ring_write(r, (char *)&h + done, HDR - done);
-    else k = pcr__ring_write(r, s + (done - HDR), total - done);
-    if (k) { done += k; wake(c, &r->rsleep); continue; }
-    e = waitfor(c, r, &r->wsleep, space, 1, done ? -1 : deadline);
-    if (e == -EINTR && done) e = 0;  /* never leave half a frame */
-    if (e < 0) break;
-  }
-  if (done == total) wake(c, &r->rsleep);
-  else if (blk && done < HDR) pcr__shm_free(blk);
+  if (e == 0 && done < total) e = stream(c, r, kind, s, n, deadline);
+  else if (done == total) wake(c, &r->rsleep);
+  if (e < 0 && blk) pcr__shm_free(blk);
   pcr__lock_unlock(&r->wlock);
   return e < 0 ? e : 0;
 }
@@ -222,10 +268,37 @@ static int reserve(pcr_conn *c, size_t n) {
   return 0;
 }
 
+/* Read exactly n bytes, waiting as long as the sender takes. */
+static int readall(pcr_conn *c, pcr_ring *r, char *p, size_t n) {
+  for (size_t got = 0; got < n;) {
+    size_t k = pcr__ring_read(r, p + got, n - got);
+    if (k) { got += k; wake(c, &r->wsleep); continue; }
+    int e = waitfor(c, r, &r->rsleep, avail, 1, -1);
+    if (e < 0 && e != -EINTR) return e;
+  }
+  return 0;
+}
+
+/* A streamed frame's segments into c->buf: 0, -EAGAIN (the sender
+** aborted it) or a negative errno. */
+static int readstream(pcr_conn *c, pcr_ring *r, size_t len) {
+  for (size_t got = 0; got < len;) {
+    uint64_t seg;
+    int e = readall(c, r, (char *)&seg, HDR);
+    if (e < 0) return e;
+    if (seg == ABORT) return -EAGAIN;
+    if (seg > len - got) return -EPROTO;
+    if ((e = readall(c, r, c->buf + got, (size_t)seg)) < 0) return e;
+    got += (size_t)seg;
+  }
+  return 0;
+}
+
 int pcr__conn_recv(pcr_conn *c, unsigned *kind, const char **p, size_t *n,
                    double deadline) {
   pcr_ring *r = c->in;
   if (c->fd < 0 || !r) return -EBADF;
+again:;
   int e = lockring(&r->rlock, deadline);
   if (e < 0) return e;
   uint64_t h;
@@ -240,7 +313,15 @@ int pcr__conn_recv(pcr_conn *c, unsigned *kind, const char **p, size_t *n,
   size_t len = (size_t)(h >> 8);
   if (h & INDIRECT) len = sizeof(uint64_t);
   if ((e = reserve(c, len + 1)) < 0) goto out;
-  for (got = 0; got < len;) {
+  if (h & STREAM) {
+    e = readstream(c, r, len);
+    if (e == -EAGAIN) {  /* the sender gave up: read the next frame */
+      pcr__lock_unlock(&r->rlock);
+      goto again;
+    }
+    if (e < 0) goto out;
+  }
+  for (got = (h & STREAM) ? len : 0; got < len;) {
     size_t k = pcr__ring_read(r, c->buf + got, len - got);
     if (k) { got += k; wake(c, &r->wsleep); continue; }
     e = waitfor(c, r, &r->rsleep, avail, 1, -1);
@@ -248,7 +329,7 @@ int pcr__conn_recv(pcr_conn *c, unsigned *kind, const char **p, size_t *n,
     if (e < 0) goto out;
   }
   wake(c, &r->wsleep);
-  *kind = (unsigned)(h & 0x7f);
+  *kind = (unsigned)(h & 0x3f);
   *p = c->buf;
   *n = len;
   if (h & INDIRECT) {

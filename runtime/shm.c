@@ -5,6 +5,7 @@
 #include "futex.h"
 #include "pcrdef.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -44,22 +45,60 @@ static size_t mapsize;
 char *pcr__shm_base(void) { return base; }
 size_t pcr__shm_size(void) { return mapsize; }
 
-static size_t envsize(void) {
-  const char *s = getenv("PCRUN_ARENA");
-  if (!s || !*s) return PCR_ARENA_DEFAULT;
-  char *end;
-  double v = strtod(s, &end);
-  switch (*end) {
-  case 'k': case 'K': v *= 1024; break;
-  case 'm': case 'M': v *= 1024 * 1024; break;
-  case 'g': case 'G': v *= 1024.0 * 1024 * 1024; break;
+/* PCRUN_ARENA: <n>[K|M|G] (binary units, either case), from 1M to 1T.
+** Returns the size, or 0 with *why set when the value is refused. */
+static size_t envparse(const char *s, const char **why) {
+  uint64_t v = 0;
+  const char *p = s;
+  *why = NULL;
+  if (*p < '0' || *p > '9') goto bad;
+  for (; *p >= '0' && *p <= '9'; p++) {
+    if (v > (UINT64_MAX - 9) / 10) goto big;
+    v = v * 10 + (uint64_t)(*p - '0');
   }
-  return v < (1 << 20) ? ((size_t)1 << 20) : (size_t)v;
+  unsigned shift = 0;
+  switch (*p) {
+  case 'k': case 'K': shift = 10; p++; break;
+  case 'm': case 'M': shift = 20; p++; break;
+  case 'g': case 'G': shift = 30; p++; break;
+  case '\0': break;
+  default: goto bad;
+  }
+  if (*p) goto bad;
+  if (v > (PCR_ARENA_MAX >> shift)) goto big;
+  v <<= shift;
+  if (v < PCR_ARENA_MIN) {
+    *why = "is below the minimum, 1M";
+    return 0;
+  }
+  return (size_t)v;
+big:
+  *why = "is above the maximum, 1024G";
+  return 0;
+bad:
+  *why = "is not a size";
+  return 0;
+}
+
+const char *pcr__shm_env_error(void) {
+  static char msg[256];
+  const char *s = getenv("PCRUN_ARENA"), *why;
+  if (!s || !*s || envparse(s, &why)) return NULL;
+  snprintf(msg, sizeof msg, "PCRUN_ARENA='%.64s' %s: give the shared arena's "
+           "size as <n>[K|M|G] from 1M to 1024G, e.g. PCRUN_ARENA=512M or "
+           "PCRUN_ARENA=4G", s, why);
+  return msg;
+}
+
+static size_t envsize(void) {
+  const char *s = getenv("PCRUN_ARENA"), *why;
+  if (!s || !*s) return PCR_ARENA_DEFAULT;
+  return envparse(s, &why);
 }
 
 int pcr__shm_attach(size_t size) {
   if (base) return 0;
-  if (size == 0) size = envsize();
+  if (size == 0 && (size = envsize()) == 0) return -EINVAL;
   size = PCR_ALIGN_UP(size, 1 << 21);
   int fd = memfd_create("pcrun-arena", MFD_CLOEXEC);
   if (fd < 0) return -errno;

@@ -9,11 +9,17 @@
 #include <stdint.h>
 
 #define PCR_ARENA_DEFAULT ((size_t)1 << 30)
+#define PCR_ARENA_MIN ((uint64_t)1 << 20)   /* PCRUN_ARENA's bounds */
+#define PCR_ARENA_MAX ((uint64_t)1 << 40)
 
 /* Map the arena of `size` bytes (0: $PCRUN_ARENA, else 1 GiB) if this
 ** process has none yet. Returns 0 or a negative errno. Parent only, before
 ** forking the processes that are to share it; idempotent. */
 int pcr__shm_attach(size_t size);
+
+/* Why $PCRUN_ARENA is refused (a message naming the variable, its value
+** and the accepted forms), or NULL when it is unset or valid. */
+const char *pcr__shm_env_error(void);
 
 /* Base address and size of the arena, or NULL/0 before attach. */
 char *pcr__shm_base(void);

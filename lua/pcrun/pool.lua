@@ -185,8 +185,16 @@ end
 
 -- -- Workers -----------------------------------------------------------
 
+-- Each worker's channel: 1 MiB rings, smaller in a small arena so that
+-- the channels take at most 1/8 of it (PCRUN_ARENA=8M still runs pool(2)).
+local function ringsize(n)
+  local r = 2^20
+  while r > 4096 and 4 * r * n > core.arena().size / 8 do r = r / 2 end
+  return r
+end
+
 local function spawn(self, i)
-  local a, b = core.pipe(true)
+  local a, b = core.pipe(true, self.ring)
   a:_exclusive(true)
   local w = { index = i, slot = i - 1, conn = a, wconn = b, inflight = qnew(),
               fns = {}, nfns = 0, done = 0, queued = 0,
@@ -215,10 +223,13 @@ local function stopworker(w, sig)
 end
 
 -- Runs from __gc or at exit: the pool object itself may be gone. box
--- holds the progress slots so they are freed once.
+-- holds the progress slots' handle, released once, and the pid of the
+-- process that owns the pool: a worker forked later inherits this
+-- finalizer and must not act on its parent's pool.
 local function shutdown(ws, box)
+  if core.getpid() ~= box.pid then return end
   for _, w in ipairs(ws) do pcall(stopworker, w, 15) end
-  if box[1] then core.shm_free(box[1]) box[1] = nil end
+  if box[1] then core.release(box[1]) box[1] = nil end
 end
 
 -- -- Jobs and chunks ----------------------------------------------------
@@ -661,6 +672,7 @@ function M.new(n, opts)
   end
   local self = setmetatable({}, Pool)
   self.n = n or core.default_workers()
+  self.ring = ringsize(self.n)
   self.initializer = opts.initializer
   local ia = opts.initargs or {}
   self.initargs = pack(unpack(ia, 1, ia.n or #ia))
@@ -668,8 +680,9 @@ function M.new(n, opts)
   local env = os.getenv("PCRUN_PROGRESS")
   self.progress = (opts.progress or (env ~= nil and env ~= "" and env ~= "0"))
                   and core.isatty(2)
-  self.mem = core.shm_alloc(8 * self.n)  -- progress: chunk id, item
-  self.membox = { self.mem }
+  local ref, mem = core.array_new("uint32_t", 4, 2 * self.n, "pcrun.pool")
+  self.mem = mem  -- progress: chunk id, item
+  self.membox = { ref, pid = core.getpid() }
   self.workers, self.jobs, self.retry = {}, {}, {}
   self.fnids = setmetatable({}, { __mode = "k" })
   self.costs = {}  -- seconds per task, by function id

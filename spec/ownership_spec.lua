@@ -1,0 +1,172 @@
+-- Ownership across fork (issue 9): every arena object has one owner at
+-- every moment; a forked copy never frees its parent's objects; arena
+-- pressure runs the collector; timeouts hold whatever the size;
+-- PCRUN_ARENA is parsed strictly. Each case runs in a CLI process of its
+-- own (its own arena) and reports the arena's use at the end.
+local helpers = require "helpers"
+
+local has = helpers.assert_has
+local MiB = 2^20
+
+local function run(src, env, timeout)
+  return helpers.run_cli({ "-e", src }, nil,
+                         { env = env or {}, timeout = timeout or 60 })
+end
+
+describe("ownership", function()
+  after_each(function()
+    helpers.assert_no_children()
+  end)
+
+  -- Case 1: workers forked while an older pool is garbage inherit its
+  -- finalizer; collecting it there freed the parent's block (abort 134).
+  it("lets a worker collect a pool it inherited without freeing it",
+     function()
+    local r = run([[
+      local pcrun = require "pcrun"
+      local a = pcrun.pool(1); a = nil
+      local b = pcrun.pool(1)
+      print(b:apply(function() collectgarbage() collectgarbage() return 1 end))
+      collectgarbage()
+      b:close() b:join() b = nil
+      collectgarbage() collectgarbage()
+      print("survived", pcrun.arena().used)
+    ]])
+    assert.are.equal(0, r.status, r.stderr)
+    assert.are.equal("1\nsurvived\t0\n", r.stdout)
+  end)
+
+  it("survives pools that are mapped and left to the GC", function()
+    local r = run([[
+      local pcrun = require "pcrun"
+      local function f()
+        local p = pcrun.pool(2)
+        return p:map(function(x) collectgarbage() return x + 1 end,
+                     { 1, 2, 3, 4 })[4]
+      end
+      local s = 0
+      for i = 1, 40 do s = s + f() end
+      collectgarbage() collectgarbage()
+      print(s, pcrun.arena().used)
+    ]], nil, 120)
+    assert.are.equal(0, r.status, r.stderr)
+    assert.are.equal("200\t0\n", r.stdout)
+  end)
+
+  -- Case 5: garbage handles used to exhaust the arena.
+  for _, case in ipairs {
+    { "pipes", "local a, b = pcrun.pipe()" },
+    { "8 MB arrays", "local a = pcrun.array('double', 2^20)" },
+    { "queues", "local q = pcrun.queue() q:put(('x'):rep(1e6))" },
+  } do
+    it("collects garbage " .. case[1] .. " when the arena is full",
+       function()
+      local r = run(([[
+        local pcrun = require "pcrun"
+        for i = 1, 300 do %s end
+        collectgarbage() collectgarbage()
+        print("used", pcrun.arena().used)
+      ]]):format(case[2]), { PCRUN_ARENA = "256M" })
+      assert.are.equal(0, r.status, r.stderr)
+      assert.are.equal("used\t0\n", r.stdout)
+    end)
+  end
+
+  it("names the arena's size and PCRUN_ARENA when it is really full",
+     function()
+    local r = run([[
+      local pcrun = require "pcrun"
+      local keep = {}
+      local ok, err = pcall(function()
+        for i = 1, 100 do keep[i] = pcrun.array("double", 2^20) end
+      end)
+      print(err)
+    ]], { PCRUN_ARENA = "64M" })
+    assert.are.equal(0, r.status, r.stderr)
+    has(r.stdout, "pcrun.array: out of shared arena space (the arena is "
+        .. "64 MiB; raise PCRUN_ARENA, e.g. PCRUN_ARENA=128M)")
+  end)
+
+  -- Case 6: PCRUN_ARENA is <n>[K|M|G] from 1M to 1024G, else pcrun stops.
+  it("refuses a PCRUN_ARENA it cannot read, naming it", function()
+    for _, v in ipairs { "abc", "0", "-1G", "64T", "nan", "inf", "512K",
+                         "2048G", "64MB", " 64M", "1.5G" } do
+      local r = run("print('ran')", { PCRUN_ARENA = v })
+      assert.are.equal(1, r.status, v)
+      assert.are.equal("", r.stdout, v)
+      has(r.stderr, "PCRUN_ARENA='" .. v .. "'", "<n>[K|M|G]",
+          "from 1M to 1024G")
+    end
+    for _, c in ipairs { { "1M", 2 * MiB }, { "8m", 8 * MiB },
+                         { "1024G", 2^40 } } do
+      local r = run("print(require('pcrun').arena().size)",
+                    { PCRUN_ARENA = c[1] })
+      assert.are.equal(0, r.status, r.stderr)
+      assert.are.equal(("%d\n"):format(c[2]), r.stdout)
+    end
+  end)
+
+  it("runs a pool in an 8M arena", function()
+    local r = run([[
+      local pcrun = require "pcrun"
+      local p = pcrun.pool(2)
+      local res = p:map(function(x) return x * 2 end, { 1, 2, 3 })
+      p:close() p:join()
+      p = nil collectgarbage() collectgarbage()
+      print(res[3], pcrun.arena().used)
+    ]], { PCRUN_ARENA = "8M" })
+    assert.are.equal(0, r.status, r.stderr)
+    assert.are.equal("6\t0\n", r.stdout)
+  end)
+
+  -- Case 4: a send's timeout held only until the message started to
+  -- stream through the ring; it must hold whatever the size and leave
+  -- nothing half-sent.
+  it("times out a large send to a reader that does not read", function()
+    local r = run([[
+      local pcrun = require "pcrun"
+      local now = require("pcrun.core").now
+      local a, b = pcrun.pipe()
+      local big = ("y"):rep(100 * 2^20)
+      local t0 = now()
+      print(a:send(big, 1))
+      local dt = now() - t0
+      print("bounded", dt >= 0.95 and dt < 1.5, dt)
+      print(b:recv(0.2))           -- the aborted frame is dropped
+      local p = pcrun.process(function() b:send(#b:recv()) end):start()
+      assert(a:send(big, 30))      -- now a reader reads: it goes through
+      print("got", a:recv(30))
+      assert(p:join(10))
+      a:close() b:close() big = nil
+      collectgarbage() collectgarbage()
+      print("used", pcrun.arena().used)
+    ]], { PCRUN_ARENA = "64M" })
+    assert.are.equal(0, r.status, r.stderr)
+    has(r.stdout, "nil\ttimeout\nbounded\ttrue", "nil\ttimeout\n",
+        ("got\t%d\n"):format(100 * MiB), "used\t0\n")
+  end)
+
+  it("times out the sixteenth of sixteen 50 MB sends nobody reads",
+     function()
+    local r = run([[
+      local pcrun = require "pcrun"
+      local now = require("pcrun.core").now
+      local a, b = pcrun.pipe()
+      local s = ("x"):rep(50 * 2^20)
+      local out = {}
+      for i = 1, 16 do
+        local t0 = now()
+        local ok, why = a:send(s, 2)
+        if not ok then
+          out[#out + 1] = ("%d %s %s"):format(i, why, now() - t0 < 2.5)
+        end
+      end
+      print(table.concat(out, ","))
+      a:close() b:close()
+      collectgarbage() collectgarbage()
+      print("used", pcrun.arena().used)
+    ]], nil, 90)
+    assert.are.equal(0, r.status, r.stderr)
+    has(r.stdout, "16 timeout true", "used\t0\n")
+  end)
+end)
