@@ -2,6 +2,7 @@
 ** them, on the handle core (lhandle.h): a connection is a handle whose
 ** state is a pcr_conn (pipe.h). */
 #include "lhandle.h"
+#include "frame.h"
 #include "pipe.h"
 #include "proc.h"
 #include "ser.h"
@@ -63,12 +64,24 @@ static int l_pipe(lua_State *L) {
   return 2;
 }
 
+/* Send one frame with the references the message being encoded took;
+** whatever the outcome but success, they are rolled back here. */
 static int sendframe(lua_State *L, lconn *lc, unsigned kind, const char *p,
                      size_t n, double deadline, const char *who) {
+  const uint64_t *refs;
+  size_t nrefs = pcr__msg_refs(&refs);
   for (;;) {
-    int e = pcr__conn_send(&lc->c, kind, p, n, deadline);
-    if (e == 0) return 0;
-    if (e == -EINTR) { pcr__lua_interrupted(L); continue; }
+    int e = pcr__conn_send(&lc->c, kind, p, n, refs, nrefs, deadline);
+    if (e == 0) {
+      pcr__msg_end(1);
+      return 0;
+    }
+    if (e == -EINTR) {
+      if (pcr__lua_sigint(L)) pcr__msg_end(0);  /* about to raise */
+      pcr__lua_interrupted(L);
+      continue;
+    }
+    pcr__msg_end(0);
     if (e == -ETIMEDOUT) {
       lua_pushnil(L);
       lua_pushliteral(L, "timeout");
@@ -76,6 +89,9 @@ static int sendframe(lua_State *L, lconn *lc, unsigned kind, const char *p,
     }
     if (e == -EPIPE) return luaL_error(L, "%s: peer closed the connection", who);
     if (e == -EBADF) return luaL_error(L, "%s: connection is not writable", who);
+    if (e == -EMSGSIZE)
+      return luaL_error(L, "%s: too many handles in one message for this "
+                           "pipe's buffer", who);
     return luaL_error(L, "%s: %s", who, strerror(-e));
   }
 }
@@ -91,11 +107,10 @@ static int conn_send(lua_State *L) {
   if (lua_type(L, 2) == LUA_TSTRING) {  /* strings go raw: no copy */
     p = lua_tolstring(L, 2, &n);
   } else {
-    p = pcr__ser_encode_msg(L, 2, &n, "message");
+    p = pcr__msg_encode(L, 2, &n, "message");
     kind = PCR_FRAME_VALUE;
   }
   int r = sendframe(L, lc, kind, p, n, deadline, "send");
-  pcr__msg_end(r == 0);  /* timed out: the references go (errors: later) */
   if (r) return r;
   lua_pushboolean(L, 1);
   return 1;
@@ -105,6 +120,7 @@ static int conn_send_bytes(lua_State *L) {
   lconn *lc = toconn(L);
   size_t n;
   const char *p = luaL_checklstring(L, 2, &n);
+  pcr__msg_begin();
   int r = sendframe(L, lc, PCR_FRAME_BYTES, p, n, deadline_arg(L, 3),
                     "send_bytes");
   if (r) return r;
@@ -198,7 +214,10 @@ static int conn_serialize(lua_State *L) {
                 (uint64_t)st.st_ino, (int32_t)getpid(), lc->c.fd};
   /* In a message the receiver adopts a hold; pcrun.encode's output may be
   ** decoded many times or never, so each decode takes its own. */
-  if (pcr__ser_msg) pcr__conn_hold(lc->c.in, lc->c.out);
+  if (pcr__ser_msg &&
+      ((lc->c.in && pcr__msg_ref(&lc->c.in->hdr, PCR_REF_READER) < 0) ||
+       (lc->c.out && pcr__msg_ref(&lc->c.out->hdr, PCR_REF_WRITER) < 0)))
+    return luaL_error(L, "out of memory");
   lua_pushlstring(L, (const char *)&w, sizeof w);
   return 1;
 }

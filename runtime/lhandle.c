@@ -2,6 +2,7 @@
 ** handles, their lifetime across fork and messages, and the helpers every
 ** binding file shares (blocking calls, arena pressure, errors). */
 #include "lhandle.h"
+#include "frame.h"
 #include "ser.h"
 
 #include <errno.h>
@@ -160,12 +161,14 @@ int pcr__lua_collect(lua_State *L) {
 
 /* -- Messages --------------------------------------------------------- */
 
-static pcr_obj **pend;  /* references taken by the message being encoded */
-static int npend, cappend;
+/* References taken by the message being encoded, as tagged offsets
+** (frame.h): the frame's list of what it carries. */
+static uint64_t *pend;
+static size_t npend, cappend;
 
 void pcr__msg_end(int sent) {
   if (!sent)
-    for (int i = 0; i < npend; i++) pcr__obj_unref(pend[i]);
+    for (size_t i = 0; i < npend; i++) pcr__frame_drop(pend[i]);
   npend = 0;
 }
 
@@ -174,32 +177,44 @@ void pcr__msg_begin(void) {
 }
 
 size_t pcr__msg_refs(const uint64_t **out) {
-  static uint64_t *offs;
-  static int cap;
-  if (npend > cap) {
-    uint64_t *p = realloc(offs, sizeof *p * (size_t)npend);
-    if (!p) {  /* without the list a freed queue would leak them: rare */
-      *out = NULL;
-      return 0;
-    }
-    offs = p;
-    cap = npend;
-  }
-  for (int i = 0; i < npend; i++) offs[i] = pcr__shm_offset(pend[i]);
-  *out = offs;
-  return (size_t)npend;
+  *out = pend;
+  return npend;
 }
 
-int pcr__msg_ref(pcr_obj *o) {
+typedef struct encargs {
+  const char *root, *p;
+  size_t n;
+} encargs;
+
+static int encode_p(lua_State *L) {
+  encargs *a = lua_touserdata(L, 1);
+  a->p = pcr__ser_encode_msg(L, 2, &a->n, a->root);
+  return 0;
+}
+
+const char *pcr__msg_encode(lua_State *L, int idx, size_t *n,
+                            const char *root) {
+  encargs a = { root, NULL, 0 };
+  lua_pushcfunction(L, encode_p);
+  lua_pushlightuserdata(L, &a);
+  lua_pushvalue(L, idx);
+  if (lua_pcall(L, 2, 0, 0)) {
+    pcr__msg_end(0);  /* what the encode took before it raised */
+    lua_error(L);
+  }
+  *n = a.n;
+  return a.p;
+}
+
+int pcr__msg_ref(pcr_obj *o, unsigned role) {
   if (npend == cappend) {
-    int cap = cappend ? 2 * cappend : 16;
-    pcr_obj **p = realloc(pend, sizeof *p * (size_t)cap);
+    size_t cap = cappend ? 2 * cappend : 16;
+    uint64_t *p = realloc(pend, sizeof *p * cap);
     if (!p) return -1;
     pend = p;
     cappend = cap;
   }
-  pcr__obj_ref(o);
-  pend[npend++] = o;
+  pend[npend++] = pcr__frame_take(o, role);
   return 0;
 }
 
@@ -319,7 +334,7 @@ static int h_serialize(lua_State *L) {
   if (k < 0 || !h->open || !h->o)
     return luaL_error(L, "cannot send a released object");
   wireobj w = { pcr__shm_offset(h->o), k, h->o->type };
-  if (pcr__ser_msg && pcr__msg_ref(h->o) < 0)  /* the receiver adopts it */
+  if (pcr__ser_msg && pcr__msg_ref(h->o, PCR_REF_PLAIN) < 0)  /* the receiver adopts it */
     return luaL_error(L, "out of memory");
   lua_pushlstring(L, (const char *)&w, sizeof w);
   return 1;

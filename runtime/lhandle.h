@@ -97,13 +97,18 @@ double pcr__handle_timeout(lua_State *L, int idx, int id, const char *m);
 int pcr__lua_collect(lua_State *L);
 
 /* The message-reference transaction. begin drops what a failed encode
-** left; ref takes a reference for the receiver (0, or -1 out of memory);
-** refs lists the arena offsets taken so far (for a frame's list); end
-** commits (sent) or rolls back. */
+** left; ref takes a reference of o in role (PCR_REF_*, frame.h) for the
+** receiver (0, or -1 out of memory); refs lists those taken so far as
+** tagged offsets, the frame's list of what it carries; end commits (sent)
+** or rolls back (each reference dropped). */
 void pcr__msg_begin(void);
-int pcr__msg_ref(pcr_obj *o);
+int pcr__msg_ref(pcr_obj *o, unsigned role);
 size_t pcr__msg_refs(const uint64_t **out);
 void pcr__msg_end(int sent);
+/* Encode the value at idx as a message (pcr__ser_encode_msg); if the
+** encode raises, the references it took are rolled back first. */
+const char *pcr__msg_encode(lua_State *L, int idx, size_t *n,
+                            const char *root);
 
 /* Fork and exit. hold takes the child's references of every live handle
 ** (*out, malloc'd, for pcr__lhandle_drop at reap); forked runs in the

@@ -1,6 +1,7 @@
 /* Frames over arena rings, with socket wake-ups only when a side sleeps:
 ** a busy sender and receiver exchange frames without a system call. */
 #include "pipe.h"
+#include "frame.h"
 #include "pcrdef.h"
 
 #include <poll.h>
@@ -17,6 +18,8 @@
 #define HDR 8
 #define INDIRECT 0x80     /* frame kind flag: payload is an arena block */
 #define STREAM 0x40       /* frame kind flag: payload comes in segments */
+#define REFS 0x20         /* frame kind flag: a list of references (count,
+                             tagged offsets) follows the header */
 #define ABORT UINT64_MAX  /* segment header: the sender gave up, drop it */
 #define BIG ((size_t)1 << 18)  /* frames from here on go through a block */
 
@@ -26,32 +29,49 @@ static void peek(pcr_ring *r, uint64_t t, void *p, size_t n) {
     ((char *)p)[i] = r->data[(t + i) & (r->cap - 1)];
 }
 
-/* A ring's last reference: free the arena blocks of frames nobody read. */
+/* A ring's last reference: free the arena blocks of frames nobody read
+** and drop the references they carry (not those of a frame its writer
+** withdrew or died writing: those were the writer's). */
 static void ringdtor(pcr_obj *o) {
   pcr_ring *r = (pcr_ring *)o;
   uint64_t t = atomic_load(&r->tail), h = atomic_load(&r->head);
   while (h - t >= HDR) {
-    uint64_t hdr, off, seg;
+    uint64_t hdr, off, seg, nrefs = 0, at = 0;
     peek(r, t, &hdr, HDR);
     t += HDR;
+    if (hdr & REFS) {
+      if (h - t < 8) break;
+      peek(r, t, &nrefs, 8);
+      at = t + 8;
+      t = at + 8 * nrefs;
+      if (h < t) break;
+    }
+    int whole = 1;
     if (hdr & STREAM) {  /* segments up to the length, or an abort */
       uint64_t left = hdr >> 8;
-      while (left && h - t >= HDR) {
+      while (left) {
+        if (h - t < HDR) break;
         peek(r, t, &seg, HDR);
         t += HDR;
-        if (seg == ABORT || seg > left) break;
+        if (seg == ABORT || seg > left || h - t < seg) break;
         t += seg;
         left -= seg;
       }
-      continue;
+      whole = left == 0;
+    } else {
+      size_t len = (hdr & INDIRECT) ? sizeof off : (size_t)(hdr >> 8);
+      if (h - t < len) break;  /* a writer died mid-frame */
+      if (hdr & INDIRECT) {
+        peek(r, t, &off, sizeof off);
+        pcr__shm_free(pcr__shm_at(off, (size_t)(hdr >> 8)));
+      }
+      t += len;
     }
-    size_t len = (hdr & INDIRECT) ? sizeof off : (size_t)(hdr >> 8);
-    if (h - t < len) break;  /* a writer died mid-frame */
-    if (hdr & INDIRECT) {
-      peek(r, t, &off, sizeof off);
-      pcr__shm_free(pcr__shm_at(off, (size_t)(hdr >> 8)));
+    for (uint64_t i = 0; whole && i < nrefs; i++) {
+      uint64_t ref;
+      peek(r, at + 8 * i, &ref, 8);
+      pcr__frame_drop(ref);
     }
-    t += len;
   }
 }
 
@@ -188,13 +208,12 @@ static int lockring(pcr_lock *l, double deadline) {
 ** header, so that a sender whose deadline passes (or whom a signal
 ** interrupts) can always end the frame with ABORT: the reader drops what
 ** it got of it, and nothing is left half-sent. Caller holds wlock. */
-static int stream(pcr_conn *c, pcr_ring *r, unsigned kind, const char *s,
-                  size_t n, double deadline) {
-  uint64_t h = ((uint64_t)n << 8) | kind | STREAM;
+static int stream(pcr_conn *c, pcr_ring *r, const char *head, size_t hn,
+                  const char *s, size_t n, double deadline) {
   size_t done = 0;
   int started = 0, e = 0;
   while (done < n) {
-    size_t need = (started ? 0 : HDR) + 2 * HDR + 1;
+    size_t need = (started ? 0 : hn) + 2 * HDR + 1;
     size_t room = pcr__ring_room(r, need);
     if (room < need) {
       e = waitfor(c, r, &r->wsleep, space, need, deadline);
@@ -202,8 +221,8 @@ static int stream(pcr_conn *c, pcr_ring *r, unsigned kind, const char *s,
       continue;
     }
     if (!started) {
-      pcr__ring_write(r, &h, HDR);
-      room -= HDR;
+      pcr__ring_write(r, head, hn);
+      room -= hn;
       started = 1;
     }
     uint64_t k = room - 2 * HDR;
@@ -221,13 +240,23 @@ static int stream(pcr_conn *c, pcr_ring *r, unsigned kind, const char *s,
 }
 
 int pcr__conn_send(pcr_conn *c, unsigned kind, const void *p, size_t n,
-                   double deadline) {
+                   const uint64_t *refs, size_t nrefs, double deadline) {
   pcr_ring *r = c->out;
   if (c->fd < 0 || !r) return -EBADF;
   if (gone(c, r, 0)) return -EPIPE;
+  /* The header and the list of references go first, in one write. */
+  uint64_t local[16], *head = local;
+  size_t hn = HDR + (nrefs ? 8 * (nrefs + 1) : 0);
+  if (hn + 3 * HDR + 1 > r->cap) return -EMSGSIZE;
+  if (hn > sizeof local && !(head = malloc(hn))) return -ENOMEM;
+  if (nrefs) {
+    head[1] = nrefs;
+    memcpy(head + 2, refs, 8 * nrefs);
+    kind |= REFS;
+  }
   int e = lockring(&r->wlock, deadline);
-  if (e < 0) return e;
-  void *blk = n >= BIG ? pcr__shm_alloc(n) : NULL;
+  if (e < 0) goto done;
+  void *blk = n >= BIG ? pcr__shm_alloc_inflight(n) : NULL;
   uint64_t off;
   if (blk) {  /* one copy here, one into the Lua string there */
     memcpy(blk, p, n);
@@ -237,22 +266,26 @@ int pcr__conn_send(pcr_conn *c, unsigned kind, const void *p, size_t n,
   }
   size_t len = n;
   if (blk) n = sizeof off;
-  uint64_t h = ((uint64_t)len << 8) | kind;
+  head[0] = ((uint64_t)len << 8) | kind;
   const char *s = p;
-  size_t done = 0, total = n + HDR;
+  size_t total = n + hn;
   size_t room = pcr__ring_room(r, total);
   if (room < total && total <= r->cap) {  /* whole or not at all */
     e = waitfor(c, r, &r->wsleep, space, total, deadline);
     room = e == 0 ? pcr__ring_room(r, total) : 0;
   }
   if (e == 0 && room >= total) {  /* it all fits */
-    pcr__ring_write_frame(r, &h, HDR, s, n);
-    done = total;
+    pcr__shm_handoff(blk);  /* the frame owns it from the publish on */
+    pcr__ring_write_frame(r, head, hn, s, n);
+    wake(c, &r->rsleep);
+  } else if (e == 0) {
+    head[0] |= STREAM;
+    e = stream(c, r, (const char *)head, hn, s, n, deadline);
   }
-  if (e == 0 && done < total) e = stream(c, r, kind, s, n, deadline);
-  else if (done == total) wake(c, &r->rsleep);
   if (e < 0 && blk) pcr__shm_free(blk);
   pcr__lock_unlock(&r->wlock);
+done:
+  if (head != local) free(head);
   return e < 0 ? e : 0;
 }
 
@@ -310,6 +343,14 @@ again:;
     if (e == -EINTR && got) e = 0;
     if (e < 0) goto out;
   }
+  if (h & REFS) {  /* the decoder adopts them by their handles' offsets */
+    uint64_t nrefs, skip[32];
+    if ((e = readall(c, r, (char *)&nrefs, 8)) < 0) goto out;
+    for (uint64_t k; nrefs; nrefs -= k) {
+      k = nrefs < 32 ? nrefs : 32;
+      if ((e = readall(c, r, (char *)skip, 8 * k)) < 0) goto out;
+    }
+  }
   size_t len = (size_t)(h >> 8);
   if (h & INDIRECT) len = sizeof(uint64_t);
   if ((e = reserve(c, len + 1)) < 0) goto out;
@@ -329,7 +370,7 @@ again:;
     if (e < 0) goto out;
   }
   wake(c, &r->wsleep);
-  *kind = (unsigned)(h & 0x3f);
+  *kind = (unsigned)(h & 0x1f);
   *p = c->buf;
   *n = len;
   if (h & INDIRECT) {

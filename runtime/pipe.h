@@ -31,10 +31,12 @@ enum { PCR_FRAME_VALUE = 1, PCR_FRAME_BYTES = 2, PCR_FRAME_STRING = 3 };
 ** Returns 0, -ENOSPC (arena full) or a negative errno. */
 int pcr__pipe_open(pcr_conn *a, pcr_conn *b, int duplex, size_t cap);
 
-/* Send one frame of n bytes. Returns 0, -EPIPE (peer closed), -ETIMEDOUT
-** or -EINTR; the last two only before the first byte went out. */
+/* Send one frame of n bytes carrying nrefs references (tagged offsets,
+** frame.h: a ring destroyed with the frame unread drops them). Returns 0,
+** -EPIPE (peer closed), -ETIMEDOUT or -EINTR (nothing sent: a frame that
+** had started is withdrawn), -EMSGSIZE (the list does not fit the ring). */
 int pcr__conn_send(pcr_conn *c, unsigned kind, const void *p, size_t n,
-                   double deadline);
+                   const uint64_t *refs, size_t nrefs, double deadline);
 
 /* Receive one frame into c->buf. *kind, *p, *n describe it, valid until the
 ** next call on c. Returns 0, -EPIPE (peer closed, nothing left),

@@ -4,6 +4,7 @@
 ** it, readers consume one by moving tail after copying it out, so a
 ** process killed mid-put or mid-get leaves no half frame behind. */
 #include "queue.h"
+#include "frame.h"
 #include "pcrdef.h"
 
 #include <sched.h>
@@ -71,8 +72,7 @@ static void droprefs(pcr_qseg *s, uint64_t t) {
   get8(s, t, &n);
   for (uint64_t i = 0; i < n; i++) {
     get8(s, t + 8 * (i + 1), &off);
-    pcr_obj *o = pcr__shm_at(off, sizeof(pcr_obj));
-    if (o && o->magic == PCR_OBJ_MAGIC) pcr__obj_unref(o);
+    pcr__frame_drop(off);
   }
 }
 
@@ -173,7 +173,7 @@ int pcr__queue_put(pcr_queue *q, unsigned kind, const void *p, size_t n,
   uint64_t off;
   size_t plen = n;
   if (n >= BIG) {  /* one copy in, one out; the ring carries the offset */
-    if (!(blk = pcr__shm_alloc(n))) return -ENOSPC;
+    if (!(blk = pcr__shm_alloc_inflight(n))) return -ENOSPC;
     memcpy(blk, p, n);
     off = pcr__shm_offset(blk);
     p = &off;
@@ -233,6 +233,7 @@ int pcr__queue_put(pcr_queue *q, unsigned kind, const void *p, size_t n,
     put8(s, at, &cnt);
     segcopyin(s, at + 8, refs, 8 * nrefs);
   }
+  pcr__shm_handoff(blk);  /* the frame owns it from the publish on */
   atomic_store_explicit(&s->head, h + need, memory_order_release);
   /* Counted after the publish: a death in between undercounts by one,
   ** which lets a bounded queue take one item more; the other order would

@@ -12,10 +12,11 @@
 #include <unistd.h>
 
 #define ARENA_MAGIC 0x41524350u   /* "PCRA" */
-#define ARENA_VERSION 1
+#define ARENA_VERSION 2
 #define MIN_SHIFT 5               /* smallest block: 32 bytes */
 #define NCLASS 48
 #define BLOCK_HDR 16
+#define NINFLIGHT 64
 /* Freed blocks keep their pages for reuse (refaulting shared memory costs
 ** more than copying it) unless they are this large. */
 #define RELEASE_MIN ((size_t)1 << 28)
@@ -37,6 +38,11 @@ typedef struct arena {
   uint64_t bump;             /* offset of never-used space */
   uint64_t used;             /* bytes in live blocks */
   uint64_t freelist[NCLASS]; /* offsets of free blocks, 0 = empty */
+  /* Large-message blocks between their allocation and their frame: the
+  ** sender's pid and the block, so that whoever reaps a sender killed
+  ** meanwhile frees it. */
+  _Atomic uint32_t ninflight;
+  struct { uint32_t pid; uint64_t off; } inflight[NINFLIGHT];
 } arena;
 
 static char *base;
@@ -180,6 +186,52 @@ void *pcr__shm_alloc(size_t n) {
   return (char *)b + BLOCK_HDR;
 }
 
+void *pcr__shm_alloc_inflight(size_t n) {
+  void *p = pcr__shm_alloc(n);
+  if (!p) return NULL;
+  arena *a = (arena *)base;
+  uint64_t off = pcr__shm_offset(p);
+  lock(a);
+  for (int i = 0; i < NINFLIGHT; i++)
+    if (!a->inflight[i].pid) {  /* all taken: unrecorded, as before */
+      a->inflight[i].off = off;
+      a->inflight[i].pid = pcr__self();
+      atomic_fetch_add(&a->ninflight, 1);
+      break;
+    }
+  pcr__lock_unlock(&a->lock);
+  return p;
+}
+
+/* Forget p's in-flight record, if any. Caller holds the arena lock. */
+static void unrecord(arena *a, uint64_t off) {
+  for (int i = 0; i < NINFLIGHT; i++)
+    if (a->inflight[i].pid && a->inflight[i].off == off) {
+      a->inflight[i].pid = 0;
+      atomic_fetch_sub(&a->ninflight, 1);
+      return;
+    }
+}
+
+void pcr__shm_handoff(void *p) {
+  arena *a = (arena *)base;
+  if (!p || !atomic_load(&a->ninflight)) return;
+  lock(a);
+  unrecord(a, pcr__shm_offset(p));
+  pcr__lock_unlock(&a->lock);
+}
+
+void pcr__shm_reap(uint32_t pid) {
+  arena *a = (arena *)base;
+  if (!a || !atomic_load(&a->ninflight)) return;
+  for (int i = 0; i < NINFLIGHT; i++) {
+    lock(a);
+    uint64_t off = a->inflight[i].pid == pid ? a->inflight[i].off : 0;
+    pcr__lock_unlock(&a->lock);
+    if (off) pcr__shm_free(base + off);  /* unrecords it */
+  }
+}
+
 void pcr__shm_free(void *p) {
   if (!p) return;
   arena *a = (arena *)base;
@@ -192,6 +244,7 @@ void pcr__shm_free(void *p) {
   }
   b->magic = BLOCK_FREE;
   lock(a);
+  if (atomic_load(&a->ninflight)) unrecord(a, pcr__shm_offset(p));
   b->next = a->freelist[b->cls];
   a->freelist[b->cls] = (uint64_t)((char *)b - base);
   a->used -= bsize;

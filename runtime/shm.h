@@ -33,6 +33,15 @@ void *pcr__shm_alloc(size_t n);
 /* Return a block from pcr__shm_alloc. NULL is a no-op. */
 void pcr__shm_free(void *p);
 
+/* A large message's block: allocated as pcr__shm_alloc, and recorded as
+** in flight with this process's pid until pcr__shm_handoff (the frame
+** that carries it is about to be published) or pcr__shm_free. Whoever
+** reaps a process calls pcr__shm_reap(pid): the blocks it left in flight
+** (killed while copying a message in) are freed. */
+void *pcr__shm_alloc_inflight(size_t n);
+void pcr__shm_handoff(void *p);
+void pcr__shm_reap(uint32_t pid);
+
 /* Offsets let a pointer cross a process boundary in encoded form. */
 uint64_t pcr__shm_offset(const void *p);
 /* Pointer for an offset, or NULL if it does not name a live object of

@@ -169,4 +169,55 @@ describe("ownership", function()
     assert.are.equal(0, r.status, r.stderr)
     has(r.stdout, "16 timeout true", "used\t0\n")
   end)
+
+  -- Case 2: a handle inside a message that never arrives.
+  it("drops the handles of a message that was never sent or never read",
+     function()
+    local r = run([[
+      local pcrun = require "pcrun"
+      collectgarbage()
+      local base = pcrun.arena().used
+      local a, b = pcrun.pipe()
+      local c, d = pcrun.pipe()
+      for i = 1, 5 do  -- the encode raises after taking c's reference
+        assert(not pcall(a.send, a, { c, coroutine.create(print) }))
+      end
+      local q = pcrun.queue(1)
+      q:put(1)
+      for i = 1, 5 do assert(q:put({ c }, 0.01) == nil) end  -- timed out
+      local q2 = pcrun.queue()
+      q2:put(("x"):rep(1e6))
+      a:send({ q2, d })  -- never read
+      q2 = nil
+      a:close() b:close() c:close() d:close() q = nil
+      collectgarbage() collectgarbage()
+      print("used", pcrun.arena().used - base)
+    ]])
+    assert.are.equal(0, r.status, r.stderr)
+    assert.are.equal("used\t0\n", r.stdout)
+  end)
+
+  -- Case 3: a sender killed while it copies a large message in.
+  it("frees the block of a large send whose sender was killed", function()
+    local r = run([[
+      local pcrun = require "pcrun"
+      local now = require("pcrun.core").now
+      collectgarbage()
+      local base = pcrun.arena().used
+      local big = ("z"):rep(200 * 2^20)
+      for round = 1, 3 do
+        local a, b = pcrun.pipe()
+        local p = pcrun.process(function() b:send(big) end):start()
+        local t = now() + 0.03
+        while now() < t do end
+        p:kill()
+        p:join(5)
+        a:close() b:close() p = nil
+        collectgarbage() collectgarbage()
+        print(round, pcrun.arena().used - base)
+      end
+    ]], nil, 90)
+    assert.are.equal(0, r.status, r.stderr)
+    assert.are.equal("1\t0\n2\t0\n3\t0\n", r.stdout)
+  end)
 end)
