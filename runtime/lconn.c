@@ -87,7 +87,9 @@ static int sendframe(lua_State *L, lconn *lc, unsigned kind, const char *p,
       lua_pushliteral(L, "timeout");
       return 2;
     }
-    if (e == -EPIPE) return luaL_error(L, "%s: peer closed the connection", who);
+    if (e == -EPIPE)
+      return pcr__lua_raise(L, "closed", "%s: peer closed the connection",
+                            who);
     if (e == -EBADF) return luaL_error(L, "%s: connection is not writable", who);
     if (e == -EMSGSIZE)
       return luaL_error(L, "%s: too many handles in one message for this "
@@ -144,7 +146,8 @@ static int recvframe(lua_State *L, int raw, const char *who) {
       lua_pushliteral(L, "timeout");
       return 2;
     }
-    if (e == -EPIPE) return luaL_error(L, "%s: end of file: peer closed", who);
+    if (e == -EPIPE)
+      return pcr__lua_raise(L, "eof", "%s: end of file: peer closed", who);
     if (e == -EBADF) return luaL_error(L, "%s: connection is not readable", who);
     return luaL_error(L, "%s: %s", who, strerror(-e));
   }

@@ -6,6 +6,7 @@
 #include "ser.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -421,6 +422,31 @@ static int l_wait_many(lua_State *L) {
   return 0;
 }
 
+int pcr__lua_raise(lua_State *L, const char *code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  luaL_where(L, 1);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  lua_concat(L, 2);
+  lua_getfield(L, LUA_REGISTRYINDEX, "pcrun.errcodes");
+  if (lua_istable(L, -1)) {
+    lua_pushvalue(L, -2);
+    lua_pushstring(L, code);
+    lua_rawset(L, -3);
+  }
+  lua_pop(L, 1);
+  return lua_error(L);
+}
+
+/* errcode(err) -> the code a binding raised err with, or nil. */
+static int l_errcode(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, "pcrun.errcodes");
+  lua_pushvalue(L, 1);
+  lua_rawget(L, -2);
+  return 1;
+}
+
 /* release(h): drop what handle h holds in this process now. */
 static int l_release(lua_State *L) {
   if (pcr__handle_kind(L, 1) < 0)
@@ -437,6 +463,7 @@ static int l_ready(lua_State *L) {
 void pcr__lhandle_open(lua_State *L) {
   static const luaL_Reg fns[] = {
     {"wait_many", l_wait_many}, {"ready", l_ready}, {"release", l_release},
+    {"errcode", l_errcode},
     {NULL, NULL}
   };
   static int atexit_set;
@@ -444,5 +471,11 @@ void pcr__lhandle_open(lua_State *L) {
     atexit_set = 1;
     atexit(pcr__lhandle_exit);
   }
+  lua_getfield(L, LUA_REGISTRYINDEX, "pcrun.errcodes");
+  if (lua_isnil(L, -1)) {
+    lua_newtable(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, "pcrun.errcodes");
+  }
+  lua_pop(L, 1);
   luaL_register(L, NULL, fns);
 }

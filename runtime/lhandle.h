@@ -84,6 +84,10 @@ static inline int pcr__handle_owned(const pcr_handle *h) {
 
 /* Messages: "pcrun.Queue:get", the method's name in errors. */
 const char *pcr__handle_who(lua_State *L, int id, const char *method);
+/* Raise the error fmt, ... (as luaL_error) recording code ("closed",
+** "eof") for it: core.errcode(err) returns the code, so that the Lua
+** layer tests codes, not the text of messages. */
+int pcr__lua_raise(lua_State *L, const char *code, const char *fmt, ...);
 /* Raise "<who>: out of shared arena space (arena is N MiB; raise
 ** PCRUN_ARENA, e.g. PCRUN_ARENA=2G)". */
 int pcr__handle_nospace(lua_State *L, const char *who);

@@ -85,7 +85,8 @@ static int q_put_(lua_State *L, int nowait, const char *m) {
       return 2;
     }
     if (e == -EPIPE)
-      return luaL_error(L, "%s: queue is closed", pcr__handle_who(L, K_QUEUE, m));
+      return pcr__lua_raise(L, "closed", "%s: queue is closed",
+                            pcr__handle_who(L, K_QUEUE, m));
     if (e == -ENOSPC) return pcr__handle_nospace(L, pcr__handle_who(L, K_QUEUE, m));
     return luaL_error(L, "%s: %s", pcr__handle_who(L, K_QUEUE, m), strerror(-e));
   }
@@ -126,7 +127,8 @@ static int q_get_(lua_State *L, int nowait, const char *m) {
       return 2;
     }
     if (e == -EPIPE)
-      return luaL_error(L, "%s: queue is closed and empty", pcr__handle_who(L, K_QUEUE, m));
+      return pcr__lua_raise(L, "eof", "%s: queue is closed and empty",
+                            pcr__handle_who(L, K_QUEUE, m));
     return luaL_error(L, "%s: %s", pcr__handle_who(L, K_QUEUE, m), strerror(-e));
   }
   switch (QM(h)->kind) {

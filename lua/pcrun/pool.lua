@@ -127,7 +127,7 @@ end
 local function reply(conn, out)
   local ok, err = pcall(conn.send, conn, out)
   if ok then return end
-  if err:find("peer closed", 1, true) then core.child_exit(0) end
+  if core.errcode(err) == "closed" then core.child_exit(0) end
   for _, r in ipairs(out) do
     local res, errs = r[2], r[3] or {}
     for k, v in pairs(res) do
@@ -334,7 +334,7 @@ local deliver1, requeue
 -- worker that is gone shows up as end of file on its pipe instead.
 local function sendbatch(self, w, batch)
   local ok, err = pcall(w.conn.send, w.conn, batch, nil)
-  if ok or err:find("peer closed", 1, true) then return end
+  if ok or core.errcode(err) == "closed" then return end
   w.fns, w.nfns = {}, 0  -- the functions of this batch never arrived
   for _ = 1, #batch do
     local c = qpop(w.inflight)

@@ -31,7 +31,7 @@ end
 local function qnext(q)
   local ok, v = pcall(q.get, q)
   if ok then return true, v end
-  if tostring(v):find("closed and empty", 1, true) then return nil end
+  if core.errcode(v) == "eof" then return nil end  -- closed and empty
   error(v, 0)
 end
 function core.Queue.__index.iter(q)
