@@ -21,4 +21,17 @@ uint64_t pcr__frame_take(pcr_obj *o, unsigned role);
 ** one that names no live object is ignored. */
 void pcr__frame_drop(uint64_t ref);
 
+/* The ledger of the references a forked process owns (not inherited
+** ones: its parent holds those for it). add records ref (already taken)
+** and keeps its index in *idx (-1: not recorded), which remove updates
+** when entries move; remove unrecords it (before it is dropped). forked
+** starts a child's own ledger; exit frees this process's ledger (its
+** references were dropped). frame_reap(pid), run by whoever reaps pid:
+** drops what pid's ledger still lists and frees its in-flight blocks. */
+void pcr__ledger_forked(void);
+void pcr__ledger_add(uint64_t ref, long *idx);
+void pcr__ledger_remove(long *idx);
+void pcr__ledger_exit(void);
+void pcr__frame_reap(uint32_t pid);
+
 #endif

@@ -130,7 +130,7 @@ static const luaL_Reg ref_m[] = {
 void pcr__larray_open(lua_State *L) {
   static const luaL_Reg fns[] = { {"array_new", l_array_new}, {NULL, NULL} };
   pcr_hkind k = { "pcrun.ObjRef", ref_m, NULL, 0, -1, NULL, NULL, NULL,
-                  NULL, NULL, NULL, NULL };
+                  NULL, NULL, NULL, NULL, NULL };
   K_REF = pcr__handle_register(L, &k);
   luaL_register(L, NULL, fns);
 }

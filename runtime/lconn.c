@@ -61,6 +61,8 @@ static int l_pipe(lua_State *L) {
     return pcr__handle_nospace(L, "pcrun.pipe");
   if (e < 0)
     return luaL_error(L, "pcrun.pipe: cannot create pipe: %s", strerror(-e));
+  pcr__handle_own(lua_touserdata(L, -2));
+  pcr__handle_own(lua_touserdata(L, -1));
   return 2;
 }
 
@@ -267,6 +269,7 @@ static int conn_deserialize(lua_State *L) {
   lc->c.in = in;
   lc->c.out = out;
   lc->c.fd = fd;
+  pcr__handle_own(lua_touserdata(L, -1));
   return 1;
 }
 
@@ -318,6 +321,15 @@ static void c_release(pcr_handle *h) {
 }
 
 /* A forked copy's rings are held by the parent until it reaps it. */
+static int c_refs(pcr_handle *h, uint64_t out[2]) {
+  pcr_conn *c = &((lconn *)pcr__handle_extra(h))->c;
+  int n = 0;
+  if (c->borrowed || c->fd < 0) return 0;
+  if (c->in) out[n++] = pcr__shm_offset(c->in) | PCR_REF_READER;
+  if (c->out) out[n++] = pcr__shm_offset(c->out) | PCR_REF_WRITER;
+  return n;
+}
+
 static void c_forked(pcr_handle *h) {
   ((lconn *)pcr__handle_extra(h))->c.borrowed = 1;
 }
@@ -344,8 +356,8 @@ void pcr__lconn_open(lua_State *L) {
     {"pipe", l_pipe}, {"select", l_select}, {NULL, NULL}
   };
   pcr_hkind k = { CONN_MT, conn_methods, NULL, sizeof(lconn), -1,
-                  c_release, c_forked, c_hold, NULL, NULL, conn_serialize,
-                  conn_deserialize };
+                  c_release, c_forked, c_hold, NULL, NULL, c_refs,
+                  conn_serialize, conn_deserialize };
   K_CONN = pcr__handle_register(L, &k);
   luaL_getmetatable(L, CONN_MT);
   lua_pushcfunction(L, conn_tostring);

@@ -88,16 +88,33 @@ pcr_handle *pcr__handle_push(lua_State *L, pcr_obj *o, int id) {
   h->kind = id;
   h->owner = pcr__self();
   h->open = 1;
+  h->lidx[0] = h->lidx[1] = -1;
   link_h(h);
   luaL_getmetatable(L, kinds[id].name);
   lua_setmetatable(L, -2);
+  if (o) pcr__handle_own(h);
   return h;
+}
+
+void pcr__handle_own(pcr_handle *h) {
+  uint64_t r[2];
+  int n;
+  if (!pcr__handle_owned(h)) return;
+  if (kinds[h->kind].refs) {
+    n = kinds[h->kind].refs(h, r);
+  } else {
+    n = h->o ? 1 : 0;
+    if (n) r[0] = pcr__shm_offset(h->o) | PCR_REF_PLAIN;
+  }
+  for (int i = 0; i < n && i < 2; i++) pcr__ledger_add(r[i], &h->lidx[i]);
 }
 
 void pcr__handle_release(pcr_handle *h) {
   if (!h->open) return;
   h->open = 0;
   unlink_h(h);
+  pcr__ledger_remove(&h->lidx[0]);  /* unrecorded before dropped */
+  pcr__ledger_remove(&h->lidx[1]);
   if (kinds[h->kind].release) kinds[h->kind].release(h);
   /* A forked copy holds no reference of its own: its parent took one for
   ** it and drops it when it reaps the copy. */
@@ -278,12 +295,16 @@ pcr_holds *pcr__lhandle_hold(void) {
 }
 
 void pcr__lhandle_forked(void) {
-  for (pcr_handle *h = live; h; h = h->next)
+  pcr__ledger_forked();
+  for (pcr_handle *h = live; h; h = h->next) {
+    h->lidx[0] = h->lidx[1] = -1;  /* the parent's entries */
     if (kinds[h->kind].forked) kinds[h->kind].forked(h);
+  }
 }
 
 void pcr__lhandle_exit(void) {
   while (live) pcr__handle_release(live);
+  pcr__ledger_exit();
 }
 
 /* -- Blocking calls --------------------------------------------------- */

@@ -32,6 +32,7 @@ typedef struct pcr_handle {
   int kind;                       /* from pcr__handle_register */
   uint32_t owner;                 /* the process whose reference this is */
   int open;                       /* 0 once released */
+  long lidx[2];                   /* its references' ledger entries */
   struct pcr_handle *prev, *next; /* live handles of this process */
   _Alignas(16) unsigned char extra[];  /* the kind's state */
 } pcr_handle;
@@ -57,6 +58,9 @@ typedef struct pcr_hkind {
   int (*hold)(pcr_handle *h, int (*add)(pcr_obj *, pcr_hold_fn));
   int (*ready)(pcr_handle *h);         /* select: a wait would not block */
   pcr_waitq *(*waitq)(pcr_handle *h);  /* select: where to sleep */
+  /* The references h owns, as tagged offsets (frame.h), at most 2;
+  ** returns how many. NULL: h->o's, plain. */
+  int (*refs)(pcr_handle *h, uint64_t out[2]);
   /* Crossing a process: NULL for the core's (offset and kind). */
   lua_CFunction serialize, deserialize;
 } pcr_hkind;
@@ -69,6 +73,11 @@ const pcr_hkind *pcr__handle_kindinfo(int id);
 /* Push a new handle of kind id on o (its reference is adopted; o may be
 ** NULL for a kind whose state is all in extra, such as a connection). */
 pcr_handle *pcr__handle_push(lua_State *L, pcr_obj *o, int id);
+/* Record h's references in this process's ledger (a forked process:
+** whoever reaps it drops them if it is killed). push does it for a
+** handle on an object; a kind whose state is filled after push (a
+** connection) calls it then. */
+void pcr__handle_own(pcr_handle *h);
 /* The kind of the handle at idx, or -1 if it is none. */
 int pcr__handle_kind(lua_State *L, int idx);
 /* Argument 1 as a live handle of kind id (or one whose base is id), or

@@ -274,7 +274,7 @@ void pcr__lqueue_fast(lua_State *L) {
 void pcr__lqueue_open(lua_State *L) {
   static const luaL_Reg fns[] = { {"queue", l_queue}, {NULL, NULL} };
   pcr_hkind k = { "pcrun.Queue", queue_m, NULL, sizeof(pcr_qmsg), -1,
-                  q_release, q_forked, NULL, q_ready, q_waitq, NULL, NULL };
+                  q_release, q_forked, NULL, q_ready, q_waitq, NULL, NULL, NULL };
   pcr__queue_init();
   K_QUEUE = pcr__handle_register(L, &k);
   k.name = "pcrun.JoinableQueue";

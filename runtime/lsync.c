@@ -427,7 +427,7 @@ static void pushfast(lua_State *L) {
   lua_pushinteger(L, EAGAIN);
   lua_setfield(L, -2, "EAGAIN");
   lua_pushnumber(L, PCR_SLICE);
-  lua_setfield(L, -2, "PCR_SLICE");
+  lua_setfield(L, -2, "SLICE");
   lua_pushinteger(L, PCR_LOCK_OWNERDEAD);
   lua_setfield(L, -2, "OWNERDEAD");
   lua_setfield(L, -2, "sync_fast");
@@ -481,7 +481,7 @@ void pcr__lsync_open(lua_State *L) {
   lua_newtable(L);  /* core.sync_kinds: constructor name -> kind */
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
     pcr_hkind k = { all[i].mt, all[i].m, NULL, 0, -1, NULL, NULL, NULL,
-                    NULL, NULL, NULL, NULL };
+                    NULL, NULL, NULL, NULL, NULL };
     if (all[i].kind == PCR_SYNC_EVENT) {
       k.ready = e_ready;
       k.waitq = s_waitq;

@@ -4,7 +4,7 @@
 #include "proc.h"
 #include "futex.h"
 #include "pcrdef.h"
-#include "shm.h"
+#include "frame.h"
 
 #include <poll.h>
 #include <sched.h>
@@ -54,7 +54,7 @@ pid_t pcr__proc_owner(void) { return owner; }
 static void forget(int i) {
   kid k = kids[i];
   kids[i] = kids[--nkids];
-  pcr__shm_reap((uint32_t)k.pid);  /* large messages it left half-sent */
+  pcr__frame_reap((uint32_t)k.pid);  /* what a killed child still owned */
   if (k.onreap) k.onreap(k.arg);
 }
 

@@ -17,6 +17,7 @@
 #define NCLASS 48
 #define BLOCK_HDR 16
 #define NINFLIGHT 64
+#define NLEDGER 1024
 /* Freed blocks keep their pages for reuse (refaulting shared memory costs
 ** more than copying it) unless they are this large. */
 #define RELEASE_MIN ((size_t)1 << 28)
@@ -43,6 +44,9 @@ typedef struct arena {
   ** meanwhile frees it. */
   _Atomic uint32_t ninflight;
   struct { uint32_t pid; uint64_t off; } inflight[NINFLIGHT];
+  /* Per process (not the root): the arena offset of its ledger of the
+  ** references it owns, for whoever reaps it (frame.c). */
+  struct { _Atomic uint32_t pid; _Atomic uint64_t off; } ledger[NLEDGER];
 } arena;
 
 static char *base;
@@ -230,6 +234,31 @@ void pcr__shm_reap(uint32_t pid) {
     pcr__lock_unlock(&a->lock);
     if (off) pcr__shm_free(base + off);  /* unrecords it */
   }
+}
+
+_Atomic uint64_t *pcr__shm_ledger(uint32_t pid, int create) {
+  arena *a = (arena *)base;
+  if (!a) return NULL;
+  for (int i = 0; i < NLEDGER; i++)
+    if (atomic_load(&a->ledger[i].pid) == pid) return &a->ledger[i].off;
+  if (!create) return NULL;
+  for (int i = 0; i < NLEDGER; i++) {
+    uint32_t free_ = 0;
+    if (atomic_compare_exchange_strong(&a->ledger[i].pid, &free_, pid)) {
+      atomic_store(&a->ledger[i].off, 0);
+      return &a->ledger[i].off;
+    }
+  }
+  return NULL;  /* all taken: this process's references go unrecorded */
+}
+
+void pcr__shm_ledger_clear(uint32_t pid) {
+  arena *a = (arena *)base;
+  for (int i = 0; a && i < NLEDGER; i++)
+    if (atomic_load(&a->ledger[i].pid) == pid) {
+      atomic_store(&a->ledger[i].off, 0);
+      atomic_store(&a->ledger[i].pid, 0);
+    }
 }
 
 void pcr__shm_free(void *p) {

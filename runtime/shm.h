@@ -42,6 +42,11 @@ void *pcr__shm_alloc_inflight(size_t n);
 void pcr__shm_handoff(void *p);
 void pcr__shm_reap(uint32_t pid);
 
+/* The slot holding the arena offset of pid's ledger (frame.c), made if
+** create; NULL if there is none (or no room). Clear drops the slot. */
+_Atomic uint64_t *pcr__shm_ledger(uint32_t pid, int create);
+void pcr__shm_ledger_clear(uint32_t pid);
+
 /* Offsets let a pointer cross a process boundary in encoded form. */
 uint64_t pcr__shm_offset(const void *p);
 /* Pointer for an offset, or NULL if it does not name a live object of

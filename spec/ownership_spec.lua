@@ -220,4 +220,37 @@ describe("ownership", function()
     assert.are.equal(0, r.status, r.stderr)
     assert.are.equal("1\t0\n2\t0\n3\t0\n", r.stdout)
   end)
+
+  -- Case 7: what a child killed by a signal owned (handles it made or
+  -- received, messages still in its pipes) is dropped when it is reaped.
+  it("drops what a killed child owned when it is reaped", function()
+    local r = run([[
+      local pcrun = require "pcrun"
+      collectgarbage()
+      local base = pcrun.arena().used
+      for round = 1, 3 do
+        local a, b = pcrun.pipe()
+        local q = pcrun.queue()
+        local p = pcrun.process(function()
+          local keep = {}
+          for k = 1, 20 do
+            local c, d = pcrun.pipe()
+            keep[k] = { c, d, pcrun.queue(), pcrun.lock() }
+            b:send({ c })
+            q:put({ d })
+          end
+          b:send("done")
+          b:recv()
+        end):start()
+        repeat local m = a:recv(5) until m == "done"
+        p:kill()
+        p:join(5)
+        a:close() b:close() q = nil
+        collectgarbage() collectgarbage()
+        print(round, pcrun.arena().used - base)
+      end
+    ]], nil, 60)
+    assert.are.equal(0, r.status, r.stderr)
+    assert.are.equal("1\t0\n2\t0\n3\t0\n", r.stdout)
+  end)
 end)

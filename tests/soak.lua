@@ -1,0 +1,156 @@
+-- make soak: ownership under churn and kills (issue 9). Not part of make
+-- test: minutes, not seconds. Three phases, then the arena's use, the
+-- process's RSS, its children and its open fds are compared with the
+-- start: arena back to the start, RSS within 1 %, no child, no new fd.
+--   SOAK_SCALE=0.1 build/pcrun tests/soak.lua     (a tenth of each phase)
+local pcrun = require "pcrun"
+local core = require "pcrun.core"
+local ffi = require "ffi"
+
+ffi.cdef [[ int kill(int pid, int sig); ]]
+
+local scale = tonumber(os.getenv("SOAK_SCALE") or "1")
+local POOLS = math.floor(10000 * scale)
+local TASKS = math.floor(1000000 * scale)
+local ROUNDS = math.floor(2000 * scale)
+
+local function rss()
+  local f = io.open("/proc/self/statm")
+  local _, res = f:read("*a"):match("(%d+)%s+(%d+)")
+  f:close()
+  return tonumber(res) * 4096
+end
+
+local function fds()
+  local n = 0
+  for _ in io.popen("ls /proc/" .. core.getpid() .. "/fd"):lines() do
+    n = n + 1
+  end
+  return n - 1  -- the ls pipe itself
+end
+
+local function children()
+  local f = io.open(("/proc/%d/task/%d/children"):format(core.getpid(),
+                                                        core.getpid()))
+  local s = f and f:read("*a") or ""
+  if f then f:close() end
+  local t = {}
+  for pid in s:gmatch("%d+") do t[#t + 1] = tonumber(pid) end
+  return t
+end
+
+local function settle()
+  for _ = 1, 3 do collectgarbage() end
+  core.reap_all(0)
+end
+
+local function state()
+  settle()
+  return { arena = pcrun.arena().used, rss = rss(), fds = fds(),
+           kids = #children() }
+end
+
+local function report(name, t0, s0)
+  local s = state()
+  print(("%-44s %6.1f s  arena %+d B  rss %+.2f %%  fds %+d  children %d")
+        :format(name, core.now() - t0, s.arena - s0.arena,
+                100 * (s.rss - s0.rss) / s0.rss, s.fds - s0.fds, s.kids))
+  return s
+end
+
+-- Warm up (first pool, first pipe: LuaJIT's and libc's own allocations).
+do
+  local p = pcrun.pool(2)
+  p:map(function(x) return x end, { 1, 2 })
+  p:close() p:join()
+  local a, b = pcrun.pipe()
+  a:send({ pcrun.queue() }) b:recv()
+end
+local start = state()
+local s0, t0 = start, core.now()
+
+-- 1. Pools left to the GC (no close), each mapping once.
+for i = 1, POOLS do
+  local p = pcrun.pool(2)
+  p:map(function(x) return x + 1 end, { 1, 2, 3 })
+  if i % 100 == 0 then collectgarbage() end
+end
+s0 = report(("%d pools left to the GC"):format(POOLS), t0, s0)
+
+-- 2. Tasks with a worker killed every 100 ms, half the results 1 MB.
+t0 = core.now()
+do
+  local p = pcrun.pool(2)
+  local killer = pcrun.process(function(ppid)
+    while true do
+      local t = core.now() + 0.1
+      while core.now() < t do core.wait(ppid, 0.02) end
+      local f = io.open(("/proc/%d/task/%d/children"):format(ppid, ppid))
+      local pids = {}
+      for pid in (f and f:read("*a") or ""):gmatch("%d+") do
+        if tonumber(pid) ~= core.getpid() then pids[#pids + 1] = pid end
+      end
+      if f then f:close() end
+      if #pids > 0 then ffi.C.kill(tonumber(pids[math.random(#pids)]), 9) end
+    end
+  end, core.getpid()):start()
+  local MB = ("m"):rep(2^20)
+  local ok, failed, i = 0, 0, 0
+  local it = p:imap_unordered(function(x)
+    if x % 2 == 0 then return MB end
+    return x
+  end, function() i = i + 1 if i <= TASKS then return i end end, 64)
+  while true do
+    local good, v = pcall(it)
+    if good then
+      if v == nil then break end
+      ok = ok + 1
+    else
+      failed = failed + 1
+    end
+  end
+  killer:terminate()
+  killer:join(5)
+  p:close() p:join()
+  print(("  tasks: %d results, %d failed with their killed worker")
+        :format(ok, failed))
+end
+s0 = report(("%d tasks, a worker killed every 100 ms"):format(TASKS), t0,
+            s0)
+
+-- 3. Pipes and queues carrying handles, killed on both sides.
+t0 = core.now()
+for r = 1, ROUNDS do
+  local a, b = pcrun.pipe()
+  local q = pcrun.queue()
+  local p = pcrun.process(function()
+    for k = 1, 50 do
+      local c, d = pcrun.pipe()
+      b:send({ c, pcrun.queue(), k })
+      q:put({ d, pcrun.lock(), ("q"):rep(k * 5000) })
+    end
+    b:recv()
+  end):start()
+  for _ = 1, r % 7 do
+    local t = a:recv(5)
+    local u = q:get(5)
+  end
+  if r % 2 == 0 then p:kill() else a:send("bye") end
+  p:join(10)
+  if r % 3 == 0 then  -- the parent side goes too: a child that dies
+    local p2 = pcrun.process(function() q:get() a:recv() os.exit(0) end)
+    p2:start() p2:kill() p2:join(10)
+  end
+  a:close() b:close() q = nil
+end
+s0 = report(("%d rounds of handles over pipes and queues"):format(ROUNDS),
+            t0, s0)
+
+local s = state()
+local okall = s.arena == start.arena and s.kids == 0 and s.fds <= start.fds
+              and math.abs(s.rss - start.rss) <= 0.01 * start.rss
+print(("end: arena %d -> %d B, rss %.1f -> %.1f MiB (%+.2f %%), fds %d -> "
+       .. "%d, children %d: %s"):format(start.arena, s.arena,
+       start.rss / 2^20, s.rss / 2^20, 100 * (s.rss - start.rss) / start.rss,
+       start.fds, s.fds, s.kids, okall and "PASS" or "FAIL"))
+os.exit(okall and 0 or 1)
