@@ -58,28 +58,17 @@ local function report(name, t0, s0)
   return s
 end
 
--- Warm up (first pool, first pipe: LuaJIT's and libc's own allocations).
-do
-  local p = pcrun.pool(2)
-  p:map(function(x) return x end, { 1, 2 })
-  p:close() p:join()
-  local a, b = pcrun.pipe()
-  a:send({ pcrun.queue() }) b:recv()
-end
-local start = state()
-local s0, t0 = start, core.now()
-
 -- 1. Pools left to the GC (no close), each mapping once.
-for i = 1, POOLS do
-  local p = pcrun.pool(2)
-  p:map(function(x) return x + 1 end, { 1, 2, 3 })
-  if i % 100 == 0 then collectgarbage() end
+local function pools(n)
+  for i = 1, n do
+    local p = pcrun.pool(2)
+    p:map(function(x) return x + 1 end, { 1, 2, 3 })
+    if i % 100 == 0 then collectgarbage() end
+  end
 end
-s0 = report(("%d pools left to the GC"):format(POOLS), t0, s0)
 
 -- 2. Tasks with a worker killed every 100 ms, half the results 1 MB.
-t0 = core.now()
-do
+local function tasks(TASKS)
   local p = pcrun.pool(2)
   local killer = pcrun.process(function(ppid)
     while true do
@@ -112,15 +101,12 @@ do
   killer:terminate()
   killer:join(5)
   p:close() p:join()
-  print(("  tasks: %d results, %d failed with their killed worker")
-        :format(ok, failed))
+  return ok, failed
 end
-s0 = report(("%d tasks, a worker killed every 100 ms"):format(TASKS), t0,
-            s0)
 
 -- 3. Pipes and queues carrying handles, killed on both sides.
-t0 = core.now()
-for r = 1, ROUNDS do
+local function rounds(ROUNDS)
+ for r = 1, ROUNDS do
   local a, b = pcrun.pipe()
   local q = pcrun.queue()
   local p = pcrun.process(function()
@@ -142,7 +128,24 @@ for r = 1, ROUNDS do
     p2:start() p2:kill() p2:join(10)
   end
   a:close() b:close() q = nil
+ end
 end
+
+-- Warm up with a little of each (LuaJIT's heap and libc's arenas grow to
+-- their working size), then measure from there.
+pools(20) tasks(2000) rounds(10)
+local start = state()
+local s0, t0 = start, core.now()
+pools(POOLS)
+s0 = report(("%d pools left to the GC"):format(POOLS), t0, s0)
+t0 = core.now()
+local ok, failed = tasks(TASKS)
+print(("  %d results, %d tasks failed with their killed worker")
+      :format(ok, failed))
+s0 = report(("%d tasks, a worker killed every 100 ms"):format(TASKS), t0,
+            s0)
+t0 = core.now()
+rounds(ROUNDS)
 s0 = report(("%d rounds of handles over pipes and queues"):format(ROUNDS),
             t0, s0)
 
