@@ -213,11 +213,13 @@ static int encode_p(lua_State *L) {
 const char *pcr__msg_encode(lua_State *L, int idx, size_t *n,
                             const char *root) {
   encargs a = { root, NULL, 0 };
+  int inmsg = pcr__ser_msg;
   lua_pushcfunction(L, encode_p);
   lua_pushlightuserdata(L, &a);
   lua_pushvalue(L, idx);
   if (lua_pcall(L, 2, 0, 0)) {
-    pcr__msg_end(0);  /* what the encode took before it raised */
+    pcr__ser_msg = inmsg;  /* a raising encode leaves it set */
+    pcr__msg_end(0);       /* what the encode took before it raised */
     lua_error(L);
   }
   *n = a.n;
