@@ -24,10 +24,11 @@ local function rss()
 end
 
 local function fds()
+  local f = io.popen("ls /proc/" .. core.getpid() .. "/fd")
+  local s = f:read("*a")
+  f:close()  -- reaps ls
   local n = 0
-  for _ in io.popen("ls /proc/" .. core.getpid() .. "/fd"):lines() do
-    n = n + 1
-  end
+  for _ in s:gmatch("%S+") do n = n + 1 end
   return n - 1  -- the ls pipe itself
 end
 
