@@ -120,16 +120,16 @@ describe("serializer", function()
     assert.same({s, s, s}, pcrun.decode(e))
   end)
 
-  it("copies a plain metatable with the table", function()
+  it("copies a plain metatable with the table when trusted", function()
     local mt = {__index = {kind = "thing"}}
-    local x = rt(setmetatable({}, mt))
+    local x = rt(setmetatable({}, mt), TRUSTED)
     assert.equal("thing", x.kind)
     assert.is_false(rawequal(getmetatable(x), mt))
   end)
 
   it("shares one copied metatable between objects", function()
     local mt = {tag = 1}
-    local x = rt({setmetatable({}, mt), setmetatable({}, mt)})
+    local x = rt({setmetatable({}, mt), setmetatable({}, mt)}, TRUSTED)
     assert.is_true(rawequal(getmetatable(x[1]), getmetatable(x[2])))
   end)
 
@@ -148,21 +148,21 @@ describe("serializer", function()
     Class.__index = Class
     package.loaded["spec_class_mod"] = Class
     pcrun.refresh_names()
-    local x = rt(setmetatable({}, Class))
+    local x = rt(setmetatable({}, Class), TRUSTED)
     assert.is_true(rawequal(getmetatable(x), Class))
     package.loaded["spec_class_mod"] = nil
     pcrun.refresh_names()
   end)
 
   it("sends modules by name and never copies them", function()
-    assert.is_true(rawequal(math, rt(math)))
-    assert.is_true(rawequal(string, rt({string})[1]))
+    assert.is_true(rawequal(math, rt(math, TRUSTED)))
+    assert.is_true(rawequal(string, rt({string}, TRUSTED)[1]))
     local mod = {answer = 42}
     package.loaded["spec_user_mod"] = mod
     pcrun.refresh_names()
     local e = pcrun.encode({m = mod})
     assert.is_nil(string.find(e, "answer", 1, true))
-    assert.is_true(rawequal(mod, pcrun.decode(e).m))
+    assert.is_true(rawequal(mod, pcrun.decode(e, TRUSTED).m))
     package.loaded["spec_user_mod"] = nil
     pcrun.refresh_names()
   end)
@@ -223,17 +223,19 @@ describe("serializer", function()
   end)
 
   it("refuses bytecode unless decoding is trusted", function()
-    local e = pcrun.encode(function() return 1 end)
-    local msg = errof(pcrun.decode, e)
-    has(msg, "pcrun.decode: functions refused")
-    has(msg, "{trusted = true}")
+    local function f() return 1 end
+    local e = pcrun.encode(f)
+    has(errof(pcrun.decode, e),
+        "pcrun.decode: a function (LuaJIT bytecode) needs {trusted = true}")
     assert.equal(1, pcrun.decode(e, {trusted = true})())
     assert.equal(1, pcrun.decode(e, {bytecode = true})())
-    has(errof(pcrun.decode, e, {trusted = false}), "functions refused")
+    has(errof(pcrun.decode, pcrun.encode({1, {f = f}}), {trusted = false}),
+        "pcrun.decode: [2].f: a function (LuaJIT bytecode) needs")
   end)
 
   it("refuses module functions by name unless trusted", function()
-    has(errof(pcrun.decode, pcrun.encode(os.execute)), "functions refused")
+    has(errof(pcrun.decode, pcrun.encode(os.execute)),
+        "pcrun.decode: a module field ('os.execute') needs {trusted = true}")
   end)
 
   it("round-trips 64-bit integer cdata", function()
@@ -496,7 +498,7 @@ describe("serializer", function()
     for _, t in ipairs(cases) do
       local e = pcrun.encode(t)
       assert.is_true(e:byte(4) == 6 or e:byte(4) == 7)
-      local d = pcrun.decode(e)
+      local d = pcrun.decode(e, TRUSTED)  -- the copied metatable
       for k, v in pairs(t) do assert.same(v, d[k]) end
       for k in pairs(d) do assert.is_not_nil(t[k]) end
     end
