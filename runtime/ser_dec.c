@@ -18,9 +18,9 @@ typedef struct dec {
   int refs;          /* stack slot of the objects table; 0 without */
   const flayout *fl; /* NULL until a packed array needs it */
   uint32_t nobj, maxobj;
-  size_t need;       /* least bytes the open tables need after this value */
-  size_t budget;     /* what max_bytes still allows; SIZE_MAX: no cap */
-  size_t maxbytes;
+  size_t entries;    /* table entries the input can still hold */
+  size_t budget;     /* what max_bytes still allows */
+  size_t maxbytes;   /* 0: no cap */
 } dec;
 
 #define TRUSTED(d) ((d)->flags & PCR_SER_TRUSTED)
@@ -294,15 +294,17 @@ static void refuse(dec *d, const unsigned char *at, const char *what)
   pfail(d, at, "%s needs {trusted = true}", what);
 }
 
-/* Counts bytes the decode allocates against max_bytes: a compare when no
-   cap was given (budget is SIZE_MAX). */
-static inline void charge(dec *d, const unsigned char *at, size_t n)
+/* Counts n bytes the decode is about to allocate against max_bytes. */
+static void charge(dec *d, const unsigned char *at, size_t n)
 {
   if (n > d->budget)
     pfail(d, at, "over the max_bytes budget (%f bytes)",
           (double)d->maxbytes);
   d->budget -= n;
 }
+
+/* Without a cap, one test: pipes and pools never pay for the count. */
+#define CHARGE(d, at, n) do { if ((d)->maxbytes) charge(d, at, n); } while (0)
 
 /* Pushes the state's environment table (rare paths only: a decode that
    keeps no slot for it costs less). */
@@ -402,18 +404,19 @@ static void dectab(dec *d, int hasmt)
 {
   lua_State *L = d->L;
   const unsigned char *at = d->p - 1;
-  size_t base = d->need + (size_t)hasmt;  /* the metatable: 1 byte or more */
   uint64_t na = rdvar(d), nh = rdvar(d);
-  /* Every element takes a byte or more (a pair two), and so do the
-     elements enclosing tables still wait for: counts that cannot fit in
-     what is left are refused before anything is allocated for them. */
+  /* Every entry is a value of its own (a pair two), and every value has a
+     tag byte of its own: all the tables of an input together declare at
+     most as many entries as it has bytes. Counted before anything is
+     allocated, so nested tables cannot each claim the bytes left. */
   size_t room = (size_t)(d->e - d->p);
-  room = room > base ? room - base : 0;
-  if (na > room || nh > (room - na) / 2)
+  if (na > room || nh > (room - na) / 2 || na + 2 * nh > d->entries)
     pfail(d, at, "truncated input (a table of %f + %f entries, room for "
-          "%f bytes)", (double)na, (double)nh, (double)room);
+          "%f)", (double)na, (double)nh,
+          (double)(room < d->entries ? room : d->entries));
+  d->entries -= na + 2 * nh;
   denter(d);
-  charge(d, at, tabcost((size_t)na, (size_t)nh));
+  CHARGE(d, at, tabcost((size_t)na, (size_t)nh));
   lua_createtable(L, (int)(na < 0x3ffffff ? na : 0x3ffffff),
                   (int)(nh < 0x3ffffff ? nh : 0x3ffffff));
   reg(d, newobj(d));
@@ -424,7 +427,6 @@ static void dectab(dec *d, int hasmt)
                                          : NULL;
   for (size_t i = 1; i <= na; i++) {
     if (a && decleaf(d, fl, &a[i])) continue;
-    d->need = base + (na - i) + 2 * nh;
     decval(d);
     lua_rawseti(L, t, (int)i);
     /* A __deserialize hook handed this table (a cycle) may resize it. */
@@ -434,23 +436,20 @@ static void dectab(dec *d, int hasmt)
     unsigned tag = d->p < d->e ? *d->p : 0;
     if (tag >= SSTR && tag < SINT) {  /* a short string key: no checks */
       size_t n = tag - SSTR;
-      charge(d, d->p, n + 25);
+      CHARGE(d, d->p, n + 25);
       d->p++;
       need(d, n);
       lua_pushlstring(L, (const char *)d->p, n);
       d->p += n;
     } else {
-      d->need = base + 2 * (nh - i) - 1;
       decval(d);
       if (lua_isnil(L, -1) || (lua_type(L, -1) == LUA_TNUMBER &&
                                lua_tonumber(L, -1) != lua_tonumber(L, -1)))
         dfail(d, "corrupt input (nil or NaN key)");
     }
-    d->need = base + 2 * (nh - i - 1);
     decval(d);
     lua_rawset(L, t);
   }
-  d->need = base - (size_t)hasmt;
   if (hasmt) {
     if (!TRUSTED(d)) untrusted_mt(d, at);
     decval(d);
@@ -483,7 +482,7 @@ static void decpacked(dec *d, int w)
   size_t n = rdlen(d, (size_t)w);
   const unsigned char *p = d->p;
   int big = n >= 0x3ffffff;
-  charge(d, at, tabcost(n, 0));
+  CHARGE(d, at, tabcost(n, 0));
   lua_createtable(L, big ? 0x3ffffff : (int)n, 0);
   reg(d, newobj(d));
   d->p += n * (size_t)w;
@@ -571,7 +570,6 @@ static void decfunc(dec *d)
 {
   lua_State *L = d->L;
   const unsigned char *at = d->p - 1;
-  size_t base = d->need;
   if (!TRUSTED(d)) refuse(d, at, "a function (LuaJIT bytecode)");
   need(d, 4);
   size_t n = d->p[0] | (size_t)d->p[1] << 8 | (size_t)d->p[2] << 16 |
@@ -579,7 +577,7 @@ static void decfunc(dec *d)
   d->p += 4;
   need(d, n);
   denter(d);
-  charge(d, at, 2 * n + 64);
+  CHARGE(d, at, 2 * n + 64);
   if (luaL_loadbufferx(L, (const char *)d->p, n, "=pcrun", "b"))
     luaL_error(L, "pcrun.decode: bad bytecode: %s", lua_tostring(L, -1));
   d->p += n;
@@ -592,12 +590,10 @@ static void decfunc(dec *d)
       d->p++;
       decupref(d, f, u);
     } else {
-      d->need = base + (nup - (uint64_t)u);
       decval(d);
       lua_setupvalue(L, f, u);
     }
   }
-  d->need = base;
   d->depth--;
 }
 
@@ -736,7 +732,7 @@ static void deccdata(dec *d, int tag)
     ord = newobj(d);
   }
   need(d, size);
-  charge(d, at, size + 32);
+  CHARGE(d, at, size + 32);
   pcr__ser_cdhelper(L, pushenv(d), E_CMAKE);
   lua_remove(L, -2);
   lua_pushinteger(L, tag == T_I64 ? 1 : tag == T_U64 ? 2 : 3);
@@ -768,7 +764,7 @@ static void decval(dec *d)
   }
   if (tag >= SSTR) {
     size_t n = tag - SSTR;
-    charge(d, d->p - 1, n + 25);
+    CHARGE(d, d->p - 1, n + 25);
     need(d, n);
     lua_pushlstring(L, (const char *)d->p, n);
     d->p += n;
@@ -803,7 +799,7 @@ static void decval(dec *d)
     size_t n;
     const char *s = rdstr(d, &n);
     uint32_t ord = newobj(d);
-    charge(d, at, n + 25);
+    CHARGE(d, at, n + 25);
     lua_pushlstring(L, s, n);
     reg(d, ord);
     break;
@@ -837,7 +833,7 @@ void pcr__ser_decode_state(lua_State *L, const flayout *fl,
   dec d = { .L = L, .p = (const unsigned char *)buf,
             .s = (const unsigned char *)buf,
             .e = (const unsigned char *)buf + len, .flags = flags, .fl = fl,
-            .budget = maxbytes ? maxbytes : SIZE_MAX, .maxbytes = maxbytes };
+            .entries = len, .budget = maxbytes, .maxbytes = maxbytes };
   luaL_checkstack(L, 8, "pcrun.decode");  /* denter checks for tables */
   if (len < 3 || d.p[0] != MAGIC)
     luaL_error(L, "pcrun.decode: not a pcrun encoding (bad header)");
@@ -851,7 +847,7 @@ void pcr__ser_decode_state(lua_State *L, const flayout *fl,
   if (refs) {
     uint64_t n = rdvar(&d);
     if (n > (uint64_t)(d.e - d.p)) dfail(&d, "corrupt input (bad count)");
-    charge(&d, NULL, tabcost((size_t)n, 0));
+    CHARGE(&d, NULL, tabcost((size_t)n, 0));
     lua_createtable(L, (int)(n < 0x3ffffff ? n : 0x3ffffff), 0);
     d.refs = base + 1;
   }

@@ -650,9 +650,9 @@ describe("serializer", function()
       assert.equal(0, r.status, r.stderr)
       local e1, e2, mb = r.stdout:match("^(.-)\n(.-)\n(%d+)\n$")
       assert.equal("pcrun.decode: [1]: truncated input (a table of 65536 + "
-                   .. "0 entries, room for 4986 bytes)", e1)
+                   .. "0 entries, room for 4998)", e1)
       assert.equal("pcrun.decode: [0]: truncated input (a table of 0 + "
-                   .. "32768 entries, room for 5985 bytes)", e2)
+                   .. "32768 entries, room for 5997)", e2)
       assert(tonumber(mb) < 16, "peak RSS grew by " .. mb .. " MB")
     end)
 
