@@ -5,7 +5,7 @@ CMAKE_FLAGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBS := luajit libluajit-5.1-dev libffi-dev lua-busted cmake gcc make pkg-config clang
 
-.PHONY: all deps build run test bench soak install clean asan
+.PHONY: all deps build run test bench soak install clean asan fuzz
 
 all: build
 
@@ -48,6 +48,12 @@ asan: deps
 	  embed_integrate embed_natives pcrun_core
 	cd $(ASAN_BUILD) && UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  ctest --output-on-failure -j 1 -L c
+
+# The decoder's libFuzzer run (tests/fuzz.sh), FUZZ_SECS seconds; make test
+# runs it for 20 s. New inputs stay in $(BUILD)/fuzz/corpus for next time.
+FUZZ_SECS ?= 600
+fuzz: build
+	FUZZ_SECS=$(FUZZ_SECS) cmake --build $(BUILD) --target fuzz
 
 # The shared-array bench sums 800 MB in the arena: map more than 1 GiB
 # (reserved lazily, so this costs nothing until used).

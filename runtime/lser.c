@@ -2,6 +2,7 @@
    pcrun.decode, pcrun.register_type, refresh_names and cdhook. The engine
    (ser.c, ser_enc.c, ser_dec.c) is kept apart from its binding, as LuaJIT
    keeps lj_serialize.c apart from lib_buffer.c. */
+#include <math.h>
 #include <lua.h>
 #include <lauxlib.h>
 
@@ -41,7 +42,7 @@ static int ser_encode(lua_State *L)
 
 static int ser_decode(lua_State *L)
 {
-  size_t n;
+  size_t n, max = 0;
   int flags = 0;
   if (lua_type(L, 1) != LUA_TSTRING)
     return luaL_error(L, "pcrun.decode: expected a string, got %s",
@@ -51,6 +52,13 @@ static int ser_decode(lua_State *L)
     lua_getfield(L, 2, "trusted");
     lua_getfield(L, 2, "bytecode");
     if (lua_toboolean(L, -1) || lua_toboolean(L, -2)) flags = PCR_SER_TRUSTED;
+    lua_getfield(L, 2, "max_bytes");
+    double m = lua_tonumber(L, -1);
+    if (!lua_isnil(L, -1) && (lua_type(L, -1) != LUA_TNUMBER || !(m >= 1) ||
+                              m != floor(m)))
+      return luaL_error(L, "pcrun.decode: max_bytes must be a positive "
+                        "integer");
+    max = lua_isnil(L, -1) ? 0 : m < 0x1p62 ? (size_t)m : (size_t)1 << 62;
   } else if (!lua_isnoneornil(L, 2)) {
     return luaL_error(L, "pcrun.decode: options must be a table, got %s",
                       luaL_typename(L, 2));
@@ -59,7 +67,8 @@ static int ser_decode(lua_State *L)
   pcr__ser_msg = 0;
   pcr__ser_trusted = flags & PCR_SER_TRUSTED;
   pcr__ser_decode_state(L,
-      &((sstate *)lua_touserdata(L, lua_upvalueindex(1)))->fl, s, n, flags);
+      &((sstate *)lua_touserdata(L, lua_upvalueindex(1)))->fl, s, n, flags,
+      max);
   pcr__ser_msg = msg;
   pcr__ser_trusted = trusted;
   return 1;
@@ -74,11 +83,19 @@ static int ser_register_type(lua_State *L)
   if (!lua_istable(L, 2))
     return luaL_error(L, "pcrun.register_type: '%s': metatable must be a "
                       "table, got %s", name, luaL_typename(L, 2));
+  if (!lua_isnoneornil(L, 3) && !lua_istable(L, 3))
+    return luaL_error(L, "pcrun.register_type: '%s': opts must be a table, "
+                      "got %s", name, luaL_typename(L, 3));
   lua_getfield(L, 2, "__serialize");
   lua_getfield(L, 2, "__deserialize");
   if (!lua_isnil(L, -2) && !lua_isfunction(L, -1))
     return luaL_error(L, "pcrun.register_type: '%s' has __serialize but no "
                       "__deserialize function", name);
+  int cap = 0;
+  if (lua_istable(L, 3)) {
+    lua_getfield(L, 3, "capability");
+    cap = lua_toboolean(L, -1);
+  }
   lua_settop(L, 2);
   sstate *S = pcr__ser_getstate(L);
   lua_getfenv(L, -1);
@@ -86,6 +103,12 @@ static int ser_register_type(lua_State *L)
   lua_pushvalue(L, 1);
   lua_pushvalue(L, 2);
   lua_rawset(L, -3);
+  if (cap) {  /* decoded only with trusted; a mark that never comes off */
+    lua_rawgeti(L, -2, E_CAPS);
+    lua_pushvalue(L, 2);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, -3);
+  }
   S->names_ok = 0;
   lua_settop(L, 2);
   return 1;

@@ -217,6 +217,8 @@ sstate *pcr__ser_getstate(lua_State *L)
   lua_createtable(L, E_KC + KCACHE, 0);
   lua_newtable(L);
   lua_rawseti(L, -2, E_TYPES);
+  lua_newtable(L);
+  lua_rawseti(L, -2, E_CAPS);
   lua_setfenv(L, -2);
   lua_pushlightuserdata(L, (void *)&statekey);
   lua_pushvalue(L, -2);

@@ -9,7 +9,7 @@
 
 #define PCR_SER_VERSION 2      /* wire format version written and read */
 #define PCR_SER_MAXDEPTH 1000  /* nesting limit, encoder and decoder */
-#define PCR_SER_TRUSTED 1      /* decode flag: allow Lua bytecode */
+#define PCR_SER_TRUSTED 1      /* decode flag: allow code and capabilities */
 #define PCR_SER_MSG 2          /* decode flag: a transport's message */
 
 /* What the encode or decode under way is, for hooks of shared objects:
@@ -38,7 +38,10 @@ const char *pcr__ser_encode_msg(lua_State *L, int idx, size_t *len,
                                 const char *root);
 
 /* Decodes len bytes at buf and pushes exactly one value. flags is 0 or
-   PCR_SER_TRUSTED; without it functions (bytecode or by name) are refused.
+   PCR_SER_TRUSTED; without it only plain data is built: functions,
+   modules, module fields, capability types (pcrun's processes, connections
+   and shared objects) and unregistered metatables are refused, and table
+   sizes are bounded by the input (docs/format.md, Threat model).
    Truncated or corrupt input raises a Lua error; buf is only read, within
    [buf, buf + len), and may be freed once the call returns. */
 void pcr__ser_decode(lua_State *L, const char *buf, size_t len, int flags);

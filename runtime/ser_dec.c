@@ -1,6 +1,7 @@
 /* ser_dec.c -- the decoder: bytes of docs/format.md back into Lua values,
    checking every length and tag, so that corrupt input raises an error.
    pcr__ser_decode() in ser.h is its entry point. */
+#include <stdarg.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -12,11 +13,17 @@
 typedef struct dec {
   lua_State *L;
   const unsigned char *p, *s, *e;
+  const unsigned char *root;  /* the root value: error paths walk from it */
   int flags, depth;
   int refs;          /* stack slot of the objects table; 0 without */
   const flayout *fl; /* NULL until a packed array needs it */
   uint32_t nobj, maxobj;
+  size_t entries;    /* table entries the input can still hold */
+  size_t budget;     /* what max_bytes still allows */
+  size_t maxbytes;   /* 0: no cap */
 } dec;
+
+#define TRUSTED(d) ((d)->flags & PCR_SER_TRUSTED)
 
 static void dfail(dec *d, const char *msg)
 {
@@ -74,6 +81,230 @@ static const char *dname(lua_State *L, const char *s, size_t n)
   lua_pushlstring(L, s, n > 60 ? 60 : n);
   return lua_tostring(L, -1);
 }
+
+/* -- Error paths ---------------------------------------------------------- */
+
+/* The decoder keeps no path while it works (pipes and pools would pay for
+   it on every value): an error that names one walks the input again from
+   the root to the value at fault, over bytes the decoder already read. */
+
+enum { S_ARR, S_KEY, S_KEYOF, S_MT, S_UPV, S_SER };
+
+typedef struct pstep {
+  int kind;
+  uint32_t idx;             /* S_ARR: the index; S_UPV: the upvalue */
+  const unsigned char *key; /* S_KEY: the key's encoding */
+} pstep;
+
+typedef struct walk {
+  const unsigned char *p, *e, *target;
+  pstep *st;
+  int n;
+} walk;
+
+static int wval(walk *w);
+
+static int wvar(walk *w, uint64_t *v)
+{
+  uint64_t x = 0;
+  for (int sh = 0; sh < 64; sh += 7) {
+    if (w->p >= w->e) return -1;
+    unsigned c = *w->p++;
+    x |= (uint64_t)(c & 0x7f) << sh;
+    if (!(c & 0x80)) {
+      if (v) *v = x;
+      return 0;
+    }
+  }
+  return -1;
+}
+
+static int wskip(walk *w, uint64_t n)
+{
+  if (n > (uint64_t)(w->e - w->p)) return -1;
+  w->p += n;
+  return 0;
+}
+
+static int wstr(walk *w)
+{
+  uint64_t n;
+  return wvar(w, &n) ? -1 : wskip(w, n);
+}
+
+/* Walks one value reached by step (kind, idx, key): 1 when the target
+   is in it (the steps to it stay), 0 past it, -1 on bytes not understood. */
+static int wsub(walk *w, int kind, uint64_t idx, const unsigned char *key)
+{
+  if (w->n > PCR_SER_MAXDEPTH + 1) return -1;
+  w->st[w->n++] = (pstep){ kind, (uint32_t)idx, key };
+  int r = wval(w);
+  if (r == 0) w->n--;
+  return r;
+}
+
+static int wval(walk *w)
+{
+  uint64_t n, m;
+  int r;
+  if (w->p == w->target) return 1;
+  if (w->p > w->target || w->p >= w->e) return -1;
+  unsigned tag = *w->p++;
+  if (tag >= SINT) return 0;
+  if (tag >= SSTR) return wskip(w, tag - SSTR);
+  switch (tag) {
+  case T_NIL: case T_FALSE: case T_TRUE: return 0;
+  case T_NUM: case T_I64: case T_U64: return wskip(w, 8);
+  case T_INT: case T_REF: return wvar(w, NULL);
+  case T_UPREF: return wvar(w, NULL) ? -1 : wvar(w, NULL);
+  case T_STR: case T_MOD: case T_TYPE: return wstr(w);
+  case T_FIELD: return wstr(w) ? -1 : wstr(w);
+  case T_EXT: return wstr(w) ? -1 : wsub(w, S_SER, 0, NULL);
+  case T_CDATA: return wstr(w) || wvar(w, NULL) ? -1 : wstr(w);
+  case T_AI32: case T_ANUM:
+    if (wvar(w, &n) || n > (uint64_t)(w->e - w->p) / 4) return -1;
+    return wskip(w, n * (tag == T_AI32 ? 4 : 8));
+  case T_FUNC:
+    if (w->e - w->p < 4) return -1;
+    n = w->p[0] | (uint64_t)w->p[1] << 8 | (uint64_t)w->p[2] << 16 |
+        (uint64_t)w->p[3] << 24;
+    w->p += 4;
+    if (wskip(w, n) || wvar(w, &m)) return -1;
+    for (uint64_t u = 1; u <= m; u++)
+      if ((r = wsub(w, S_UPV, u, NULL))) return r;
+    return 0;
+  case T_TAB: case T_TABMT:
+    if (wvar(w, &n) || wvar(w, &m)) return -1;
+    for (uint64_t i = 1; i <= n; i++)
+      if ((r = wsub(w, S_ARR, i, NULL))) return r;
+    for (uint64_t i = 0; i < m; i++) {
+      const unsigned char *k = w->p;
+      if ((r = wsub(w, S_KEYOF, 0, NULL))) return r;
+      if ((r = wsub(w, S_KEY, 0, k))) return r;
+    }
+    return tag == T_TABMT ? wsub(w, S_MT, 0, NULL) : 0;
+  }
+  return -1;
+}
+
+/* Adds a key as the encoder's paths write it: .name, ["odd key"], [3]. */
+static void addkey(lua_State *L, luaL_Buffer *lb, const unsigned char *k,
+                   const unsigned char *e, int first)
+{
+  walk w = { .p = k + 1, .e = e };
+  uint64_t n = 0;
+  if (k >= e) n = 0;
+  else if (*k >= SSTR && *k < SINT) n = *k - SSTR;
+  else if (*k == T_STR && wvar(&w, &n)) n = UINT64_MAX;
+  if (k < e && ((*k >= SSTR && *k < SINT) || *k == T_STR) &&
+      n <= (uint64_t)(e - w.p)) {
+    const char *s = (const char *)w.p;
+    size_t j = 0;
+    while (j < n && (s[j] == '_' || (unsigned)((s[j] | 32) - 'a') < 26 ||
+                     (j > 0 && (unsigned)(s[j] - '0') < 10)))
+      j++;
+    if (n > 0 && j == n && n <= 40) {
+      if (!first) luaL_addchar(lb, '.');
+      luaL_addlstring(lb, s, n);
+    } else {
+      luaL_addstring(lb, "[\"");
+      luaL_addlstring(lb, s, n > 40 ? 40 : n);
+      luaL_addstring(lb, n > 40 ? "...\"]" : "\"]");
+    }
+    return;
+  }
+  luaL_addchar(lb, '[');
+  unsigned tag = k < e ? *k : 0xff;
+  if (tag >= SINT) {
+    lua_pushinteger(L, tag - SINT);
+    luaL_addvalue(lb);
+  } else if (tag == T_INT && !wvar(&w, &n)) {
+    lua_pushnumber(L, (double)(int32_t)((uint32_t)(n >> 1) ^
+                                        (uint32_t)-(int64_t)(n & 1)));
+    luaL_addvalue(lb);
+  } else if (tag == T_NUM && e - k >= 9) {
+    double x;
+    memcpy(&x, k + 1, 8);
+    lua_pushnumber(L, x);
+    luaL_addvalue(lb);
+  } else if (tag == T_TRUE || tag == T_FALSE) {
+    luaL_addstring(lb, tag == T_TRUE ? "true" : "false");
+  } else if (tag == T_TAB || tag == T_TABMT || tag == T_AI32 ||
+             tag == T_ANUM) {
+    luaL_addstring(lb, "table");
+  } else {
+    luaL_addchar(lb, '?');
+  }
+  luaL_addchar(lb, ']');
+}
+
+/* Pushes the path from the root to the value whose tag is at (""
+   for the root, or when it cannot be found). */
+static void pushpath(dec *d, const unsigned char *at)
+{
+  lua_State *L = d->L;
+  walk w = { .p = d->root, .e = d->e, .target = at };
+  w.st = lua_newuserdata(L, sizeof(pstep) * (PCR_SER_MAXDEPTH + 2));
+  if (!d->root || wval(&w) != 1) w.n = 0;
+  luaL_Buffer lb;
+  luaL_buffinit(L, &lb);
+  for (int j = 0; j < w.n; j++) {
+    if (w.n > 16 && j == 8) {
+      luaL_addstring(&lb, "...");
+      j = w.n - 8;
+    }
+    const pstep *s = &w.st[j];
+    switch (s->kind) {
+    case S_ARR:
+      lua_pushfstring(L, "[%d]", (int)s->idx);
+      luaL_addvalue(&lb);
+      break;
+    case S_KEY: addkey(L, &lb, s->key, d->e, j == 0); break;
+    case S_KEYOF: luaL_addstring(&lb, "<key>"); break;
+    case S_MT: luaL_addstring(&lb, "<metatable>"); break;
+    case S_SER: luaL_addstring(&lb, "<__serialize>"); break;
+    case S_UPV:
+      lua_pushfstring(L, "<upvalue %d>", (int)s->idx);
+      luaL_addvalue(&lb);
+      break;
+    }
+  }
+  luaL_pushresult(&lb);
+  lua_remove(L, -2);
+}
+
+/* Raises "pcrun.decode: <path>: <msg>" for the value whose tag is at. */
+static void pfail(dec *d, const unsigned char *at, const char *fmt, ...)
+{
+  lua_State *L = d->L;
+  va_list ap;
+  lua_checkstack(L, 8);
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  pushpath(d, at);
+  const char *path = lua_tostring(L, -1);
+  lua_pushfstring(L, "pcrun.decode: %s%s%s", path, *path ? ": " : "",
+                  lua_tostring(L, -2));
+  lua_error(L);
+}
+
+static void refuse(dec *d, const unsigned char *at, const char *what)
+{
+  pfail(d, at, "%s needs {trusted = true}", what);
+}
+
+/* Counts n bytes the decode is about to allocate against max_bytes. */
+static void charge(dec *d, const unsigned char *at, size_t n)
+{
+  if (n > d->budget)
+    pfail(d, at, "over the max_bytes budget (%f bytes)",
+          (double)d->maxbytes);
+  d->budget -= n;
+}
+
+/* Without a cap, one test: pipes and pools never pay for the count. */
+#define CHARGE(d, at, n) do { if ((d)->maxbytes) charge(d, at, n); } while (0)
 
 /* Pushes the state's environment table (rare paths only: a decode that
    keeps no slot for it costs less). */
@@ -158,11 +389,34 @@ static inline int decleaf(dec *d, const flayout *fl, uint64_t *slot)
   return 1;
 }
 
+static void untrusted_mt(dec *d, const unsigned char *at);
+
+/* LuaJIT's size of a table from lua_createtable(na, nh): the GCtab, na + 1
+   array slots, nh rounded up to a power of two 24-byte nodes. */
+static size_t tabcost(size_t na, size_t nh)
+{
+  size_t h = 0;
+  if (nh) for (h = 1; h < nh; h <<= 1) {}
+  return 64 + (na ? 8 * (na + 1) : 0) + 24 * h;
+}
+
 static void dectab(dec *d, int hasmt)
 {
   lua_State *L = d->L;
-  size_t na = rdlen(d, 1), nh = rdlen(d, 2);
+  const unsigned char *at = d->p - 1;
+  uint64_t na = rdvar(d), nh = rdvar(d);
+  /* Every entry is a value of its own (a pair two), and every value has a
+     tag byte of its own: all the tables of an input together declare at
+     most as many entries as it has bytes. Counted before anything is
+     allocated, so nested tables cannot each claim the bytes left. */
+  size_t room = (size_t)(d->e - d->p);
+  if (na > room || nh > (room - na) / 2 || na + 2 * nh > d->entries)
+    pfail(d, at, "truncated input (a table of %f + %f entries, room for "
+          "%f)", (double)na, (double)nh,
+          (double)(room < d->entries ? room : d->entries));
+  d->entries -= na + 2 * nh;
   denter(d);
+  CHARGE(d, at, tabcost((size_t)na, (size_t)nh));
   lua_createtable(L, (int)(na < 0x3ffffff ? na : 0x3ffffff),
                   (int)(nh < 0x3ffffff ? nh : 0x3ffffff));
   reg(d, newobj(d));
@@ -182,6 +436,7 @@ static void dectab(dec *d, int hasmt)
     unsigned tag = d->p < d->e ? *d->p : 0;
     if (tag >= SSTR && tag < SINT) {  /* a short string key: no checks */
       size_t n = tag - SSTR;
+      CHARGE(d, d->p, n + 25);
       d->p++;
       need(d, n);
       lua_pushlstring(L, (const char *)d->p, n);
@@ -196,6 +451,7 @@ static void dectab(dec *d, int hasmt)
     lua_rawset(L, t);
   }
   if (hasmt) {
+    if (!TRUSTED(d)) untrusted_mt(d, at);
     decval(d);
     if (!lua_istable(L, -1)) dfail(d, "corrupt input (bad metatable)");
     lua_setmetatable(L, t);
@@ -222,9 +478,11 @@ static const flayout *getlayout(dec *d)
 static void decpacked(dec *d, int w)
 {
   lua_State *L = d->L;
+  const unsigned char *at = d->p - 1;
   size_t n = rdlen(d, (size_t)w);
   const unsigned char *p = d->p;
   int big = n >= 0x3ffffff;
+  CHARGE(d, at, tabcost(n, 0));
   lua_createtable(L, big ? 0x3ffffff : (int)n, 0);
   reg(d, newobj(d));
   d->p += n * (size_t)w;
@@ -269,10 +527,19 @@ static void decpacked(dec *d, int w)
   }
 }
 
-static void funcsrefused(dec *d)
+/* Whether the metatable at stack slot mt is a capability: pcrun's
+   processes, connections and shared objects, and types registered with
+   {capability = true}. Stack-neutral. */
+static int iscap(dec *d, int mt)
 {
-  dfail(d, "functions refused: the input may hold untrusted bytecode "
-        "(pass {trusted = true} to allow them)");
+  lua_State *L = d->L;
+  int top = lua_gettop(L);
+  lua_rawgeti(L, pushenv(d), E_CAPS);
+  lua_pushvalue(L, mt);
+  lua_rawget(L, -2);
+  int r = lua_toboolean(L, -1);
+  lua_settop(L, top);
+  return r;
 }
 
 static int nups(lua_State *L, int f)
@@ -302,13 +569,15 @@ static void decupref(dec *d, int f, int u)
 static void decfunc(dec *d)
 {
   lua_State *L = d->L;
-  if (!(d->flags & PCR_SER_TRUSTED)) funcsrefused(d);
+  const unsigned char *at = d->p - 1;
+  if (!TRUSTED(d)) refuse(d, at, "a function (LuaJIT bytecode)");
   need(d, 4);
   size_t n = d->p[0] | (size_t)d->p[1] << 8 | (size_t)d->p[2] << 16 |
              (size_t)d->p[3] << 24;
   d->p += 4;
   need(d, n);
   denter(d);
+  CHARGE(d, at, 2 * n + 64);
   if (luaL_loadbufferx(L, (const char *)d->p, n, "=pcrun", "b"))
     luaL_error(L, "pcrun.decode: bad bytecode: %s", lua_tostring(L, -1));
   d->p += n;
@@ -329,11 +598,13 @@ static void decfunc(dec *d)
 }
 
 /* Pushes package.loaded[name], requiring it when trusted. */
-static void decmod(dec *d)
+static void decmod(dec *d, const unsigned char *at)
 {
   lua_State *L = d->L;
   size_t n;
   const char *s = rdstr(d, &n);
+  if (!TRUSTED(d))
+    refuse(d, at, lua_pushfstring(L, "a module ('%s')", dname(L, s, n)));
   lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");
   lua_pushlstring(L, s, n);
   lua_rawget(L, -2);
@@ -349,24 +620,62 @@ static void decmod(dec *d)
                dname(L, s, n));
 }
 
-static void decname(dec *d, int tag)
+/* Pushes the metatable registered under the name at d->p (a str), then
+   the name, which it returns. */
+static const char *pushtype(dec *d)
 {
   lua_State *L = d->L;
   size_t n;
+  const char *s = rdstr(d, &n);
+  lua_rawgeti(L, pushenv(d), E_TYPES);
+  lua_remove(L, -2);
+  lua_pushlstring(L, s, n);
+  lua_rawget(L, -2);
+  lua_remove(L, -2);
+  if (lua_isnil(L, -1))
+    luaL_error(L, "pcrun.decode: unknown type '%s' (register it with "
+               "pcrun.register_type)", dname(L, s, n));
+  return dname(L, s, n);
+}
+
+/* Untrusted, a table's metatable must be a type registered with
+   register_type that is not a capability. Checked before the metatable
+   is decoded, so that the error names the table. */
+static void untrusted_mt(dec *d, const unsigned char *at)
+{
+  lua_State *L = d->L;
+  if (d->p >= d->e || *d->p != T_TYPE)
+    refuse(d, at, "a table with a metatable not registered with "
+           "pcrun.register_type");
+  const unsigned char *p = d->p++;
+  const char *name = pushtype(d);
+  if (iscap(d, lua_gettop(L) - 1))
+    refuse(d, at, lua_pushfstring(L, "a %s", name));
+  lua_pop(L, 2);
+  d->p = p;
+}
+
+static void decname(dec *d, int tag)
+{
+  lua_State *L = d->L;
+  const unsigned char *at = d->p - 1;
+  size_t n;
   const char *s;
   if (tag == T_TYPE) {
-    s = rdstr(d, &n);
-    lua_rawgeti(L, pushenv(d), E_TYPES);
-    lua_remove(L, -2);
-    lua_pushlstring(L, s, n);
-    lua_rawget(L, -2);
-    lua_remove(L, -2);
-    if (lua_isnil(L, -1))
-      luaL_error(L, "pcrun.decode: unknown type '%s' (register it with "
-                 "pcrun.register_type)", dname(L, s, n));
+    const char *name = pushtype(d);
+    if (!TRUSTED(d) && iscap(d, lua_gettop(L) - 1))
+      refuse(d, at, lua_pushfstring(L, "a %s", name));
+    lua_pop(L, 1);
     return;
   }
-  decmod(d);
+  if (tag == T_FIELD && !TRUSTED(d)) {
+    s = rdstr(d, &n);
+    const char *mod = dname(L, s, n);
+    s = rdstr(d, &n);
+    const char *key = dname(L, s, n);
+    refuse(d, at, lua_pushfstring(L, "a module field ('%s.%s')", mod, key));
+  }
+  decmod(d, at);
   if (tag == T_FIELD) {
     s = rdstr(d, &n);
     if (!lua_istable(L, -1)) dfail(d, "corrupt input (module field)");
@@ -377,13 +686,12 @@ static void decname(dec *d, int tag)
       luaL_error(L, "pcrun.decode: module field '%s' not found",
                  dname(L, s, n));
   }
-  if (lua_isfunction(L, -1) && !(d->flags & PCR_SER_TRUSTED))
-    funcsrefused(d);
 }
 
 static void decext(dec *d)
 {
   lua_State *L = d->L;
+  const unsigned char *at = d->p - 1;
   size_t n;
   const char *s = rdstr(d, &n);
   uint32_t ord = newobj(d);
@@ -395,6 +703,8 @@ static void decext(dec *d)
   if (!lua_istable(L, -1))
     luaL_error(L, "pcrun.decode: unknown type '%s' (register it with "
                "pcrun.register_type)", dname(L, s, n));
+  if (!TRUSTED(d) && iscap(d, lua_gettop(L)))
+    refuse(d, at, lua_pushfstring(L, "a %s", dname(L, s, n)));
   lua_getfield(L, -1, "__deserialize");
   if (!lua_isfunction(L, -1))
     luaL_error(L, "pcrun.decode: type '%s' has no __deserialize",
@@ -410,6 +720,7 @@ static void decext(dec *d)
 static void deccdata(dec *d, int tag)
 {
   lua_State *L = d->L;
+  const unsigned char *at = d->p - 1;
   size_t n = 0, size = 8;
   const char *s = NULL;
   uint64_t nelem = 0;
@@ -421,6 +732,7 @@ static void deccdata(dec *d, int tag)
     ord = newobj(d);
   }
   need(d, size);
+  CHARGE(d, at, size + 32);
   pcr__ser_cdhelper(L, pushenv(d), E_CMAKE);
   lua_remove(L, -2);
   lua_pushinteger(L, tag == T_I64 ? 1 : tag == T_U64 ? 2 : 3);
@@ -452,6 +764,7 @@ static void decval(dec *d)
   }
   if (tag >= SSTR) {
     size_t n = tag - SSTR;
+    CHARGE(d, d->p - 1, n + 25);
     need(d, n);
     lua_pushlstring(L, (const char *)d->p, n);
     d->p += n;
@@ -482,9 +795,11 @@ static void decval(dec *d)
     break;
   }
   case T_STR: {
+    const unsigned char *at = d->p - 1;
     size_t n;
     const char *s = rdstr(d, &n);
     uint32_t ord = newobj(d);
+    CHARGE(d, at, n + 25);
     lua_pushlstring(L, s, n);
     reg(d, ord);
     break;
@@ -512,11 +827,13 @@ static void decval(dec *d)
 }
 
 void pcr__ser_decode_state(lua_State *L, const flayout *fl,
-                           const char *buf, size_t len, int flags)
+                           const char *buf, size_t len, int flags,
+                           size_t maxbytes)
 {
   dec d = { .L = L, .p = (const unsigned char *)buf,
             .s = (const unsigned char *)buf,
-            .e = (const unsigned char *)buf + len, .flags = flags, .fl = fl };
+            .e = (const unsigned char *)buf + len, .flags = flags, .fl = fl,
+            .entries = len, .budget = maxbytes, .maxbytes = maxbytes };
   luaL_checkstack(L, 8, "pcrun.decode");  /* denter checks for tables */
   if (len < 3 || d.p[0] != MAGIC)
     luaL_error(L, "pcrun.decode: not a pcrun encoding (bad header)");
@@ -530,9 +847,11 @@ void pcr__ser_decode_state(lua_State *L, const flayout *fl,
   if (refs) {
     uint64_t n = rdvar(&d);
     if (n > (uint64_t)(d.e - d.p)) dfail(&d, "corrupt input (bad count)");
-    lua_createtable(L, (int)n, 0);
+    CHARGE(&d, NULL, tabcost((size_t)n, 0));
+    lua_createtable(L, (int)(n < 0x3ffffff ? n : 0x3ffffff), 0);
     d.refs = base + 1;
   }
+  d.root = d.p;
   decval(&d);
   if (d.p != d.e) dfail(&d, "corrupt input (trailing bytes)");
   if (refs) lua_remove(L, base + 1);
@@ -545,7 +864,7 @@ void pcr__ser_decode(lua_State *L, const char *buf, size_t len, int flags)
   int msg = pcr__ser_msg, trusted = pcr__ser_trusted;
   pcr__ser_msg = (flags & PCR_SER_MSG) != 0;
   pcr__ser_trusted = (flags & PCR_SER_TRUSTED) != 0;
-  pcr__ser_decode_state(L, NULL, buf, len, flags & PCR_SER_TRUSTED);
+  pcr__ser_decode_state(L, NULL, buf, len, flags & PCR_SER_TRUSTED, 0);
   pcr__ser_msg = msg;
   pcr__ser_trusted = trusted;
 }

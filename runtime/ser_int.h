@@ -34,7 +34,7 @@ enum {
 #define E_KC 8             /* env slots E_KC .. E_KC + KCACHE - 1: those keys */
 
 /* Slots of the state's environment table. */
-enum { E_NM = 1, E_TYPES, E_CDESC, E_CMAKE };
+enum { E_NM = 1, E_TYPES, E_CDESC, E_CMAKE, E_CAPS };
 
 /* Kinds of names (low 2 bits of a names-map value). */
 enum { K_MOD, K_FIELD, K_TYPE };
@@ -139,7 +139,8 @@ const char *pcr__ser_encode_state(lua_State *L, sstate *S, int sud, int idx,
 
 /* -- Defined in ser_dec.c ------------------------------------------------- */
 
+/* maxbytes: opts.max_bytes, a cap on what the decode allocates; 0: none */
 void pcr__ser_decode_state(lua_State *L, const flayout *fl, const char *buf,
-                           size_t len, int flags);
+                           size_t len, int flags, size_t maxbytes);
 
 #endif

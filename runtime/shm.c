@@ -285,8 +285,10 @@ uint64_t pcr__shm_offset(const void *p) {
 }
 
 void *pcr__shm_at(uint64_t off, size_t size) {
+  /* off may come from a message: every payload is 16-byte aligned, and a
+  ** header is read only once the offset is known to be one. */
   if (!base || off < sizeof(arena) + BLOCK_HDR || off >= mapsize ||
-      size > mapsize - off)
+      size > mapsize - off || off % BLOCK_HDR != 0)
     return NULL;
   block *b = (block *)(base + off - BLOCK_HDR);
   if (b->magic != BLOCK_LIVE) return NULL;

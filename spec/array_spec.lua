@@ -130,7 +130,7 @@ describe("pcrun.array", function()
      .. "input", function()
     local a = pcrun.array("int32_t", 4, 7)
     local s = pcrun.encode(a)
-    error_has("pcrun.decode: a shared object in untrusted input",
+    error_has("pcrun.decode: a pcrun.Array needs {trusted = true}",
               pcrun.decode, s)
     local b = pcrun.decode(s, { trusted = true })
     local c = pcrun.decode(s, { trusted = true })

@@ -1,6 +1,7 @@
 -- Specs of the value serializer: pcrun.encode / pcrun.decode (runtime/ser.c).
 local pcrun = require "pcrun"
 local ffi = require "ffi"
+local helpers = require "helpers"
 
 local TRUSTED = {trusted = true}
 
@@ -120,16 +121,16 @@ describe("serializer", function()
     assert.same({s, s, s}, pcrun.decode(e))
   end)
 
-  it("copies a plain metatable with the table", function()
+  it("copies a plain metatable with the table when trusted", function()
     local mt = {__index = {kind = "thing"}}
-    local x = rt(setmetatable({}, mt))
+    local x = rt(setmetatable({}, mt), TRUSTED)
     assert.equal("thing", x.kind)
     assert.is_false(rawequal(getmetatable(x), mt))
   end)
 
   it("shares one copied metatable between objects", function()
     local mt = {tag = 1}
-    local x = rt({setmetatable({}, mt), setmetatable({}, mt)})
+    local x = rt({setmetatable({}, mt), setmetatable({}, mt)}, TRUSTED)
     assert.is_true(rawequal(getmetatable(x[1]), getmetatable(x[2])))
   end)
 
@@ -148,21 +149,21 @@ describe("serializer", function()
     Class.__index = Class
     package.loaded["spec_class_mod"] = Class
     pcrun.refresh_names()
-    local x = rt(setmetatable({}, Class))
+    local x = rt(setmetatable({}, Class), TRUSTED)
     assert.is_true(rawequal(getmetatable(x), Class))
     package.loaded["spec_class_mod"] = nil
     pcrun.refresh_names()
   end)
 
   it("sends modules by name and never copies them", function()
-    assert.is_true(rawequal(math, rt(math)))
-    assert.is_true(rawequal(string, rt({string})[1]))
+    assert.is_true(rawequal(math, rt(math, TRUSTED)))
+    assert.is_true(rawequal(string, rt({string}, TRUSTED)[1]))
     local mod = {answer = 42}
     package.loaded["spec_user_mod"] = mod
     pcrun.refresh_names()
     local e = pcrun.encode({m = mod})
     assert.is_nil(string.find(e, "answer", 1, true))
-    assert.is_true(rawequal(mod, pcrun.decode(e).m))
+    assert.is_true(rawequal(mod, pcrun.decode(e, TRUSTED).m))
     package.loaded["spec_user_mod"] = nil
     pcrun.refresh_names()
   end)
@@ -223,17 +224,19 @@ describe("serializer", function()
   end)
 
   it("refuses bytecode unless decoding is trusted", function()
-    local e = pcrun.encode(function() return 1 end)
-    local msg = errof(pcrun.decode, e)
-    has(msg, "pcrun.decode: functions refused")
-    has(msg, "{trusted = true}")
+    local function f() return 1 end
+    local e = pcrun.encode(f)
+    has(errof(pcrun.decode, e),
+        "pcrun.decode: a function (LuaJIT bytecode) needs {trusted = true}")
     assert.equal(1, pcrun.decode(e, {trusted = true})())
     assert.equal(1, pcrun.decode(e, {bytecode = true})())
-    has(errof(pcrun.decode, e, {trusted = false}), "functions refused")
+    has(errof(pcrun.decode, pcrun.encode({1, {f = f}}), {trusted = false}),
+        "pcrun.decode: [2].f: a function (LuaJIT bytecode) needs")
   end)
 
   it("refuses module functions by name unless trusted", function()
-    has(errof(pcrun.decode, pcrun.encode(os.execute)), "functions refused")
+    has(errof(pcrun.decode, pcrun.encode(os.execute)),
+        "pcrun.decode: a module field ('os.execute') needs {trusted = true}")
   end)
 
   it("round-trips 64-bit integer cdata", function()
@@ -496,7 +499,7 @@ describe("serializer", function()
     for _, t in ipairs(cases) do
       local e = pcrun.encode(t)
       assert.is_true(e:byte(4) == 6 or e:byte(4) == 7)
-      local d = pcrun.decode(e)
+      local d = pcrun.decode(e, TRUSTED)  -- the copied metatable
       for k, v in pairs(t) do assert.same(v, d[k]) end
       for k in pairs(d) do assert.is_not_nil(t[k]) end
     end
@@ -620,5 +623,174 @@ describe("serializer", function()
       junk[round % 50] = string.rep("j", 1e5 + round)
       if round % 100 == 0 then collectgarbage() end
     end
+  end)
+
+  -- Untrusted input (issue 10): plain data or an error, within a budget.
+  describe("without trusted", function()
+    it("refuses a memory bomb before allocating for it", function()
+      -- 999 nested tables each declaring 65536 array slots (or 32768
+      -- pairs) in 70 KB: before, 519 MB (775 MB) resident at the peak.
+      local r = helpers.run_cli({ "-e", [[
+        local pcrun = require "pcrun"
+        local function hwm()
+          local f = io.open("/proc/self/status")
+          local kb = f:read("*a"):match("VmHWM:%s*(%d+)")
+          f:close()
+          return tonumber(kb)
+        end
+        local arr = "\183\2\0" .. ("\6\128\128\4\0"):rep(999)
+                    .. ("\0"):rep(65536)
+        local hash = "\183\2\0" .. ("\6\0\128\128\2\192"):rep(999)
+                     .. ("\0"):rep(65536)
+        local h0 = hwm()
+        print(select(2, pcall(pcrun.decode, arr)))
+        print(select(2, pcall(pcrun.decode, hash)))
+        print(math.floor((hwm() - h0) / 1024))
+      ]] }, nil, { timeout = 60 })
+      assert.equal(0, r.status, r.stderr)
+      local e1, e2, mb = r.stdout:match("^(.-)\n(.-)\n(%d+)\n$")
+      assert.equal("pcrun.decode: [1]: truncated input (a table of 65536 + "
+                   .. "0 entries, room for 4998)", e1)
+      assert.equal("pcrun.decode: [0]: truncated input (a table of 0 + "
+                   .. "32768 entries, room for 5997)", e2)
+      assert(tonumber(mb) < 16, "peak RSS grew by " .. mb .. " MB")
+    end)
+
+    it("still decodes tables whose counts fill the input exactly", function()
+      local t = {{}, {nil, nil, nil, nil, false}, {[0] = 0, x = {{}}}}
+      for i = 1, 300 do t[#t + 1] = {i, {i}} end
+      assert.same(t, rt(t))
+    end)
+
+    it("caps what a decode allocates with max_bytes", function()
+      local e = pcrun.encode({1, {2, ("x"):rep(1000)}})
+      has(errof(pcrun.decode, e, {max_bytes = 500}),
+          "pcrun.decode: [2][2]: over the max_bytes budget (500 bytes)")
+      assert.equal(1000, #pcrun.decode(e, {max_bytes = 5000})[2][2])
+      local big = {}
+      for i = 1, 100000 do big[i] = i % 2 == 0 or "s" end
+      e = pcrun.encode({list = big})
+      has(errof(pcrun.decode, e, {max_bytes = 2^19}),
+          "pcrun.decode: list: over the max_bytes budget (524288 bytes)")
+      assert.equal(100000, #pcrun.decode(e, {max_bytes = 2^24}).list)
+      has(errof(pcrun.decode, e, {max_bytes = 2^20, trusted = true}),
+          "over the max_bytes budget")
+      for _, bad in ipairs({0, -1, 1.5, "10", true}) do
+        has(errof(pcrun.decode, e, {max_bytes = bad}),
+            "pcrun.decode: max_bytes must be a positive integer")
+      end
+    end)
+
+    it("refuses a forged pcrun.Process and never signals its pid", function()
+      local victim = helpers.spawn_cli({ "-e", [[
+        local ffi = require "ffi"
+        ffi.cdef "int poll(void *, unsigned long, int);"
+        ffi.C.poll(nil, 0, 30000)
+      ]] })
+      local Process = getmetatable(pcrun.process(function() end))
+      local forged = setmetatable({pid = victim.pid, _state = "started"},
+                                  Process)
+      local e = pcrun.encode({1, 2, {owner = forged}})
+      has(errof(pcrun.decode, e),
+          "pcrun.decode: [3].owner: a pcrun.Process needs {trusted = true}")
+      assert.equal(victim.pid, pcrun.decode(e, TRUSTED)[3].owner.pid)
+      assert.is_false(helpers.is_dead(victim.pid))
+      helpers.kill(victim.pid)
+      helpers.wait_cli(victim)
+    end)
+
+    it("refuses tables wearing the metatables of pcrun's objects", function()
+      for _, name in ipairs({"Process", "Queue", "JoinableQueue", "Lock",
+                             "RLock", "Semaphore", "BoundedSemaphore",
+                             "Event", "Condition", "Barrier", "Connection",
+                             "ObjRef", "Array", "Value"}) do
+        local tn = "pcrun." .. name
+        local mt = "\13" .. string.char(#tn) .. tn
+        has(errof(pcrun.decode, "\183\2\0\7\0\0" .. mt),
+            "pcrun.decode: a " .. tn .. " needs {trusted = true}")
+        has(errof(pcrun.decode, "\183\2\0\6\1\0" .. mt),
+            "pcrun.decode: [1]: a " .. tn .. " needs {trusted = true}")
+      end
+      -- A pool's metatable is a field of the pcrun module.
+      has(errof(pcrun.decode, "\183\2\0\7\0\0\12\5pcrun\4Pool"),
+          "pcrun.decode: a table with a metatable not registered with "
+          .. "pcrun.register_type needs {trusted = true}")
+      has(errof(pcrun.decode, "\183\2\0\12\5pcrun\4Pool"),
+          "pcrun.decode: a module field ('pcrun.Pool') needs")
+    end)
+
+    it("refuses pcrun's objects as they are encoded", function()
+      local a, b = pcrun.pipe()
+      local objs = {q = pcrun.queue(), l = pcrun.lock(), ev = pcrun.event(),
+                    c = pcrun.condition(), br = pcrun.barrier(2),
+                    conn = a, arr = pcrun.array("double", 3),
+                    v = pcrun.value("int32_t", 1)}
+      local names = {q = "Queue", l = "Lock", ev = "Event", c = "Condition",
+                     br = "Barrier", conn = "Connection", arr = "Array",
+                     v = "Value"}
+      for k, o in pairs(objs) do
+        has(errof(pcrun.decode, pcrun.encode({x = {[k] = o}})),
+            "pcrun.decode: x." .. k .. ": a pcrun." .. names[k]
+            .. " needs {trusted = true}")
+      end
+      a:close()
+      b:close()
+    end)
+
+    it("refuses module references, which are live tables", function()
+      local e = pcrun.encode({ os, package.loaded })
+      has(errof(pcrun.decode, e),
+          "pcrun.decode: [1]: a module ('os') needs {trusted = true}")
+      local t = pcrun.decode(e, TRUSTED)
+      assert.is_true(rawequal(os, t[1]))
+      assert.is_true(rawequal(string, t[2].string))
+      has(errof(pcrun.decode, pcrun.encode({{}, {io.stdout}})),
+          "pcrun.decode: [2][1]: a module field ('io.stdout') needs")
+    end)
+
+    it("refuses metatables that are not registered types", function()
+      local e = pcrun.encode({a = setmetatable({}, {__index = {x = 1}})})
+      has(errof(pcrun.decode, e),
+          "pcrun.decode: a: a table with a metatable not registered with "
+          .. "pcrun.register_type needs {trusted = true}")
+      assert.equal(1, pcrun.decode(e, TRUSTED).a.x)
+    end)
+
+    it("decodes registered types unless marked as capabilities", function()
+      local Safe = {}
+      Safe.__index = Safe
+      pcrun.register_type("spec.Safe", Safe)
+      local x = rt({setmetatable({v = 1}, Safe)})
+      assert.is_true(rawequal(Safe, getmetatable(x[1])))
+      local Cap = {__serialize = function(o) return o.fd end,
+                   __deserialize = function(fd) return {fd = fd} end}
+      pcrun.register_type("spec.Cap", Cap, {capability = true})
+      local e = pcrun.encode({k = setmetatable({fd = 3}, Cap)})
+      has(errof(pcrun.decode, e),
+          "pcrun.decode: k: a spec.Cap needs {trusted = true}")
+      assert.equal(3, pcrun.decode(e, TRUSTED).k.fd)
+      has(errof(pcrun.register_type, "spec.X", {}, 5),
+          "pcrun.register_type: 'spec.X': opts must be a table, got number")
+    end)
+
+    it("names the path through keys, hooks and deep nesting", function()
+      has(errof(pcrun.decode, pcrun.encode(
+            {["odd key"] = {[3.5] = {[true] = {k1 = math}}}})),
+          "pcrun.decode: [\"odd key\"][3.5][true].k1: a module ('math')")
+      has(errof(pcrun.decode, pcrun.encode({[{os}] = 1})),
+          "pcrun.decode: <key>[1]: a module ('os')")
+      local Pt = {__serialize = function(p) return {p.x, p.lib} end,
+                  __deserialize = function(v) return v end}
+      pcrun.register_type("spec.PathPt", Pt)
+      has(errof(pcrun.decode, pcrun.encode({setmetatable({x = 1, lib = os},
+                                                          Pt)})),
+          "pcrun.decode: [1]<__serialize>[2]: a module ('os')")
+      local deep = {}
+      local cur = deep
+      for _ = 1, 30 do cur.n = {} cur = cur.n end
+      cur.m = os
+      has(errof(pcrun.decode, pcrun.encode(deep)),
+          "pcrun.decode: n.n.n.n.n.n.n.n....n.n.n.n.n.n.n.m: a module")
+    end)
   end)
 end)

@@ -56,16 +56,19 @@ local sync = require "pcrun.sync"
 local array = require "pcrun.array"
 local select_ = require "pcrun.select"
 
-core.register_type("pcrun.Process", process.Process)
-core.register_type("pcrun.Connection", core.Connection)
+-- All of these act on the system (signal a pid, map arena memory, hold a
+-- socket): a decode without {trusted = true} refuses them.
+local CAP = { capability = true }
+core.register_type("pcrun.Process", process.Process, CAP)
+core.register_type("pcrun.Connection", core.Connection, CAP)
 for _, name in ipairs { "Queue", "JoinableQueue", "Lock", "RLock",
                         "Semaphore", "BoundedSemaphore", "Event",
                         "Condition", "Barrier", "ObjRef" } do
-  core.register_type("pcrun." .. name, core[name])
+  core.register_type("pcrun." .. name, core[name], CAP)
   M[name] = core[name]
 end
-core.register_type("pcrun.Array", array.Array)
-core.register_type("pcrun.Value", array.Value)
+core.register_type("pcrun.Array", array.Array, CAP)
+core.register_type("pcrun.Value", array.Value, CAP)
 M.queue, M.joinable_queue = queue.queue, queue.joinable_queue
 M.lock, M.rlock, M.event = sync.lock, sync.rlock, sync.event
 M.semaphore, M.bounded_semaphore = sync.semaphore, sync.bounded_semaphore
