@@ -5,7 +5,13 @@ CMAKE_FLAGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBS := luajit libluajit-5.1-dev libffi-dev lua-busted cmake gcc make pkg-config clang
 
-.PHONY: all deps build run test bench install clean asan
+.PHONY: all deps build run test test-repeat bench install clean asan
+
+# `make test-repeat 50` (or N=50): the busted suite N times in a row.
+ifeq (test-repeat,$(firstword $(MAKECMDGOALS)))
+  N := $(or $(word 2,$(MAKECMDGOALS)),$(N),10)
+  $(eval $(N):;@:)
+endif
 
 all: build
 
@@ -36,6 +42,15 @@ run: build
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j 1
 	$(MAKE) asan
+
+# Stops at the first failing run and says which; the specs only (label spec).
+test-repeat: build
+	@i=0; while [ $$i -lt $(N) ]; do i=$$((i + 1)); \
+	  echo "test-repeat: run $$i of $(N)"; \
+	  (cd $(BUILD) && ctest -L spec -j 1 --output-on-failure \
+	    --stop-on-failure) || { echo "test-repeat: run $$i of $(N)" \
+	    "failed ($$((i - 1)) passed before it)"; exit 1; }; \
+	done; echo "test-repeat: all $(N) runs passed"
 
 # The C tests (label c: the embedding API and its examples) again, built
 # with AddressSanitizer and UBSan in a build tree of their own. LuaJIT
