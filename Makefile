@@ -3,9 +3,10 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBS := luajit libluajit-5.1-dev libffi-dev lua-busted cmake gcc make pkg-config clang
+DEBS := luajit libluajit-5.1-dev libffi-dev lua-busted cmake gcc make pkg-config clang \
+  lua5.1 luarocks
 
-.PHONY: all deps build run test test-repeat bench install clean asan
+.PHONY: all deps configure build run test test-repeat bench install rock clean asan
 
 # `make test-repeat 50` (or N=50): the busted suite N times in a row.
 ifeq (test-repeat,$(firstword $(MAKECMDGOALS)))
@@ -30,10 +31,23 @@ deps:
 	  fi; \
 	fi
 
-$(BUILD)/Makefile: CMakeLists.txt
-	cmake -S . -B $(BUILD) $(CMAKE_FLAGS)
+# make install PREFIX=/x: the prefix is compiled in (where pcrun finds its
+# Lua modules), so it is a configure flag, not an install-time one.
+ifneq ($(PREFIX),)
+  override CMAKE_FLAGS += -DCMAKE_INSTALL_PREFIX=$(abspath $(PREFIX))
+endif
 
-build: deps $(BUILD)/Makefile
+# Configure again whenever the flags differ from the last configure's, so
+# PREFIX or CMAKE_FLAGS given to an existing build tree take effect.
+configure: deps
+	@if [ ! -f $(BUILD)/Makefile ] || \
+	   [ "$$(cat $(BUILD)/.make-flags 2>/dev/null)" != '$(CMAKE_FLAGS)' ]; then \
+	  echo cmake -S . -B $(BUILD) $(CMAKE_FLAGS); \
+	  cmake -S . -B $(BUILD) $(CMAKE_FLAGS) && \
+	  echo '$(CMAKE_FLAGS)' > $(BUILD)/.make-flags; \
+	fi
+
+build: configure
 	cmake --build $(BUILD) -j $(JOBS)
 
 run: build
@@ -71,6 +85,13 @@ bench: build
 
 install: build
 	cmake --install $(BUILD)
+
+# The Lua module into a luarocks tree (TREE=dir, default: luarocks' own).
+# Debian's luarocks targets Lua 5.2 unless told otherwise; LuaJIT is 5.1.
+LUAROCKS ?= luarocks
+rock:
+	$(LUAROCKS) --lua-version=5.1 make $(if $(TREE),--tree $(abspath $(TREE))) \
+	  pcrun-scm-1.rockspec
 
 clean:
 	rm -rf $(BUILD)
