@@ -353,6 +353,16 @@ static void reply(xslot *sl, int code, const char *msg) {
   if (msg) snprintf(sl->buf, XBUF, "%s", msg);
 }
 
+/* The error path formats into the slot, not onto the Lua stack: out of
+** memory, a lua_pushfstring here would raise with no pcall around it. */
+static void reply_err(xslot *sl, int code, const char *name,
+                      const char *what, lua_State *L) {
+  const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
+                                                  : "(error object is not a string)";
+  sl->code = code;
+  snprintf(sl->buf, XBUF, "export '%s': %s%s", name, what, msg);
+}
+
 /* Run one call with the function at index fn. */
 static void serve1(lua_State *L, pcr__xsrv *s, const pcr__sig *sig, int fn,
                    xslot *sl) {
@@ -364,13 +374,12 @@ static void serve1(lua_State *L, pcr__xsrv *s, const pcr__sig *sig, int fn,
   int nres = sig->ret == PCR_T_VOID ? 0 : 1;
   sl->ret.u64 = 0;
   if (lua_pcall(L, sig->nargs, nres, base + 1)) {
-    lua_pushfstring(L, "export '%s': %s", s->name, lua_tostring(L, -1));
-    reply(sl, PCR_ELUA, lua_tostring(L, -1));
+    reply_err(sl, PCR_ELUA, s->name, "", L);
   } else if (nres) {
     char why[128];
     if (pcr__lua_toval(L, -1, sig->ret, &sl->ret, why, sizeof why)) {
-      lua_pushfstring(L, "export '%s': result %s", s->name, why);
-      reply(sl, PCR_ETYPE, lua_tostring(L, -1));
+      sl->code = PCR_ETYPE;
+      snprintf(sl->buf, XBUF, "export '%s': result %s", s->name, why);
     } else {
       size_t len = 0;
       if (sig->ret == PCR_T_STR && sl->ret.s) lua_tolstring(L, -1, &len);
