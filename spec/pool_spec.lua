@@ -565,6 +565,405 @@ describe("pcrun.pool", function()
     has(r.stderr, "pcrun: process ", " failed: not enough memory")
   end)
 
+  it("names the signal that killed a worker",
+     forked(20, function()
+    local p = mkpool(2)
+    local err = helpers.error_of(p.map, p, function(x)
+      if x == 2 then helpers.kill(require("pcrun.core").getpid(), 15) end
+      helpers.sleep(0.01)
+      return x
+    end, range(3))
+    has(err, "died running task 2", "killed by signal 15 (SIGTERM)")
+  end))
+
+  it("goes on when the spec kills a worker during a long imap",
+     forked(30, function()
+    local p = mkpool(2)
+    local victim = p:pids()[1]
+    local it = p:imap(function(x) sleep(0.03) return x * 2 end, range(40), 1)
+    local vals, errs, n = {}, {}, 0
+    for _ = 1, 1000 do
+      local ok, i, r = pcall(it)
+      if not ok then errs[#errs + 1] = i
+      elseif i == nil then break
+      else
+        n = n + 1
+        vals[i] = r
+        if i == 3 then helpers.kill(victim, 9) end
+      end
+    end
+    -- at most the task it was running fails, naming it
+    assert.is_true(#errs <= 1, table.concat(errs, "\n"))
+    for _, e in ipairs(errs) do
+      has(e, "died running task", "pid " .. victim,
+          "killed by signal 9 (SIGKILL)")
+    end
+    assert.are.equal(40, n + #errs)
+    for i = 1, 40 do
+      if vals[i] ~= nil then assert.are.equal(i * 2, vals[i]) end
+    end
+    assert.is_true(helpers.wait_gone(victim, 5))
+    assert.is_false(contains(p:pids(), victim))
+    assert.are.equal(2, #p:pids())
+  end))
+
+  it("goes on when the spec kills a worker while futures run",
+     forked(30, function()
+    local p = mkpool(2)
+    local fs = {}
+    for i = 1, 30 do
+      fs[i] = p:submit(function(x) sleep(0.03) return x end, i)
+    end
+    assert.are.equal(1, fs[1]:result(10))
+    local victim = p:pids()[1]
+    helpers.kill(victim, 9)
+    local failed = 0
+    for i, f in ipairs(fs) do
+      local e = f:error(10)
+      if e then
+        failed = failed + 1
+        has(e, "died running task", "pid " .. victim, "signal 9")
+      else
+        assert.are.equal(i, f:result())
+      end
+    end
+    assert.is_true(failed <= 1)
+    assert.is_false(contains(p:pids(), victim))
+  end))
+
+  it("fails a task whose worker exits with status 0", forked(10, function()
+    local p = mkpool(2)
+    local err = error_has({ "died running task 2", "exited with status 0" },
+                          p.map, p, function(x)
+      if x == 2 then os.exit(0) end
+      return x
+    end, range(3))
+    assert.is_truthy(err:find("^worker %d %(pid %d+%) died"), err)
+    assert.are.same({ 1, 2 }, p:map(function(x) return x end, range(2)))
+  end))
+
+  it("replaces a worker killed while idle, failing no task",
+     forked(20, function()
+    local p = mkpool(2)
+    local victim = p:pids()[2]
+    helpers.kill(victim, 9)
+    assert.is_true(helpers.wait_dead(victim, 5))
+    local res = p:map(function(x) return x * 2 end, range(50), 1)
+    assert.are.same(range(50, function(i) return i * 2 end), res)
+    local f = p:submit(function() return "ok" end)
+    assert.are.equal("ok", f:result(5))
+    assert.is_true(helpers.wait_gone(victim, 5))
+    assert.is_false(contains(p:pids(), victim))
+    assert.are.equal(2, #p:pids())
+  end))
+
+  it("kills a task past the timeout, other tasks succeed",
+     forked(30, function()
+    local p = mkpool(2, { timeout = 0.3 })
+    local t0 = helpers.now()
+    local fs = {}
+    for i = 1, 6 do
+      fs[i] = p:submit(function(x)
+        if x == 2 then while true do end end
+        return x * 3
+      end, i)
+    end
+    local e = fs[2]:error(10)
+    assert.is_string(e)
+    has(e, "timed out after 0.3s", "task 1")
+    for i, f in ipairs(fs) do
+      if i ~= 2 then assert.are.equal(i * 3, f:result(10)) end
+    end
+    assert.is_true(helpers.now() - t0 < 8)
+    -- the same through map: that task fails with the timeout; pool goes on
+    local before = p:pids()
+    local err = error_has({ "timed out after 0.3s", "task 3" }, p.map, p,
+                          function(x)
+      if x == 3 then while true do end end
+      return x
+    end, range(5))
+    assert.is_truthy(err:find("^worker %d %(pid %d+%) died running task 3: "
+                              .. "timed out after 0%.3s"), err)
+    local pid = tonumber(err:match("%(pid (%d+)%)"))
+    assert.is_true(contains(before, pid))
+    assert.is_true(helpers.wait_gone(pid, 5))
+    assert.are.same({ 1, 2, 3 }, p:map(function(x) return x end, range(3)))
+  end))
+
+  it("lets tasks under the timeout run to completion", forked(20, function()
+    local p = mkpool(2, { timeout = 2 })
+    local res = p:map(function(x) sleep(0.1) return x end, range(6))
+    assert.are.same(range(6), res)
+  end))
+
+  -- -- Options ---------------------------------------------------------------
+
+  it("runs the initializer with initargs in each worker",
+     forked(10, function()
+    local p = mkpool(2, {
+      initializer = function(a, b, c)
+        _G.POOL_SPEC_INIT = a .. b .. tostring(c)
+      end,
+      initargs = { "x", "y", 3 } })
+    local res = p:map(function() return _G.POOL_SPEC_INIT end, range(8), 1)
+    assert.are.same(range(8, function() return "xy3" end), res)
+    assert.is_nil(_G.POOL_SPEC_INIT)  -- not in the parent
+  end))
+
+  it("runs the initializer in replacement workers", forked(20, function()
+    local p = mkpool(1, {
+      initializer = function(v) _G.POOL_SPEC_INIT = v end,
+      initargs = { "init" } })
+    assert.is_false(pcall(p.apply, p, function() os.exit(1) end))
+    assert.are.equal("init", p:apply(function() return _G.POOL_SPEC_INIT end))
+  end))
+
+  it("raises 'initializer failed' from the next call when it fails",
+     forked(10, function()
+    local p = mkpool(2, { initializer = function()
+      error("init went wrong")
+    end })
+    local err = error_has({ "pcrun.pool: initializer failed",
+                            "init went wrong" },
+                          p.map, p, function(x) return x end, range(4))
+    assert.is_truthy(err:find("^pcrun%.pool: initializer failed in worker %d"),
+                     err)
+    -- and the calls after it
+    error_has("initializer failed", p.apply, p, function() return 1 end)
+  end))
+
+  it("replaces a worker after maxtasksperchild tasks", forked(20, function()
+    local p = mkpool(2, { maxtasksperchild = 2 })
+    local getpid = require("pcrun.core").getpid
+    local pids = p:map(function() return getpid() end, range(10))
+    local count, distinct = {}, 0
+    for _, pid in ipairs(pids) do
+      if not count[pid] then distinct = distinct + 1 end
+      count[pid] = (count[pid] or 0) + 1
+    end
+    assert.is_true(distinct > 2, "distinct worker pids: " .. distinct)
+    for pid, c in pairs(count) do
+      assert.is_true(c <= 2, ("pid %d ran %d tasks"):format(pid, c))
+    end
+    -- also with chunks larger than the limit
+    pids = p:map(function() return getpid() end, range(10), 5)
+    count = {}
+    for _, pid in ipairs(pids) do count[pid] = (count[pid] or 0) + 1 end
+    for pid, c in pairs(count) do
+      assert.is_true(c <= 5, ("pid %d ran %d tasks"):format(pid, c))
+    end
+    assert.are.equal(2, #p:pids())
+    p:terminate()  -- the race of the "many pools" test belongs there
+  end))
+
+  -- -- Streaming -------------------------------------------------------------
+
+  it("imap streams 200,000 items from a generator in order",
+     forked(40, function()
+    local p = mkpool(2)
+    local n, made = 200000, 0
+    local function gen()
+      if made < n then made = made + 1 return made end
+    end
+    local expect, sum, bad = 1, 0, nil
+    for i, r in p:imap(function(x) return x * 2 end, gen) do
+      if i ~= expect or r ~= 2 * i then bad = bad or { i, r, expect } end
+      expect = expect + 1
+      sum = sum + r
+    end
+    assert.is_nil(bad)
+    assert.are.equal(n + 1, expect)
+    assert.are.equal(n * (n + 1), sum)
+  end))
+
+  -- A generator of 1e8 items that counts how often it was called.
+  local function huge_gen()
+    local g = { calls = 0 }
+    function g.next()
+      g.calls = g.calls + 1
+      if g.calls <= 1e8 then return g.calls end
+    end
+    return g
+  end
+
+  it("imap stops reading a huge generator when the loop breaks",
+     forked(30, function()
+    local p = mkpool(2)
+    local g = huge_gen()
+    local t0, seen = helpers.now(), 0
+    for i, r in p:imap(function(x) return x + 1 end, g.next) do
+      assert(r == i + 1)
+      seen = seen + 1
+      if seen == 1000 then break end
+    end
+    assert.are.equal(1000, seen)
+    assert.is_true(helpers.now() - t0 < 10)
+    assert.is_true(g.calls < 1e6, "generator called " .. g.calls .. " times")
+    -- the abandoned stream holds nothing up, and stays bounded
+    assert.are.same({ 1, 4, 9 }, p:map(function(x) return x * x end,
+                                       { 1, 2, 3 }))
+    assert.is_true(g.calls < 1e6, "generator called " .. g.calls .. " times")
+    collectgarbage()
+    assert.is_true(collectgarbage("count") < 256 * 1024)
+  end))
+
+  it("imap_unordered stops reading a huge generator when the loop breaks",
+     forked(30, function()
+    local p = mkpool(2)
+    local g = huge_gen()
+    local seen = 0
+    for r, i in p:imap_unordered(function(x) return -x end, g.next) do
+      assert(r == -i)
+      seen = seen + 1
+      if seen == 1000 then break end
+    end
+    assert.is_true(g.calls < 1e6, "generator called " .. g.calls .. " times")
+    assert.are.equal(6, p:apply(function() return 6 end))
+  end))
+
+  it("imap over a table yields index, result in order", forked(10, function()
+    local p = mkpool(2)
+    for _, cs in ipairs { false, 1, 7 } do
+      local out = {}
+      for i, r in p:imap(function(x) return x .. "!" end,
+                         { "a", "b", "c", "d", "e" }, cs or nil) do
+        out[#out + 1] = i .. r
+      end
+      assert.are.same({ "1a!", "2b!", "3c!", "4d!", "5e!" }, out)
+    end
+    local n = 0
+    for _ in p:imap(function(x) return x end, {}) do n = n + 1 end
+    assert.are.equal(0, n)
+  end))
+
+  it("imap_unordered yields every result exactly once",
+     forked(20, function()
+    local p = mkpool(2)
+    for _, cs in ipairs { false, 1, 13 } do
+      local vals, errs, order = drain(p:imap_unordered(function(x)
+        if x % 10 == 0 then sleep(0.002) end
+        return x * 7
+      end, range(500), cs or nil), true)
+      assert.are.equal(0, #errs)
+      assert.are.equal(500, #order)
+      table.sort(order)
+      assert.are.same(range(500), order)
+      for i = 1, 500 do assert(vals[i] == i * 7) end
+    end
+    -- from a generator
+    local k = 0
+    local got = {}
+    for r, i in p:imap_unordered(function(x) return x end, function()
+      k = k + 1
+      if k <= 300 then return k end
+    end) do
+      assert(r == i)
+      got[#got + 1] = r
+    end
+    table.sort(got)
+    assert.are.same(range(300), got)
+  end))
+
+  it("an idle worker takes a task instead of it queueing behind a long one",
+     forked(20, function()
+    local p = mkpool(2)
+    local long = p:submit(function() sleep(1.5) return "long" end)
+    helpers.sleep(0.1)  -- the long task has started in some worker
+    local t0 = helpers.now()
+    local short = p:submit(function() return "short" end)
+    assert.are.equal("short", short:result(10))
+    local took = helpers.now() - t0
+    assert.is_true(took < 1, ("the short task took %.2fs"):format(took))
+    assert.is_false(long:done())
+    assert.are.equal("long", long:result(10))
+  end))
+
+  -- -- Lifecycle -------------------------------------------------------------
+
+  it("close then join finishes queued work and stops the workers",
+     forked(20, function()
+    local p = mkpool(2)
+    local pids = p:pids()
+    local fs = {}
+    for i = 1, 6 do
+      fs[i] = p:submit(function(x) sleep(0.05) return x * x end, i)
+    end
+    p:close()
+    p:join()
+    for i, f in ipairs(fs) do
+      assert.is_true(f:done())
+      assert.are.equal(i * i, f:result())
+    end
+    for _, pid in ipairs(pids) do assert.is_true(helpers.wait_gone(pid, 2)) end
+    assert.are.equal(0, #helpers.children())
+  end))
+
+  it("join without close raises", forked(10, function()
+    local p = mkpool(2)
+    local err = error_has("pcrun.Pool:join:", p.join, p)
+    has(err, "close()")
+    -- the pool still works
+    assert.are.same({ 1 }, p:map(function(x) return x end, { 1 }))
+  end))
+
+  it("refuses work once closed", forked(10, function()
+    local p = mkpool(2)
+    p:close()
+    local fn = function(x) return x end
+    error_has("pcrun.Pool:map: the pool is closed", p.map, p, fn, { 1 })
+    error_has("pcrun.Pool:starmap: the pool is closed", p.starmap, p, fn,
+              { { 1 } })
+    error_has("pcrun.Pool:apply: the pool is closed", p.apply, p, fn, 1)
+    error_has("pcrun.Pool:submit: the pool is closed", p.submit, p, fn, 1)
+    error_has("pcrun.Pool:imap: the pool is closed", p.imap, p, fn, { 1 })
+    error_has("pcrun.Pool:imap_unordered: the pool is closed",
+              p.imap_unordered, p, fn, { 1 })
+    p:join()
+    error_has("the pool is", p.map, p, fn, { 1 })
+  end))
+
+  it("terminate stops the workers and fails unsettled futures",
+     forked(20, function()
+    local p = mkpool(2)
+    local pids = p:pids()
+    local fs = {}
+    for i = 1, 6 do
+      fs[i] = p:submit(function() sleep(10) return i end)
+    end
+    helpers.sleep(0.1)
+    local t0 = helpers.now()
+    p:terminate()
+    assert.is_true(helpers.now() - t0 < 5)
+    for _, pid in ipairs(pids) do assert.is_true(helpers.wait_gone(pid, 2)) end
+    assert.are.equal(0, #helpers.children())
+    for _, f in ipairs(fs) do
+      assert.is_true(f:done())
+      error_has("terminated", f.result, f, 1)
+      has(f:error(1), "terminated")
+    end
+    error_has("pcrun.Pool:map: the pool is terminated", p.map, p,
+              function(x) return x end, { 1 })
+    p:terminate()  -- again: nothing happens
+    p:join()       -- after terminate: allowed
+  end))
+
+  it("stops the workers of a pool that is garbage-collected",
+     forked(20, function()
+    local function make()
+      local p = pcrun.pool(2)
+      assert.are.same({ 2 }, p:map(function(x) return x + 1 end, { 1 }))
+      return p:pids()
+    end
+    local pids = make()
+    assert.are.equal(2, #pids)
+    collectgarbage()
+    collectgarbage()
+    for _, pid in ipairs(pids) do
+      assert.is_true(helpers.wait_gone(pid, 5), "worker " .. pid .. " left")
+    end
+    assert.are.equal(0, #helpers.children())
+  end))
+
   -- 400 rounds took 117 s on 2 cores under a load average of 12: the
   -- deadline is there to catch a hang, not to time it.
   it("survives many pools whose workers are replaced and joined",
