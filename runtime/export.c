@@ -403,6 +403,22 @@ static void serve1(lua_State *L, pcr__xsrv *s, const pcr__sig *sig, int fn,
   lua_settop(L, base);
 }
 
+/* serve1 under lua_cpcall: pushing the arguments allocates too, and an
+** export worker has no pcall around its loop. */
+typedef struct serveargs {
+  pcr__xsrv *s;
+  const pcr__sig *sig;
+  int ref;  /* the function, in the registry */
+  xslot *sl;
+} serveargs;
+
+static int serve1_p(lua_State *L) {
+  serveargs *a = lua_touserdata(L, 1);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, a->ref);
+  serve1(L, a->s, a->sig, lua_gettop(L), a->sl);
+  return 0;
+}
+
 static int decodefn(lua_State *L) {
   pcr__xsrv *s = lua_touserdata(L, 1);
   pcr__ser_decode(L, s->fn, s->fnlen, PCR_SER_TRUSTED);
@@ -443,6 +459,12 @@ void pcr__export_serve(lua_State *L, pcr__xsrv *s, int byvalue) {
   int ok = pcr__sig_parse(&sig, s->sig, err, sizeof err) == 0 &&
            getfn(L, s, byvalue);
   int fn = lua_gettop(L);
+  const char *why = fn ? lua_tostring(L, fn) : err;
+  serveargs sa = { s, &sig, LUA_NOREF, NULL };
+  if (ok) {
+    lua_pushvalue(L, fn);
+    sa.ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
   while (!atomic_load(&s->closing)) {
     uint32_t seq = atomic_load(&s->posted);
     int found = 0;
@@ -453,8 +475,13 @@ void pcr__export_serve(lua_State *L, pcr__xsrv *s, int byvalue) {
           || !atomic_compare_exchange_strong(&sl->state, &want, XS_TAKEN + me))
         continue;  /* a failed CAS would still steal the cache line */
       found = 1;
-      if (ok) serve1(L, s, &sig, fn, sl);
-      else reply(sl, PCR_ELUA, lua_tostring(L, fn));
+      sa.sl = sl;
+      if (!ok) {
+        reply(sl, PCR_ELUA, why);
+      } else if (lua_cpcall(L, serve1_p, &sa)) {
+        reply_err(sl, PCR_ELUA, s->name, "", L);  /* not enough memory */
+        lua_settop(L, fn);
+      }
       want = XS_TAKEN + me;
       /* seq_cst CAS, then read sleeping: pairs with await */
       if (atomic_compare_exchange_strong(&sl->state, &want, XS_DONE) &&
