@@ -166,15 +166,25 @@ local function worker_loop(pool, w)
     if not ok or batch == "exit" then core.child_exit(0) end
     if batch.flush then fns = {} end
     local out, last = {}, now()
+    local nid, nat  -- a task that ran out of memory, blamed if reply fails
     for i = 1, #batch do
-      out[#out + 1] = runtask(batch[i], fns, progress, slot)
+      local r = runtask(batch[i], fns, progress, slot)
+      out[#out + 1] = r
+      if r[3] then
+        for k, e in pairs(r[3]) do
+          if e == "not enough memory" then nid, nat = r[1], k end
+        end
+      end
       if i < #batch and now() - last > FLUSH then
+        if nid then progress[2 * slot], progress[2 * slot + 1] = nid, nat end
         reply(conn, out)  -- long batch: report what is done
-        out, last = {}, now()
+        out, last, nid = {}, now(), nil
       end
     end
     progress[2 * slot] = 0
+    if nid then progress[2 * slot], progress[2 * slot + 1] = nid, nat end
     reply(conn, out)
+    progress[2 * slot] = 0
   end
 end
 
