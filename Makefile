@@ -3,9 +3,16 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBS := luajit libluajit-5.1-dev libffi-dev lua-busted cmake gcc make pkg-config clang
+DEBS := luajit libluajit-5.1-dev libffi-dev lua-busted cmake gcc make pkg-config clang \
+  lua5.1 luarocks
 
-.PHONY: all deps build run test bench soak install clean asan fuzz
+.PHONY: all deps configure build run test test-repeat bench soak install rock clean asan fuzz
+
+# `make test-repeat 50` (or N=50): the busted suite N times in a row.
+ifeq (test-repeat,$(firstword $(MAKECMDGOALS)))
+  N := $(or $(word 2,$(MAKECMDGOALS)),$(N),10)
+  $(eval $(N):;@:)
+endif
 
 all: build
 
@@ -24,10 +31,23 @@ deps:
 	  fi; \
 	fi
 
-$(BUILD)/Makefile: CMakeLists.txt
-	cmake -S . -B $(BUILD) $(CMAKE_FLAGS)
+# make install PREFIX=/x: the prefix is compiled in (where pcrun finds its
+# Lua modules), so it is a configure flag, not an install-time one.
+ifneq ($(PREFIX),)
+  override CMAKE_FLAGS += -DCMAKE_INSTALL_PREFIX=$(abspath $(PREFIX))
+endif
 
-build: deps $(BUILD)/Makefile
+# Configure again whenever the flags differ from the last configure's, so
+# PREFIX or CMAKE_FLAGS given to an existing build tree take effect.
+configure: deps
+	@if [ ! -f $(BUILD)/Makefile ] || \
+	   [ "$$(cat $(BUILD)/.make-flags 2>/dev/null)" != '$(CMAKE_FLAGS)' ]; then \
+	  echo cmake -S . -B $(BUILD) $(CMAKE_FLAGS); \
+	  cmake -S . -B $(BUILD) $(CMAKE_FLAGS) && \
+	  echo '$(CMAKE_FLAGS)' > $(BUILD)/.make-flags; \
+	fi
+
+build: configure
 	cmake --build $(BUILD) -j $(JOBS)
 
 run: build
@@ -36,6 +56,15 @@ run: build
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j 1
 	$(MAKE) asan
+
+# Stops at the first failing run and says which; the specs only (label spec).
+test-repeat: build
+	@i=0; while [ $$i -lt $(N) ]; do i=$$((i + 1)); \
+	  echo "test-repeat: run $$i of $(N)"; \
+	  (cd $(BUILD) && ctest -L spec -j 1 --output-on-failure \
+	    --stop-on-failure) || { echo "test-repeat: run $$i of $(N)" \
+	    "failed ($$((i - 1)) passed before it)"; exit 1; }; \
+	done; echo "test-repeat: all $(N) runs passed"
 
 # The C tests (label c: the embedding API and its examples) again, built
 # with AddressSanitizer and UBSan in a build tree of their own. LuaJIT
@@ -47,7 +76,7 @@ asan: deps
 	cmake --build $(ASAN_BUILD) -j $(JOBS) --target test_api test_embed \
 	  embed_integrate embed_natives pcrun_core
 	cd $(ASAN_BUILD) && UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-	  ctest --output-on-failure -j 1 -L c
+	  ctest --output-on-failure -j 1 -L '^c$$'
 
 # The decoder's libFuzzer run (tests/fuzz.sh), FUZZ_SECS seconds; make test
 # runs it for 20 s. New inputs stay in $(BUILD)/fuzz/corpus for next time.
@@ -69,6 +98,13 @@ soak: build
 
 install: build
 	cmake --install $(BUILD)
+
+# The Lua module into a luarocks tree (TREE=dir, default: luarocks' own).
+# Debian's luarocks targets Lua 5.2 unless told otherwise; LuaJIT is 5.1.
+LUAROCKS ?= luarocks
+rock:
+	$(LUAROCKS) --lua-version=5.1 make $(if $(TREE),--tree $(abspath $(TREE))) \
+	  pcrun-scm-1.rockspec
 
 clean:
 	rm -rf $(BUILD)

@@ -9,7 +9,9 @@ description = {
   ]],
   license = "MIT",
 }
-dependencies = { "lua >= 5.1, < 5.2" }
+-- LuaJIT is Lua 5.1: with a luarocks that defaults to another version,
+-- say so (luarocks --lua-version=5.1 make, or `make rock`).
+dependencies = { "lua ~> 5.1" }
 -- CMake, not the builtin type: the builtin type puts LUA_INCDIR (plain
 -- Lua 5.1 headers on Debian) ahead of LuaJIT's, whose API pcrun needs.
 build = {

@@ -8,7 +8,9 @@
 #include "shm.h"
 #include "zygote.h"
 
+#include <dlfcn.h>
 #include <lauxlib.h>
+#include <limits.h>
 #include <lua.h>
 #include <lualib.h>
 #include <stdarg.h>
@@ -70,18 +72,35 @@ static int exedir(char *buf, size_t n) {
   return 0;
 }
 
-/* package.path = extra;build tree;next to the binary;install;default.
-** Without the standard libraries there is no package table: nothing. */
+static void setpaths(lua_State *L, const pcr_options *o);
+
+/* Whether this code runs from the build tree (build/pcrun, a test): only
+** then do the checkout's modules come first. An installed copy must not
+** change when the checkout is edited. */
+static int in_build_tree(void) {
+  Dl_info di;
+  char got[PATH_MAX], build[PATH_MAX];
+  const char *f = dladdr((void *)setpaths, &di) && di.dli_fname &&
+                  strchr(di.dli_fname, '/') ? di.dli_fname : "/proc/self/exe";
+  if (!realpath(f, got) || !realpath(PCR_BUILD_DIR, build)) return 0;
+  size_t n = strlen(build);
+  return !strncmp(got, build, n) && got[n] == '/';
+}
+
+/* package.path = extra;build tree (from there only);next to the binary;
+** install;default. Without the standard libraries there is no package
+** table: nothing. */
 static void setpaths(lua_State *L, const pcr_options *o) {
   char dir[4096];
   const char *exe = exedir(dir, sizeof dir) == 0 ? dir : ".";
   lua_getglobal(L, "package");
   if (!lua_istable(L, -1)) { lua_pop(L, 1); return; }
-  lua_pushfstring(L, "%s%s" PCR_LUA_SRC_DIR "/?.lua;" PCR_LUA_SRC_DIR
-                  "/?/init.lua;%s/../share/lua/5.1/?.lua;%s/../share/lua/5.1/"
+  lua_pushfstring(L, "%s%s%s%s/../share/lua/5.1/?.lua;%s/../share/lua/5.1/"
                   "?/init.lua;" PCR_LUA_INSTALL_DIR "/?.lua;"
                   PCR_LUA_INSTALL_DIR "/?/init.lua;",
                   o->lua_path ? o->lua_path : "", o->lua_path ? ";" : "",
+                  in_build_tree() ? PCR_LUA_SRC_DIR "/?.lua;" PCR_LUA_SRC_DIR
+                                    "/?/init.lua;" : "",
                   exe, exe);
   lua_getfield(L, -2, "path");
   lua_concat(L, 2);

@@ -353,6 +353,16 @@ static void reply(xslot *sl, int code, const char *msg) {
   if (msg) snprintf(sl->buf, XBUF, "%s", msg);
 }
 
+/* The error path formats into the slot, not onto the Lua stack: out of
+** memory, a lua_pushfstring here would raise with no pcall around it. */
+static void reply_err(xslot *sl, int code, const char *name,
+                      const char *what, lua_State *L) {
+  const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
+                                                  : "(error object is not a string)";
+  sl->code = code;
+  snprintf(sl->buf, XBUF, "export '%s': %s%s", name, what, msg);
+}
+
 /* Run one call with the function at index fn. */
 static void serve1(lua_State *L, pcr__xsrv *s, const pcr__sig *sig, int fn,
                    xslot *sl) {
@@ -364,13 +374,12 @@ static void serve1(lua_State *L, pcr__xsrv *s, const pcr__sig *sig, int fn,
   int nres = sig->ret == PCR_T_VOID ? 0 : 1;
   sl->ret.u64 = 0;
   if (lua_pcall(L, sig->nargs, nres, base + 1)) {
-    lua_pushfstring(L, "export '%s': %s", s->name, lua_tostring(L, -1));
-    reply(sl, PCR_ELUA, lua_tostring(L, -1));
+    reply_err(sl, PCR_ELUA, s->name, "", L);
   } else if (nres) {
     char why[128];
     if (pcr__lua_toval(L, -1, sig->ret, &sl->ret, why, sizeof why)) {
-      lua_pushfstring(L, "export '%s': result %s", s->name, why);
-      reply(sl, PCR_ETYPE, lua_tostring(L, -1));
+      sl->code = PCR_ETYPE;
+      snprintf(sl->buf, XBUF, "export '%s': result %s", s->name, why);
     } else {
       size_t len = 0;
       if (sig->ret == PCR_T_STR && sl->ret.s) lua_tolstring(L, -1, &len);
@@ -392,6 +401,22 @@ static void serve1(lua_State *L, pcr__xsrv *s, const pcr__sig *sig, int fn,
     reply(sl, PCR_OK, NULL);
   }
   lua_settop(L, base);
+}
+
+/* serve1 under lua_cpcall: pushing the arguments allocates too, and an
+** export worker has no pcall around its loop. */
+typedef struct serveargs {
+  pcr__xsrv *s;
+  const pcr__sig *sig;
+  int ref;  /* the function, in the registry */
+  xslot *sl;
+} serveargs;
+
+static int serve1_p(lua_State *L) {
+  serveargs *a = lua_touserdata(L, 1);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, a->ref);
+  serve1(L, a->s, a->sig, lua_gettop(L), a->sl);
+  return 0;
 }
 
 static int decodefn(lua_State *L) {
@@ -434,6 +459,12 @@ void pcr__export_serve(lua_State *L, pcr__xsrv *s, int byvalue) {
   int ok = pcr__sig_parse(&sig, s->sig, err, sizeof err) == 0 &&
            getfn(L, s, byvalue);
   int fn = lua_gettop(L);
+  const char *why = fn ? lua_tostring(L, fn) : err;
+  serveargs sa = { s, &sig, LUA_NOREF, NULL };
+  if (ok) {
+    lua_pushvalue(L, fn);
+    sa.ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
   while (!atomic_load(&s->closing)) {
     uint32_t seq = atomic_load(&s->posted);
     int found = 0;
@@ -444,8 +475,13 @@ void pcr__export_serve(lua_State *L, pcr__xsrv *s, int byvalue) {
           || !atomic_compare_exchange_strong(&sl->state, &want, XS_TAKEN + me))
         continue;  /* a failed CAS would still steal the cache line */
       found = 1;
-      if (ok) serve1(L, s, &sig, fn, sl);
-      else reply(sl, PCR_ELUA, lua_tostring(L, fn));
+      sa.sl = sl;
+      if (!ok) {
+        reply(sl, PCR_ELUA, why);
+      } else if (lua_cpcall(L, serve1_p, &sa)) {
+        reply_err(sl, PCR_ELUA, s->name, "", L);  /* not enough memory */
+        lua_settop(L, fn);
+      }
       want = XS_TAKEN + me;
       /* seq_cst CAS, then read sleeping: pairs with await */
       if (atomic_compare_exchange_strong(&sl->state, &want, XS_DONE) &&

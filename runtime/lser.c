@@ -114,6 +114,14 @@ static int ser_register_type(lua_State *L)
   return 1;
 }
 
+/* Whether this state's serializer reads tables in place (the self-test
+   passed): pcrun.info() reports it. */
+static int ser_fast(lua_State *L)
+{
+  lua_pushboolean(L, ((sstate *)lua_touserdata(L, lua_upvalueindex(1)))->fl.ok);
+  return 1;
+}
+
 static int ser_refresh_names(lua_State *L)
 {
   pcr__ser_names_reset(L);
@@ -127,6 +135,7 @@ void pcr__ser_open(lua_State *L)
     { "decode", ser_decode },
     { "register_type", ser_register_type },
     { "refresh_names", ser_refresh_names },
+    { "ser_fast", ser_fast },
     { "cdhook", l_cdhook },
     { NULL, NULL }
   };

@@ -42,6 +42,26 @@ static int report(pcr_runtime *rt, int r) {
   return gotint ? 130 : 1;
 }
 
+/* What a bug report needs, from the LuaJIT actually loaded (the header's
+** LUAJIT_VERSION may be another one's). */
+static int version(const pcr_options *o) {
+  pcr_runtime *rt;
+  if (pcr_open(&rt, o)) {
+    printf("pcrun %s (%s)\n", pcr_version(), LUAJIT_VERSION);
+    return 1;
+  }
+  int r = pcr_run_string(rt,
+      "local i = require 'pcrun'.info()\n"
+      "print(('pcrun %s\\n%s (%s)\\nserializer fast path: %s\\n'\n"
+      "  .. 'arena: %.0f MiB\\ncpus: %d'):format(i.version, i.luajit,\n"
+      "  i.gc64 and 'GC64' or 'non-GC64', i.ser_fast and 'on' or\n"
+      "  'off (tables go through the Lua API)', i.arena / 2^20, i.cpus))",
+      "=(version)");
+  if (r != PCR_OK) fprintf(stderr, "pcrun: %s\n", pcr_last_error(rt));
+  pcr_close(rt);
+  return r == PCR_OK ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
   pcr_options o;
   pcr_options_init(&o);
@@ -53,10 +73,7 @@ int main(int argc, char **argv) {
     const char *a = argv[i];
     if (!strcmp(a, "--")) { i++; break; }
     if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
-    if (!strcmp(a, "-v") || !strcmp(a, "--version")) {
-      printf("pcrun %s (%s)\n", pcr_version(), LUAJIT_VERSION);
-      return 0;
-    }
+    if (!strcmp(a, "-v") || !strcmp(a, "--version")) return version(&o);
     if ((!strcmp(a, "-e") || !strcmp(a, "-l") || !strcmp(a, "-n"))) {
       if (i + 1 >= argc) {
         fprintf(stderr, "pcrun: '%s' needs an argument\n", a);

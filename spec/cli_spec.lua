@@ -139,6 +139,40 @@ describe("pcrun (the CLI)", function()
     end
   end)
 
+  it("prints what a bug report needs with --version", function()
+    local info = pcrun.info()
+    local want = ("pcrun %s\n%s (%s)\nserializer fast path: on\n"
+                  .. "arena: 64 MiB\ncpus: %d\n")
+      :format(pcrun.version, jit.version, info.gc64 and "GC64" or "non-GC64",
+              pcrun.cpu_count())
+    if not info.ser_fast then
+      want = want:gsub("path: on", "path: off (tables go through the Lua API)")
+    end
+    local r = helpers.run_cli({ "--version" }, nil,
+                              { env = { PCRUN_ARENA = "64M" } })
+    assert.are.equal(0, r.status, r.stderr)
+    assert.are.equal(want, r.stdout)
+    r = helpers.run_cli({ "--version" }, nil,
+                        { env = { PCRUN_ARENA = "64M", PCRUN_SER_NOFAST = 1 } })
+    has(r.stdout, "serializer fast path: off (tables go through the Lua API)")
+  end)
+
+  it("describes the runtime with pcrun.info()", function()
+    local info = pcrun.info()
+    assert.are.equal(pcrun.version, info.version)
+    assert.are.equal(jit.version, info.luajit)
+    assert.are.equal(require("ffi").abi("gc64"), info.gc64)
+    assert.are.equal(pcrun.arena().size, info.arena)
+    assert.are.equal(pcrun.cpu_count(), info.cpus)
+    assert.are.equal("boolean", type(info.ser_fast))
+    -- The fast path's self-test holds on every LuaJIT 2.1 in GC64 mode.
+    if info.gc64 then assert.is_true(info.ser_fast) end
+    local r = helpers.run_cli({ "-e",
+      "io.write(tostring(require('pcrun').info().ser_fast))" }, nil,
+      { env = { PCRUN_SER_NOFAST = 1 } })
+    assert.are.equal("false", r.stdout)
+  end)
+
   it("prints the usage with -h and --help", function()
     for _, opt in ipairs { "-h", "--help" } do
       local r = run { opt }

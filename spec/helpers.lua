@@ -62,8 +62,9 @@ M.now = core.now
 function M.proc_stat(pid)
   local f = io.open("/proc/" .. tostring(pid) .. "/stat", "r")
   if not f then return nil end
-  local s = f:read("*a")
+  local s = f:read("*a")  -- nil: it ended between open and read
   f:close()
+  if not s then return nil end
   -- comm is in parentheses and may hold spaces or ')': split at the last.
   local comm, rest = s:match("^%d+ %((.*)%) (.*)$")
   if not rest then return nil end

@@ -473,33 +473,97 @@ describe("pcrun.pool", function()
     end
   end))
 
-  it("fails only the task that runs its worker out of memory",
-     forked(30, function()
-    -- Each worker may map 1 GiB at most; task 2 asks for far more.
-    local p = mkpool(2, { initializer = function()
-      local ffi = require "ffi"
-      pcall(ffi.cdef, [[
-        struct pcr_rlimit { unsigned long cur, max; };
-        int setrlimit(int resource, const struct pcr_rlimit *rl);
-      ]])
-      local rl = ffi.new("struct pcr_rlimit", 2 ^ 30 + 2 ^ 29, 2 ^ 30 + 2 ^ 29)
-      assert(ffi.C.setrlimit(9, rl) == 0)  -- RLIMIT_AS
-    end })
-    local function task(x)
+  -- The task lowers its worker's address-space limit (RLIMIT_AS) to what it
+  -- maps now plus 64 MiB, then allocates 1 MiB strings: LuaJIT's allocator
+  -- fails within a few, fast, on any LuaJIT and under any load.
+  local OOM_SRC = [[
+    local function oom_task(x, keep)
       if x == 2 then
+        local ffi = require "ffi"
+        pcall(ffi.cdef, "struct pcr_rlimit { unsigned long cur, max; };"
+              .. "int setrlimit(int resource, const struct pcr_rlimit *rl);")
+        local f = assert(io.open("/proc/self/statm"))
+        local pages = tonumber(f:read("*a"):match("^(%d+)"))
+        f:close()
+        local lim = pages * 4096 + 64 * 2 ^ 20
+        local rl = ffi.new("struct pcr_rlimit", lim, lim)
+        assert(ffi.C.setrlimit(9, rl) == 0)  -- RLIMIT_AS
         local t = {}
-        for i = 1, 1e9 do t[i] = ("x"):rep(64) .. i end
+        if keep then _G.hog = t end
+        for i = 1, 1e6 do t[i] = ("x"):rep(2 ^ 20 + i) end
       end
       return x
     end
-    local vals, errs = drain(p:imap(task, range(5)))
+    -- Task 2 keeps what it took, then every smaller size too, until even
+    -- a few bytes fail: the worker's own error path has no memory left.
+    -- (jit.off: LuaJIT's compiled code itself can crash out of memory.)
+    local function hog_task(x)
+      if x == 2 then
+        jit.off()
+        pcall(oom_task, 2, true)
+        for _, size in ipairs({ 65536, 1024, 64, 8 }) do
+          pcall(function()
+            while true do
+              _G.hog = { _G.hog, ("y"):rep(size) .. tostring(_G.hog) }
+            end
+          end)
+        end
+        return ("z"):rep(2 ^ 20)
+      end
+      return x
+    end
+  ]]
+  local oom_task, hog_task = assert(loadstring(OOM_SRC
+    .. " return oom_task, hog_task"))()
+
+  it("fails only the task that runs its worker out of memory, with "
+     .. "'not enough memory'", forked(30, function()
+    local p = mkpool(2)
+    local pids = p:pids()
+    local vals, errs = drain(p:imap(oom_task, range(5)))
     assert.are.equal(1, #errs, table.concat(errs, "\n"))
-    -- LuaJIT raises "not enough memory", or the worker dies: either way
-    -- only task 2 fails
-    assert.is_truthy(errs[1]:find("task 2", 1, true), errs[1])
+    assert.is_truthy(errs[1]:find("^worker %d: task 2: not enough memory"),
+                     errs[1])
     assert.are.same({ 1, nil, 3, 4, 5 }, vals)
-    assert.are.same({ 7 }, p:map(function(x) return x end, { 7 }))
+    -- The worker caught it and lives on: no replacement was forked.
+    assert.are.same(pids, p:pids())
+    assert.are.same({ 2, 4 }, p:map(function(x) return 2 * x end, { 1, 2 }))
+    local f = p:submit(oom_task, 2)
+    local ok, err = pcall(f.result, f)
+    assert.is_false(ok)
+    assert.is_truthy(tostring(err):find("not enough memory", 1, true), err)
+    assert.are.same(pids, p:pids())
   end))
+
+  -- Before, the error raised by the worker's report unwound into the
+  -- parent's frames copied by fork: the worker ran on as the script.
+  it("fails a task with 'not enough memory' even when the worker's error "
+     .. "path has no memory left", function()
+    local r = helpers.run_cli({ "-e", OOM_SRC .. [[
+      local pcrun = require "pcrun"
+      local p = pcrun.pool(1)
+      local ok, err = pcall(p.map, p, hog_task, { 1, 2 })
+      io.write("after ", tostring(ok), " ", tostring(err), "\n")
+      p:terminate()
+    ]] }, nil, { timeout = 30 })
+    assert.are.equal(0, r.status, r.stderr)
+    -- The worker replied, or could not and exited saying why.
+    assert.is_truthy(r.stdout:find("^after false worker 1:? [^\n]*task 2: "
+                                   .. "not enough memory\n$"), r.stdout)
+    assert.are.equal("", r.stderr)
+  end)
+
+  it("ends a process that runs out of memory with status 1, saying so",
+     function()
+    local r = helpers.run_cli({ "-e", OOM_SRC .. [[
+      local p = require("pcrun").process(oom_task, 2):start()
+      assert(p:join(20))
+      io.write(p.exitcode)
+    ]] }, nil, { timeout = 30 })
+    assert.are.equal(0, r.status, r.stderr)
+    assert.are.equal("1", r.stdout)
+    has(r.stderr, "pcrun: process ", " failed: not enough memory")
+  end)
 
   it("names the signal that killed a worker",
      forked(20, function()
@@ -900,8 +964,10 @@ describe("pcrun.pool", function()
     assert.are.equal(0, #helpers.children())
   end))
 
+  -- 400 rounds took 117 s on 2 cores under a load average of 12: the
+  -- deadline is there to catch a hang, not to time it.
   it("survives many pools whose workers are replaced and joined",
-     forked(40, function()
+     forked(300, function()
     -- Each round forks replacements (maxtasksperchild) right before
     -- the other workers exit: the shared rings must stay consistent.
     local list = range(10)

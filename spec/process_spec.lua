@@ -179,13 +179,15 @@ describe("pcrun.process", function()
 
   it("reports is_alive true while running and false after", function()
     local a, b = pcrun.pipe()
+    -- The child keeps to end b and the parent to end a: a child reading
+    -- on a could take its own "up" before the parent saw it.
     local p = pcrun.process(function()
       b:send("up")
-      a:recv()  -- until the parent says stop
+      b:recv()  -- until the parent says stop
     end):start()
     assert.are.equal("up", a:recv(5))
     assert.is_true(p:is_alive())
-    b:send("stop")
+    a:send("stop")
     assert.is_true(p:join(5))
     assert.is_false(p:is_alive())
     a:close()

@@ -10,8 +10,11 @@ trap 'rm -rf "$tmp"' EXIT
 pc=$(dirname "$(find "$tmp/prefix" -name pcrun.pc | head -n 1)")
 test -f "$pc/pcrun.pc" || { echo "pcrun.pc not installed" >&2; exit 1; }
 libdir=$(dirname "$pc")
-export PKG_CONFIG_PATH="$pc"
-export LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# Prepended: luajit.pc must still come from the LuaJIT the build used.
+export PKG_CONFIG_PATH="$pc${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+# ... and the programs run on that LuaJIT's library, wherever it lies.
+ljlib=$(pkg-config --variable=libdir luajit)
+export LD_LIBRARY_PATH="$libdir:$ljlib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 "$cmake" -S "$src/examples/embed" -B "$tmp/cm" >/dev/null
 "$cmake" --build "$tmp/cm" >/dev/null
 "$tmp/cm/embed_integrate"
@@ -21,4 +24,7 @@ cc -o "$tmp/integrate" "$src/examples/embed/integrate.c" \
 "$tmp/integrate"
 # Linked against the installed shared library, not the build tree's.
 ldd "$tmp/integrate" | grep -q "$libdir/libpcrun.so"
+got=$(ldd "$tmp/integrate" | awk '/libluajit/ { print $3 }')
+[ "$(readlink -f "$got")" = "$(readlink -f "$ljlib/$(basename "$got")")" ] || {
+  echo "integrate runs on $got, not on $ljlib's LuaJIT" >&2; exit 1; }
 echo "install_test: ok"

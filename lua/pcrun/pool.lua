@@ -26,6 +26,9 @@ local MAXDEPTH = 256
 local FLUSH = 0.001   -- a worker reports at least this often
 local FNCACHE = 256   -- functions a worker keeps before starting afresh
 local SPINFOR = 100e-6  -- the parent polls this long for a reply due soon
+-- A worker that ran out of memory where it could not even reply exits
+-- with this status; the parent fails the task with "not enough memory".
+local EXIT_NOMEM = 86
 local MAP, STAR, CALL = 1, 2, 3
 local SIGNAMES = { [1] = "SIGHUP", [2] = "SIGINT", [3] = "SIGQUIT",
   [4] = "SIGILL", [6] = "SIGABRT", [7] = "SIGBUS", [8] = "SIGFPE",
@@ -95,6 +98,9 @@ local function runchunk(fn, mode, items, n, progress, at)
     local ok, err = xpcall(run, traceback, fn, items, res, k, n, progress, at)
     if ok then break end
     local i = progress[at]
+    -- LuaJIT does not collect when an allocation fails: free the task's
+    -- garbage now, or the reply could run out of memory too.
+    if err == "not enough memory" then collectgarbage() end
     errs = errs or {}
     errs[i] = err
     k = i + 1
@@ -160,26 +166,39 @@ local function worker_loop(pool, w)
     if not ok or batch == "exit" then core.child_exit(0) end
     if batch.flush then fns = {} end
     local out, last = {}, now()
+    local nid, nat  -- a task that ran out of memory, blamed if reply fails
     for i = 1, #batch do
-      out[#out + 1] = runtask(batch[i], fns, progress, slot)
+      local r = runtask(batch[i], fns, progress, slot)
+      out[#out + 1] = r
+      if r[3] then
+        for k, e in pairs(r[3]) do
+          if e == "not enough memory" then nid, nat = r[1], k end
+        end
+      end
       if i < #batch and now() - last > FLUSH then
+        if nid then progress[2 * slot], progress[2 * slot + 1] = nid, nat end
         reply(conn, out)  -- long batch: report what is done
-        out, last = {}, now()
+        out, last, nid = {}, now(), nil
       end
     end
     progress[2 * slot] = 0
+    if nid then progress[2 * slot], progress[2 * slot + 1] = nid, nat end
     reply(conn, out)
+    progress[2 * slot] = 0
   end
 end
 
+local function say_failed(index, err)
+  io.stderr:write(("pcrun: worker %d (pid %d) failed: %s\n")
+                  :format(index, core.getpid(), tostring(err)))
+end
+
 -- Nothing may unwind out of here: below is the parent's stack, which the
--- fork copied.
+-- fork copied. Out of memory, even the report can raise: protected too.
 local function worker_main(pool, w)
   local ok, err = xpcall(worker_loop, debug.traceback, pool, w)
-  if not ok then
-    io.stderr:write(("pcrun: worker %d (pid %d) failed: %s\n")
-                    :format(w.index, core.getpid(), tostring(err)))
-  end
+  if err == "not enough memory" then core.child_exit(EXIT_NOMEM) end
+  if not ok then pcall(say_failed, w.index, err) end
   core.child_exit(ok and 0 or 70)
 end
 
@@ -201,7 +220,10 @@ local function spawn(self, i)
               nitems = 0 }
   self.workers[i] = w
   local pid = core.fork()
-  if pid == 0 then worker_main(self, w) end
+  if pid == 0 then
+    local _, err = pcall(worker_main, self, w)  -- returns on an escape
+    core.child_exit(err == "not enough memory" and EXIT_NOMEM or 70)
+  end
   b:close()  -- now the worker's death closes its end: we see end of file
   w.wconn, w.pid = nil, pid
   core.set_daemon(pid, true)  -- an exit without lua_close must not wait
@@ -537,6 +559,8 @@ local function died(self, w)
   local why
   if w.timedout then
     why = ("timed out after %gs"):format(self.timeout)
+  elseif code == EXIT_NOMEM then
+    why = "not enough memory"
   elseif code and code < 0 then
     why = ("killed by signal %d (%s)"):format(-code, SIGNAMES[-code] or "?")
   else

@@ -41,13 +41,22 @@ function M.new(fn, ...)
                         daemon = false, _state = "new" }, Process)
 end
 
+local function say_failed(err)
+  io.stderr:write(("pcrun: process %d failed: %s\n")
+                  :format(core.getpid(), tostring(err)))
+end
+
+-- Out of memory, even the report can raise: nothing may unwind into the
+-- parent's stack that the fork copied.
 local function childmain(self)
   local ok, err = xpcall(function()
     return M.resolve(self.fn)(unpack(self.args, 1, self.args.n))
   end, debug.traceback)
   if not ok then
-    io.stderr:write(("pcrun: process %d failed: %s\n")
-                    :format(core.getpid(), tostring(err)))
+    if not pcall(say_failed, err) then
+      pcall(io.stderr.write, io.stderr,
+            "pcrun: a process failed: not enough memory\n")
+    end
     core.child_exit(1)
   end
   core.child_exit(0)
@@ -62,7 +71,10 @@ function Process:start()
     error("pcrun.Process:start: a process can only be started once", 2)
   end
   local pid = core.fork()
-  if pid == 0 then childmain(self) end
+  if pid == 0 then
+    pcall(childmain, self)  -- returns only if an error escaped it
+    core.child_exit(1)
+  end
   self.pid, self._state = pid, "started"
   if self.daemon then core.set_daemon(pid, true) end
   return self
