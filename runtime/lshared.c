@@ -33,12 +33,13 @@ static lobj *live;
 
 /* Metatable names, by kind; the user-facing name follows "pcrun.". */
 enum { K_QUEUE, K_JQUEUE, K_LOCK, K_RLOCK, K_SEM, K_BSEM, K_EVENT, K_COND,
-       K_BARRIER, K_REF, K_N };
+       K_BARRIER, K_REF, K_DICT, K_N };
 static const char *const kname[K_N] = {
   "pcrun.Queue", "pcrun.JoinableQueue", "pcrun.Lock", "pcrun.RLock",
   "pcrun.Semaphore", "pcrun.BoundedSemaphore", "pcrun.Event",
-  "pcrun.Condition", "pcrun.Barrier", "pcrun.ObjRef"
+  "pcrun.Condition", "pcrun.Barrier", "pcrun.ObjRef", "pcrun.Dict"
 };
+_Static_assert(K_DICT == PCR_LKIND_DICT, "ldict.c's kind");
 
 static void link_obj(lobj *h) {
   h->prev = NULL;
@@ -81,7 +82,7 @@ void pcr__msg_begin(void) {
 }
 
 /* The arena offsets of the objects the message being encoded carries. */
-static size_t msg_refs(const uint64_t **out) {
+size_t pcr__msg_refs(const uint64_t **out) {
   static uint64_t *offs;
   static int cap;
   if (npend > cap) {
@@ -182,6 +183,24 @@ static lobj *check(lua_State *L, int k, const char *m) {
                kname[k]);
   if (!h->o) luaL_error(L, "%s: the object was released", who(L, k, m));
   return h;
+}
+
+/* For the binding files of other kinds (lshared.h). */
+void *pcr__lshared_push(lua_State *L, pcr_obj *o, int kind) {
+  return pushobj(L, o, kind);
+}
+
+pcr_obj *pcr__lshared_check(lua_State *L, int kind, const char *method) {
+  return check(L, kind, method)->o;
+}
+
+pcr_obj *pcr__lshared_fast(void *ud, int kind) {
+  lobj *h = ud;
+  return h && h->magic == LOBJ_MAGIC && h->kind == kind ? h->o : NULL;
+}
+
+int pcr__lshared_nospace(lua_State *L, const char *who) {
+  return nospace(L, who);
 }
 
 static double timeout(lua_State *L, int idx, int k, const char *m) {
@@ -294,7 +313,7 @@ static int q_put_(lua_State *L, int nowait, const char *m) {
     kind = PCR_QF_VALUE;
   }
   putctx c = { q, kind, p, n, NULL, 0 };
-  c.nrefs = msg_refs(&c.refs);
+  c.nrefs = pcr__msg_refs(&c.refs);
   int e = blocking(L, deadline, 1, putop, &c);
   if (e) {
     pcr__msg_end(0);  /* not sent: its references go */
@@ -1161,6 +1180,10 @@ static void newmt(lua_State *L, int k, const luaL_Reg *m1, const luaL_Reg *m2) {
   lua_setfield(L, -2, kname[k] + 6);  /* core.Queue = mt, ... */
 }
 
+void pcr__lshared_class(lua_State *L, int kind, const luaL_Reg *methods) {
+  newmt(L, kind, methods, NULL);
+}
+
 void pcr__lshared_open(lua_State *L) {
   static const luaL_Reg fns[] = {
     {"queue", l_queue}, {"sync", l_sync}, {"array_new", l_array_new},
@@ -1186,4 +1209,5 @@ void pcr__lshared_open(lua_State *L) {
   newmt(L, K_COND, cond_m, NULL);
   newmt(L, K_BARRIER, barrier_m, NULL);
   newmt(L, K_REF, ref_m, NULL);
+  pcr__ldict_open(L);
 }

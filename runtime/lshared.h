@@ -41,4 +41,23 @@ int pcr__lua_sigint(lua_State *L);
 /* Drop this process's own references (a child about to _exit). */
 void pcr__lshared_exit(void);
 
+/* For the binding files of other kinds (ldict.c). A kind numbers a
+** handle class; the handle of the userdata at 1 is checked for it. */
+#define PCR_LKIND_DICT 10
+/* Wrap o (its reference adopted) as a handle of kind; returns the handle. */
+void *pcr__lshared_push(lua_State *L, pcr_obj *o, int kind);
+/* The object of the handle at index 1, or an error naming the method. */
+pcr_obj *pcr__lshared_check(lua_State *L, int kind, const char *method);
+/* The object of a handle (an ffi call's void *), or NULL. */
+pcr_obj *pcr__lshared_fast(void *ud, int kind);
+/* Raise "who: out of shared arena space (raise PCRUN_ARENA ...)". */
+int pcr__lshared_nospace(lua_State *L, const char *who);
+/* Make the class of kind (core.<Name> = metatable). */
+void pcr__lshared_class(lua_State *L, int kind, const luaL_Reg *methods);
+/* The arena offsets of the references the message being encoded has
+** taken (between pcr__msg_begin and pcr__msg_end). */
+size_t pcr__msg_refs(const uint64_t **out);
+/* Add pcrun.Dict (ldict.c). */
+void pcr__ldict_open(lua_State *L);
+
 #endif
