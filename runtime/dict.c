@@ -200,7 +200,7 @@ static void recover(pcr_dstripe *s) {
     if (a && !present(t, mask, a)) entfree(at(a, sizeof(pcr_dent)));
     if (b && !present(t, mask, b)) entfree(at(b, sizeof(pcr_dent)));
     break;
-  case OP_GROW:
+  case OP_GROW:  /* a is 0 when the stripe was being emptied */
     if (atomic_load(&s->tab) == a) pcr__shm_free(at(b, sizeof(dtab)));
     else pcr__shm_free(at(a, sizeof(dtab)));
     break;
@@ -234,21 +234,22 @@ static uint64_t capfor(uint64_t n) {
   return cap;
 }
 
-/* Rebuild the stripe's index at cap slots, dropping tombstones. Under the
-** lock; the old index stays whole (readers go on using it) until the new
-** one is published. Returns 0 or -ENOSPC. */
+/* Rebuild the stripe's index at cap slots (0: none), dropping
+** tombstones. Under the lock; the old index stays whole (readers go on
+** using it) until the new one is published. Returns 0 or -ENOSPC. */
 static int resize(pcr_dstripe *s, uint64_t cap) {
   uint64_t omask = 0;
-  dtab *ot = tabof(s, &omask);
-  dtab *nt = pcr__shm_alloc(sizeof(dtab) + 8 * cap);
-  if (!nt) return -ENOSPC;
-  memset(nt, 0, sizeof(dtab) + 8 * cap);
-  nt->mask = cap - 1;
-  s->a = offof(nt);
+  dtab *ot = tabof(s, &omask), *nt = NULL;
+  if (cap) {
+    if (!(nt = pcr__shm_alloc(sizeof(dtab) + 8 * cap))) return -ENOSPC;
+    memset(nt, 0, sizeof(dtab) + 8 * cap);
+    nt->mask = cap - 1;
+  }
+  s->a = nt ? offof(nt) : 0;
   s->b = ot ? offof(ot) : 0;
   atomic_store(&s->op, OP_GROW);
   uint64_t n = 0;
-  if (ot)
+  if (ot && nt)
     for (uint64_t j = 0; j <= omask; j++) {
       uint64_t sl = atomic_load_explicit(&ot->slot[j], memory_order_relaxed);
       if (sl <= TOMB) continue;
@@ -259,7 +260,7 @@ static int resize(pcr_dstripe *s, uint64_t cap) {
       atomic_store_explicit(&nt->slot[i], sl, memory_order_relaxed);
       n++;
     }
-  atomic_store_explicit(&s->tab, offof(nt), memory_order_release);
+  atomic_store_explicit(&s->tab, s->a, memory_order_release);
   atomic_store_explicit(&s->count, n, memory_order_relaxed);
   s->used = n;
   bump(s);
@@ -440,7 +441,8 @@ int pcr__dict_put(pcr_dict *d, const pcr_dkey *k, const pcr_dval *v,
                                              memory_order_relaxed) - 1;
       bump(s);
       atomic_store(&s->op, OP_NONE);
-      if (mask + 1 > MINCAP && n * 8 < mask + 1)
+      if (n == 0) resize(s, 0);  /* an empty stripe keeps nothing */
+      else if (mask + 1 > MINCAP && n * 8 < mask + 1)
         resize(s, capfor(n));  /* on failure the big index stays */
       sunlock(s);
       entfree(ce);
