@@ -77,11 +77,18 @@ static dtab *tabof(pcr_dstripe *s, uint64_t *mask) {
 }
 
 /* The slot holding k, or -1 with *ins (if asked) where it would go: the
-** first tombstone on its path or the empty slot that ends it. */
-static int64_t find(dtab *t, uint64_t mask, const pcr_dkey *k, int64_t *ins) {
+** first tombstone on its path or the empty slot that ends it. A lock-free
+** reader passes its stripe's version as read (ver, v): it gives up (-1)
+** once the version moves, since an index freed under it may hold
+** anything. */
+static int64_t find(dtab *t, uint64_t mask, const pcr_dkey *k, int64_t *ins,
+                    _Atomic uint32_t *ver, uint32_t v) {
   uint64_t i = (k->hash >> 6) & mask, tag = k->hash & ~OFFMASK;
   int64_t tomb = -1;
   for (uint64_t n = 0; n <= mask; n++, i = (i + 1) & mask) {
+    if (ver && (n & 255) == 255 &&
+        atomic_load_explicit(ver, memory_order_acquire) != v)
+      return -1;
     uint64_t sl = atomic_load_explicit(&t->slot[i], memory_order_acquire);
     if (sl == 0) {
       if (ins) *ins = tomb >= 0 ? tomb : (int64_t)i;
@@ -305,7 +312,7 @@ int pcr__dict_get(pcr_dict *d, const pcr_dkey *k, pcr_dout *out) {
     uint64_t mask, off = 0;
     int r = 0;
     dtab *t = tabof(s, &mask);
-    int64_t i = t ? find(t, mask, k, NULL) : -1;
+    int64_t i = t ? find(t, mask, k, NULL, &s->ver, v) : -1;
     pcr_dent *e = t ? entat(t, i) : NULL;
     if (e) {
       off = offof(e);
@@ -340,7 +347,7 @@ int pcr__dict_has(pcr_dict *d, const pcr_dkey *k) {
     uint32_t v = atomic_load_explicit(&s->ver, memory_order_acquire);
     uint64_t mask;
     dtab *t = tabof(s, &mask);
-    int r = t && find(t, mask, k, NULL) >= 0;
+    int r = t && find(t, mask, k, NULL, &s->ver, v) >= 0;
     atomic_thread_fence(memory_order_acquire);
     if (atomic_load_explicit(&s->ver, memory_order_relaxed) == v) return r;
   }
@@ -376,7 +383,7 @@ static int place(pcr_dict *d, pcr_dstripe *s, const pcr_dkey *k,
         return -ENOSPC;
       }
       t = tabof(s, &mask);
-      find(t, mask, k, &ins);
+      find(t, mask, k, &ins, NULL, 0);
     }
   }
   s->a = offof(ne);
@@ -413,7 +420,7 @@ int pcr__dict_put(pcr_dict *d, const pcr_dkey *k, const pcr_dval *v,
     uint64_t mask;
     int64_t ins = -1;
     dtab *t = tabof(s, &mask);
-    int64_t i = t ? find(t, mask, k, &ins) : -1;
+    int64_t i = t ? find(t, mask, k, &ins, NULL, 0) : -1;
     pcr_dent *ce = t ? entat(t, i) : NULL;
     int ok = 1;
     if (cond == PCR_DC_VALUE) ok = valeq(ce, want);
@@ -476,7 +483,7 @@ int pcr__dict_add(pcr_dict *d, const pcr_dkey *k, double delta, double *res,
     uint64_t mask;
     int64_t ins = -1;
     dtab *t = tabof(s, &mask);
-    int64_t i = t ? find(t, mask, k, &ins) : -1;
+    int64_t i = t ? find(t, mask, k, &ins, NULL, 0) : -1;
     pcr_dent *ce = t ? entat(t, i) : NULL;
     if (ce) {
       if (ce->vkind != PCR_DV_NUMBER) {
@@ -552,7 +559,7 @@ static int snapcopy(pcr_dstripe *s, const pcr_dkey *k, pcr_dsnap *snap,
   if (!t) return 0;
   uint64_t lo = 0, hi = mask;
   if (k) {
-    int64_t i = find(t, mask, k, NULL);
+    int64_t i = find(t, mask, k, NULL, NULL, 0);
     snap->tok = tokof(s, entat(t, i));
     if (i < 0) return 0;
     lo = hi = (uint64_t)i;
