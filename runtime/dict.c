@@ -321,14 +321,18 @@ int pcr__dict_get(pcr_dict *d, const pcr_dkey *k, pcr_dout *out) {
       out->num = numof(e);
       out->n = 0;
       if (out->kind == PCR_DV_STRING || out->kind == PCR_DV_VALUE) {
-        size_t n = e->vlen;
-        /* Trust the length only if the entry was still live. */
+        /* The layout read once, trusted only if the entry was still live
+        ** after: the entry may be freed and reused while we copy, but the
+        ** bytes copied then lie where it was. */
+        volatile pcr_dent *ve = e;  /* each field loaded once, here */
+        uint64_t klen = ve->klen, nrefs = ve->nrefs, n = ve->vlen;
         atomic_thread_fence(memory_order_acquire);
-        if (atomic_load_explicit(&s->ver, memory_order_relaxed) != v ||
-            !at(off, PCR_DENT_SIZE(e)))
+        if (atomic_load_explicit(&s->ver, memory_order_relaxed) != v)
           continue;
+        uint64_t voff = sizeof(pcr_dent) + PCR_ALIGN_UP(klen, 8) + 8 * nrefs;
+        if (!at(off, voff + n)) continue;
         if (grow(&out->cap, &out->buf, n ? n : 1) < 0) return -ENOMEM;
-        memcpy(out->buf, PCR_DENT_VAL(e), n);
+        memcpy(out->buf, (char *)e + voff, n);
         out->n = n;
       }
       r = 1;

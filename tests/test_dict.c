@@ -193,12 +193,66 @@ static void killed_writers(void) {
   printf("  killed writers: 150 kills, %zu bytes lost\n", lost);
 }
 
+/* Lock-free reads while another process replaces, deletes, grows and
+** clears: every value read is whole (its bytes are the key's digits),
+** whatever was freed and reused under the reader. */
+static void readers_vs_writer(void) {
+  pcr_dict *d = pcr__dict_new();
+  pid_t pid = fork();
+  if (pid == 0) {
+    pcr__self_reset();
+    char kb[32], vb[2100];
+    for (unsigned i = 0;; i++) {
+      unsigned n = (i * 2654435761u) % 300;
+      snprintf(kb, sizeof kb, "r%u", n);
+      pcr_dkey k = skey(kb);
+      if (i % 7 == 0) {
+        pcr__dict_put(d, &k, NULL, PCR_DC_ANY, NULL, 0, 0);
+      } else {
+        size_t len = (i * 31) % 2000 + 1;
+        for (size_t j = 0; j < len; j++) vb[j] = kb[1 + j % (strlen(kb) - 1)];
+        pcr_dval v = { PCR_DV_STRING, 0, vb, len, NULL, 0 };
+        pcr__dict_put(d, &k, &v, PCR_DC_ANY, NULL, 0, 0);
+      }
+      if (i % 5000 == 0) pcr__dict_clear(d);
+    }
+  }
+  pcr_dout out = { 0 };
+  char kb[32];
+  long reads = 0, found = 0, bad = 0;
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  do {
+    for (unsigned n = 0; n < 300; n++, reads++) {
+      snprintf(kb, sizeof kb, "r%u", n);
+      pcr_dkey k = skey(kb);
+      if (pcr__dict_get(d, &k, &out) != 1) continue;
+      found++;
+      size_t nd = strlen(kb) - 1;
+      if (out.kind != PCR_DV_STRING || out.n == 0) bad++;
+      for (size_t j = 0; j < out.n; j++)
+        if (out.buf[j] != kb[1 + j % nd]) { bad++; break; }
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+  } while (t1.tv_sec - t0.tv_sec < 2);
+  kill(pid, SIGKILL);
+  int st;
+  waitpid(pid, &st, 0);
+  CHECK(bad == 0);
+  CHECK(found > 0);
+  printf("  readers vs writer: %ld reads, %ld found, %ld torn\n", reads, found,
+         bad);
+  pcr__obj_unref(&d->hdr);
+  free(out.buf);
+}
+
 int main(void) {
   CHECK(pcr__shm_attach((size_t)256 << 20) == 0);
   pcr__dict_init();
   basics();
   dead_writer();
   killed_writers();
+  readers_vs_writer();
   CHECK(descendants() == 0);
   return finish("test_dict");
 }
