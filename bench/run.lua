@@ -15,7 +15,7 @@ local H = require "harness"
 H.dir = here
 
 local GROUPS = { "serializer", "pipe", "process", "pool", "queue", "sync",
-                 "array", "embed" }
+                 "array", "dict", "embed" }
 local GROUP_TIMEOUT = 300  -- seconds; a hung group is killed and reported
 
 -- The cells of one row. A figure is a number, or a string saying why there

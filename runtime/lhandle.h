@@ -165,5 +165,6 @@ void pcr__lqueue_open(lua_State *L);
 void pcr__lsync_open(lua_State *L);
 void pcr__larray_open(lua_State *L);
 void pcr__lser_open(lua_State *L);
+void pcr__ldict_open(lua_State *L);
 
 #endif

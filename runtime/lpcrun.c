@@ -180,6 +180,7 @@ PCR_API int luaopen_pcrun_core(lua_State *L) {
   pcr__lqueue_open(L);
   pcr__lsync_open(L);
   pcr__larray_open(L);
+  pcr__ldict_open(L);
   lua_pushliteral(L, PCR_VERSION_STRING);
   lua_setfield(L, -2, "version");
   return 1;

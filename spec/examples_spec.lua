@@ -35,6 +35,12 @@ describe("examples", function()
         "counted 24000 = 24000 words", "reached the barrier first")
   end)
 
+  it("dictcount.lua counts words by key in a shared dict", function()
+    local out = example("dictcount.lua", "3000", "2")
+    has(out, "3000 lines in 8 chunks, 20 distinct words", "by 2 workers",
+        "the      2000", "chunks done: 8 of 8")
+  end)
+
   it("mandelbrot.lua gives the serial checksum from a pool", function()
     local out = example("mandelbrot.lua", "120", "50", "1", "2")
     has(out, "serial", "workers  1:", "workers  2:", "speedup")

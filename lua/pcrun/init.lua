@@ -76,6 +76,7 @@ M.condition, M.barrier = sync.condition, sync.barrier
 M.array, M.value = array.array, array.value
 M.Array, M.Value = array.Array, array.Value
 M.select = select_.select
+M.dict, M.Dict = require("pcrun.dict").dict, core.Dict
 M.native = require "pcrun.native"
 
 M.process = process.new
