@@ -13,8 +13,7 @@ M.Future = Future
 local unpack = unpack  -- LuaJIT
 
 function M.new(pool)
-  return setmetatable({ pool = pool, state = "pending", callbacks = {} },
-                      Future)
+  return setmetatable({ pool = pool, state = "pending" }, Future)
 end
 
 local function check(self, who)
@@ -38,7 +37,7 @@ function M.settle(f, ok, v)
   if settled(f) then return end
   f.state = "done"
   if ok then f.values = v else f.err = v end
-  for _, cb in ipairs(f.callbacks) do
+  for _, cb in ipairs(f.callbacks or {}) do
     local cok, cerr = pcall(cb, f)
     if not cok then
       io.stderr:write("pcrun: done callback failed: ", tostring(cerr), "\n")
@@ -127,7 +126,7 @@ function Future:cancel()
     return false
   end
   self.state = "cancelled"
-  for _, cb in ipairs(self.callbacks) do pcall(cb, self) end
+  for _, cb in ipairs(self.callbacks or {}) do pcall(cb, self) end
   self.callbacks = nil
   return true
 end
@@ -138,7 +137,9 @@ function Future:add_done_callback(cb)
   if type(cb) ~= "function" then
     error("pcrun.Future:add_done_callback: cb must be a function", 2)
   end
-  if settled(self) then cb(self) else table.insert(self.callbacks, cb) end
+  if settled(self) then cb(self) return end
+  self.callbacks = self.callbacks or {}  -- made on demand: one per future
+  table.insert(self.callbacks, cb)
 end
 
 function Future:__tostring()
@@ -164,7 +165,10 @@ local function watch(fs, onsettle)
     if not seen[f] then
       seen[f], n = true, n + 1
       if settled(f) then onsettle(f)
-      else table.insert(f.callbacks, onsettle) end
+      else
+        f.callbacks = f.callbacks or {}
+        table.insert(f.callbacks, onsettle)
+      end
     end
   end
   return n

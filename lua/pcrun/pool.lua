@@ -281,8 +281,10 @@ local function newjob(self, kind, fn, mode, chunksize)
   local job = { kind = kind, fn = fn, fnid = id, mode = mode,
                 cost = self.costs[id],  -- what this function cost last time
                 chunksize = chunksize, pos = 1, produced = 0, completed = 0,
-                consumed = 0, results = {}, errs = {}, got = {},
-                telapsed = 0, titems = 0 }
+                consumed = 0, telapsed = 0, titems = 0 }
+  if kind == "map" or kind == "imap" then
+    job.results, job.errs, job.got = {}, {}, {}
+  end
   return job
 end
 
@@ -442,6 +444,7 @@ end
 -- means the worker died; the end of file on its pipe reports it.
 local function feed(self)
   if self.state == "terminated" or self.broken then return end
+  self.unfed = 0
   -- Idle workers first, one chunk each: a task never queues behind a
   -- long one while a worker waits.
   for pass = 1, 2 do
@@ -756,7 +759,7 @@ function M.new(n, opts)
   self.workers, self.retry = {}, qnew()
   self.fnids = setmetatable({}, { __mode = "k" })
   self.costs = {}  -- seconds per task, by function id
-  self.nextfn, self.nextid, self.state = 0, 0, "run"
+  self.nextfn, self.nextid, self.state, self.unfed = 0, 0, "run", 0
   -- The finalizer holds the workers, not the pool, so the pool can die.
   local ws, box = self.workers, self.membox
   local proxy = newproxy(true)
@@ -766,10 +769,25 @@ function M.new(n, opts)
   return self
 end
 
+-- A submit is handed out at once while a worker is idle (the single round
+-- trip); behind busy workers, submits gather and go FEEDEVERY at a time
+-- (or when the caller waits), in one message per worker, not one each.
+local FEEDEVERY = 64
+
 local function addjob(self, job, bar)
   job.t0 = now()
   job.bar = bar and self.progress
   jobpush(self, job)
+  if job.kind == "submit" then
+    self.unfed = self.unfed + 1
+    if self.unfed < FEEDEVERY then
+      local idle = false
+      for _, w in ipairs(self.workers) do
+        if w.pid and qlen(w.inflight) == 0 then idle = true break end
+      end
+      if not idle then return end
+    end
+  end
   feed(self)
 end
 
