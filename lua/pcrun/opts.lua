@@ -40,34 +40,46 @@ function M.spec(t)
   return s
 end
 
--- Edit distance, for the suggestion; keys are short.
+-- Edit distance counting a swap of neighbours as one edit (optimal
+-- string alignment), for the suggestion; keys are short.
 local function distance(a, b)
-  local prev = {}
-  for j = 0, #b do prev[j] = j end
+  local d = {}
+  for i = 0, #a do d[i] = { [0] = i } end
+  for j = 1, #b do d[0][j] = j end
   for i = 1, #a do
-    local cur = { [0] = i }
     for j = 1, #b do
       local cost = a:byte(i) == b:byte(j) and 0 or 1
-      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+      local v = math.min(d[i - 1][j] + 1, d[i][j - 1] + 1,
+                         d[i - 1][j - 1] + cost)
+      if i > 1 and j > 1 and a:byte(i) == b:byte(j - 1)
+         and a:byte(i - 1) == b:byte(j) then
+        v = math.min(v, d[i - 2][j - 2] + 1)
+      end
+      d[i][j] = v
     end
-    prev = cur
   end
-  return prev[#b]
+  return d[#a][#b]
 end
 
-local function norm(s) return s:lower():gsub("[_%-]", "") end
+local function norm(s) return (s:lower():gsub("[_%-]", "")) end
 
--- The known key closest to k, if close enough to be a likely typo.
+-- The known keys closest to k, if close enough to be a likely typo:
+-- " (did you mean 'x'?)", or "" when none is.
 local function suggest(k, spec)
-  local best, bd = nil, math.huge
+  local best, bd = {}, math.huge
   local nk = norm(k)
   for name in pairs(spec) do
     local nn = norm(name)
     local d = distance(nk, nn)
-    if nn:sub(1, #nk) == nk or nk:sub(1, #nn) == nn then d = math.min(d, 1) end
-    if d < bd or (d == bd and name < best) then best, bd = name, d end
+    if #nk >= 3 and (nn:sub(1, #nk) == nk or nk:sub(1, #nn) == nn) then
+      d = math.min(d, 1)
+    end
+    if d < bd then best, bd = { name }, d
+    elseif d == bd then best[#best + 1] = name end
   end
-  if best and bd <= math.max(1, math.floor(#nk / 3)) then return best end
+  if #best == 0 or bd > math.max(1, math.floor(#nk / 3)) then return "" end
+  table.sort(best)
+  return " (did you mean '" .. table.concat(best, "' or '") .. "'?)"
 end
 
 --- Check opts (nil or a table) against spec; returns opts or {}.
@@ -85,8 +97,7 @@ function M.check(who, opts, spec, lvl, hints)
       local hint = hints and hints[k]
       local near = not hint and type(k) == "string" and suggest(k, spec)
       error(("%s: unknown option %s%s"):format(who, ks,
-            hint and (" (" .. hint .. ")")
-            or near and (" (did you mean '" .. near .. "'?)") or ""), lvl)
+            hint and (" (" .. hint .. ")") or near or ""), lvl)
     end
     local ok = false
     for _, test in ipairs(s.tests) do
