@@ -59,7 +59,8 @@ static void conn_release(lconn *lc) {
 static int interrupted(lua_State *L) {
   if (pcr__lua_sigint(L)) {
     lua_sethook(L, NULL, 0, 0);  /* the hook has done its work: we raise */
-    return luaL_error(L, "interrupted");
+    lua_pushliteral(L, "interrupted");  /* exactly: no position */
+    return lua_error(L);
   }
   return 0;
 }
@@ -503,13 +504,22 @@ static int l_shm_free(lua_State *L) {
   return 0;
 }
 
+/* core.interrupt([clear]): whether Ctrl-C is pending (sticky) and how
+** many came so far; clear = true clears the pending one first. */
+static int l_interrupt(lua_State *L) {
+  if (lua_toboolean(L, 1)) pcr__interrupt_flag = 0;
+  lua_pushboolean(L, pcr__interrupt_flag != 0);
+  lua_pushinteger(L, pcr__interrupt_count);
+  return 2;
+}
+
 static int l_isatty(lua_State *L) {
   lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
   return 1;
 }
 
 static const luaL_Reg core_funcs[] = {
-  {"isatty", l_isatty},
+  {"isatty", l_isatty}, {"interrupt", l_interrupt},
   {"shm_alloc", l_shm_alloc}, {"shm_free", l_shm_free},
   {"default_workers", l_default_workers},
   {"pipe", l_pipe}, {"select", l_select}, {"fork", l_fork}, {"child_exit", l_child_exit},

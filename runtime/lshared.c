@@ -6,6 +6,7 @@
 ** the child's references. */
 #include "array.h"
 #include "lshared.h"
+#include "proc.h"
 #include "queue.h"
 #include "ser.h"
 #include "ser_int.h"
@@ -195,15 +196,17 @@ static double timeout(lua_State *L, int idx, int k, const char *m) {
 }
 
 int pcr__lua_sigint(lua_State *L) {
-  return lua_gethookmask(L) == (LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT)
-         && lua_gethookcount(L) == 1;
+  return pcr__interrupt_flag  /* sticky: see proc.h */
+         || (lua_gethookmask(L) == (LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT)
+             && lua_gethookcount(L) == 1);
 }
 
 /* EINTR or a slice's end: raise if Ctrl-C is pending, else go on. */
 static void interrupted(lua_State *L) {
   if (pcr__lua_sigint(L)) {
     lua_sethook(L, NULL, 0, 0);  /* the hook has done its work: we raise */
-    luaL_error(L, "interrupted");
+    lua_pushliteral(L, "interrupted");  /* exactly: no position */
+    lua_error(L);
   }
 }
 

@@ -92,6 +92,17 @@ M.wait = future.wait
 M.Process = process.Process
 M.Connection = core.Connection
 
+--- Whether Ctrl-C is pending: under the pcrun CLI it stays so, and pool
+-- calls, futures and blocking waits raise "interrupted", until the script
+-- returns or calls pcrun.clear_interrupt().
+function M.interrupted()
+  return (core.interrupt())
+end
+
+function M.clear_interrupt()
+  core.interrupt(true)
+end
+
 --- The pid of the calling process.
 function M.getpid()
   return core.getpid()

@@ -645,9 +645,63 @@ local function checklate(self)
   end
 end
 
+-- -- Ctrl-C -------------------------------------------------------------
+
+local live = setmetatable({}, { __mode = "k" })  -- every pool not ended
+local handled = 0  -- the SIGINTs the pools have acted on (core.interrupt)
+
+local function stopjob(job, why)
+  job.cancelled = why
+  if job.future then future.settle(job.future, false, why) end
+end
+
+-- Cancel everything the pool has queued and kill the workers running its
+-- tasks (each gets a fresh replacement): after Ctrl-C nothing the script
+-- asked for before goes on.
+local function cancel(self, why)
+  if self.state == "terminated" then return end
+  local job = self.jhead
+  while job do
+    local nxt = job.next
+    stopjob(job, why)
+    jobunlink(self, job)
+    job = nxt
+  end
+  for i = self.retry.head, self.retry.tail do stopjob(self.retry[i].job, why) end
+  self.retry = qnew()
+  local progress = ffi.cast("uint32_t *", self.mem)
+  for _, w in ipairs(self.workers) do
+    if w.pid and qlen(w.inflight) > 0 then
+      for i = w.inflight.head, w.inflight.tail do
+        stopjob(w.inflight[i].job, why)
+      end
+      w.inflight, w.queued, w.nitems = qnew(), 0, 0
+      core.signal(w.pid, 9)
+      core.wait(w.pid)
+      w.conn:close()
+      w.pid = nil
+      progress[2 * w.slot], progress[2 * w.slot + 1] = 0, 0
+      spawn(self, w.index)
+    end
+  end
+end
+
+-- Raises "interrupted" while Ctrl-C is pending; the first pool call
+-- after a Ctrl-C (pending or already cleared) cancels every pool's work.
+local function checkint()
+  local pending, count = core.interrupt()
+  if count ~= handled then
+    handled = count
+    for p in pairs(live) do cancel(p, "interrupted") end
+  end
+  if pending then error("interrupted", 0) end
+end
+M.checkint = checkint
+
 --- Drive pools until one event is handled or timeout seconds pass.
 -- Returns false when the pools have nothing in flight.
 function M.pump(pools, timeout)
+  checkint()
   local deadline = timeout and now() + timeout
   local conns, owners, soonest = {}, {}, math.huge
   for _, p in ipairs(pools) do
@@ -669,7 +723,12 @@ function M.pump(pools, timeout)
   -- Spin before sleeping only when a reply is due soon: a parent spinning
   -- through long tasks would take a core from its own workers.
   local spin = soonest < SPINFOR and SPINFOR or 0
-  local i = core.select(conns, deadline and max(0, deadline - now()), spin)
+  local ok, i = pcall(core.select, conns,
+                      deadline and max(0, deadline - now()), spin)
+  if not ok then
+    checkint()  -- Ctrl-C in the wait: cancel at once, and raise
+    error(i, 0)
+  end
   if not i then
     for _, p in ipairs(pools) do checklate(p) end
     return true
@@ -766,6 +825,7 @@ function M.new(n, opts)
   getmetatable(proxy).__gc = function() shutdown(ws, box) end
   self.gc = proxy
   for i = 1, self.n do spawn(self, i) end
+  live[self] = true
   return self
 end
 
@@ -793,6 +853,7 @@ end
 
 local function runall(self, job)
   while job.completed < job.total do
+    if job.cancelled then error(job.cancelled, 0) end
     if not M.pump({ self }) and job.completed < job.total then
       error("pcrun.pool: internal error: work lost", 0)
     end
@@ -919,6 +980,7 @@ function Pool:imap(fn, src, chunksize)
         return i, r
       end
       if job.exhausted and nexti > job.produced then return nil end
+      if job.cancelled then error(job.cancelled, 0) end
       step(self)
     end
   end
@@ -939,6 +1001,7 @@ function Pool:imap_unordered(fn, src, chunksize)
         return r[1], r[2]
       end
       if job.exhausted and job.consumed >= job.produced then return nil end
+      if job.cancelled then error(job.cancelled, 0) end
       step(self)
     end
   end
@@ -964,6 +1027,7 @@ function Pool:join()
     while M.pump({ self }) do end
     for _, w in ipairs(self.workers) do stopworker(w) end
     self.state = "joined"
+    live[self] = nil
   end
   shutdown(self.workers, self.membox)
 end
@@ -975,6 +1039,7 @@ function Pool:terminate()
   end
   if self.state == "terminated" then return end
   self.state = "terminated"
+  live[self] = nil
   shutdown(self.workers, self.membox)
   local function fail(job)
     if job.future then
