@@ -194,6 +194,116 @@ describe("first hour", function()
     assert.are.same({ 1 }, p:map(function(x) return x end, { 1 }))
   end))
 
+  -- -- 9. smaller ones ------------------------------------------------------
+
+  it("says that workers were forked before a global was defined",
+     forked(20, function()
+    local p = mkpool(1)
+    rawset(_G, "firsthour_later", function(x) return x end)
+    local err = errof(p.map, p, function(x)
+      return firsthour_later(x)  -- luacheck: ignore
+    end, { 1 })
+    rawset(_G, "firsthour_later", nil)
+    has(err, "worker 1: task 1: ", "attempt to call global 'firsthour_later' "
+        .. "(a nil value) (the workers were forked when the pool was "
+        .. "created: a global defined later does not exist in them)")
+  end))
+
+  it("pcrun.now and pcrun.sleep", function()
+    assert.are.equal(require("pcrun.core").now, pcrun.now)
+    local t = pcrun.now()
+    pcrun.sleep(0.05)
+    assert.is_true(pcrun.now() - t >= 0.05)
+    pcrun.sleep(0)
+    for _, bad in ipairs { -1, "1", 0 / 0 } do
+      assert.are.equal("pcrun.sleep: seconds must be a non-negative number",
+                       errof(pcrun.sleep, bad))
+    end
+  end)
+
+  it("pcrun.worker() gives a worker its index and pool", forked(20,
+     function()
+    assert.is_nil(pcrun.worker())
+    local p = mkpool(2)
+    local q = mkpool(1)
+    local ws = p:map(function() pcrun.sleep(0.01) return pcrun.worker() end,
+                     { 1, 2, 3, 4, 5, 6 }, 1)
+    local idx = {}
+    for _, w in ipairs(ws) do
+      assert.are.equal(2, w.n)
+      assert.are.equal(ws[1].pool, w.pool)
+      idx[w.index] = true
+    end
+    assert.is_true(idx[1] or idx[2])
+    for i in pairs(idx) do assert.is_true(i == 1 or i == 2) end
+    local wq = q:apply(pcrun.worker)
+    assert.are.equal(1, wq.index)
+    assert.are_not.equal(ws[1].pool, wq.pool)
+  end))
+
+  it("says n and ptr of an array are read-only", function()
+    local a = pcrun.array("double", 3)
+    assert.are.equal("pcrun.Array: n is read-only",
+                     errof(function() a.n = 10 end))
+    assert.are.equal("pcrun.Array: ptr is read-only",
+                     errof(function() a.ptr = nil end))
+    assert.are.equal(3, a.n)
+    assert.are.equal(3, #a)
+    a[2] = 7
+    assert.are.equal(7, a.ptr[2])
+  end)
+
+  it("refuses to encode a ctype with a message of its own", function()
+    assert.are.equal("pcrun.encode: value: cannot send a ctype (ctype<"
+      .. "unsigned char [?]>); send its declaration as a string and call "
+      .. "ffi.typeof on the other side",
+      errof(pcrun.encode, ffi.typeof("uint8_t[?]")))
+    assert.are.equal("pcrun.encode: value.t: cannot send a ctype (ctype<"
+      .. "int>); send its declaration as a string and call ffi.typeof on "
+      .. "the other side", errof(pcrun.encode, { t = ffi.typeof("int") }))
+  end)
+
+  it("blames semaphore errors on the caller, as other constructors",
+     function()
+    for _, f in ipairs { pcrun.semaphore, pcrun.bounded_semaphore,
+                         pcrun.queue } do
+      local ok, err = pcall(function() f(-1) end)
+      assert.is_false(ok)
+      assert.is_truthy(err:find("^[^:]*firsthour_spec%.lua:%d+: pcrun%."),
+                       err)
+    end
+  end)
+
+  it("pcrun.with_pool closes and joins on return, terminates on error",
+     forked(30, function()
+    local pids
+    local a, b = pcrun.with_pool(2, { chunksize = 2 }, function(p)
+      pids = p:pids()
+      return p:map(function(x) return x + 1 end, { 1, 2, 3 }), "two"
+    end)
+    assert.are.same({ 2, 3, 4 }, a)
+    assert.are.equal("two", b)
+    for _, pid in ipairs(pids) do assert.is_true(helpers.wait_gone(pid, 5)) end
+    local seen
+    local ok, err = pcall(pcrun.with_pool, 1, function(p)
+      seen = p
+      p:submit(function() pcrun.sleep(30) end)
+      error({ why = "mine" })
+    end)
+    assert.is_false(ok)
+    assert.are.equal("mine", err.why)
+    assert.are.equal("terminated", seen.state)
+    assert.are.equal(3, pcrun.with_pool(function(p)
+      return p:apply(function() return 3 end)
+    end))
+    assert.are.equal("pcrun.with_pool: unknown option 'chunk_size' (did "
+      .. "you mean 'chunksize'?)",
+      errof(pcrun.with_pool, 1, { chunk_size = 1 }, print))
+    assert.are.equal("pcrun.with_pool: expected ([n] [, opts], fn) with fn "
+      .. "a function, got number", errof(pcrun.with_pool, 2))
+    assert.are.equal(0, #helpers.children())
+  end))
+
   -- -- 6. futures at scale -------------------------------------------------
 
   it("collects 100,000 futures with as_completed and wait", forked(120,

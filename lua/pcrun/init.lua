@@ -84,6 +84,8 @@ M.native = require "pcrun.native"
 
 M.process = process.new
 M.pool = pool.new
+M.with_pool = pool.with_pool
+M.worker = pool.worker
 M.Pool = pool.Pool
 M.TaskError = pool.TaskError
 M.Future = future.Future
@@ -101,6 +103,28 @@ end
 
 function M.clear_interrupt()
   core.interrupt(true)
+end
+
+--- Seconds from a monotonic clock (fractions: ns resolution).
+M.now = core.now
+
+local SLICE = 0.25  -- a pending Ctrl-C is seen at least this often
+local ffi = require "ffi"
+pcall(ffi.cdef, "int poll(void *fds, unsigned long nfds, int timeout);")
+local function pause(s) ffi.C.poll(nil, 0, math.ceil(s * 1000)) end
+
+--- Sleep s seconds; Ctrl-C interrupts it (the error "interrupted").
+function M.sleep(s)
+  if type(s) ~= "number" or not (s >= 0) then
+    error("pcrun.sleep: seconds must be a non-negative number", 2)
+  end
+  local deadline = core.now() + s
+  while true do
+    if core.interrupt() then error("interrupted", 0) end
+    local left = deadline - core.now()
+    if left <= 0 then return end
+    pause(math.min(left, SLICE))
+  end
 end
 
 --- The pid of the calling process.

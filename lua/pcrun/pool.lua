@@ -59,6 +59,10 @@ end
 -- { e = value, tb = traceback }, rebuilt as a TaskError in the parent.
 local function traceback(e)
   local str = type(e) == "string"
+  if str and e:find("global '[%w_]+' %(a nil value%)") then
+    e = e .. " (the workers were forked when the pool was created: a "
+        .. "global defined later does not exist in them)"
+  end
   local tb = debug.traceback(str and e or "", 2)
   local cut = tb:find("\n%s*%[C%]: in function 'xpcall'")
   tb = cut and tb:sub(1, cut - 1) or tb
@@ -179,7 +183,16 @@ local function reply(conn, out)
   conn:send(out)
 end
 
+local me  -- this worker's identity, for pcrun.worker()
+
+--- In a pool's worker: { index = 1 .. n, n = the pool's size, pool = an
+-- id of the pool, unique in the process that created it }; else nil.
+function M.worker()
+  return me and { index = me.index, n = me.n, pool = me.pool }
+end
+
 local function worker_loop(pool, w)
+  me = { index = w.index, n = pool.n, pool = pool.id }
   for _, o in ipairs(pool.workers) do
     if o.conn then o.conn:close() end  -- the parent's ends, not ours
   end
@@ -788,6 +801,8 @@ local function isint(n) return type(n) == "number" and n >= 1 and n % 1 == 0 end
 --- pcrun.pool([n] [, opts]): fork n workers (default: pcrun -n, else the
 -- CPU count). opts: initializer, initargs, maxtasksperchild, timeout,
 -- progress.
+local npools = 0  -- pools created by this process: their ids
+
 local POOLOPTS = options.spec {
   initializer = "function", initargs = "table",
   maxtasksperchild = "positive integer", timeout = "positive number",
@@ -819,6 +834,8 @@ function M.new(n, opts)
   self.fnids = setmetatable({}, { __mode = "k" })
   self.costs = {}  -- seconds per task, by function id
   self.nextfn, self.nextid, self.state, self.unfed = 0, 0, "run", 0
+  npools = npools + 1
+  self.id = npools
   -- The finalizer holds the workers, not the pool, so the pool can die.
   local ws, box = self.workers, self.membox
   local proxy = newproxy(true)
@@ -1054,6 +1071,34 @@ function Pool:terminate()
     w.inflight = qnew()
   end
   self.jhead, self.jtail, self.retry = nil, nil, qnew()
+end
+
+--- pcrun.with_pool([n] [, opts], fn): fn(pool) with a new pool; when fn
+-- returns, the pool is closed and joined (its queued work finishes) and
+-- fn's results returned; when fn raises, the pool is terminated and the
+-- error raised again. Python's `with Pool() as p:`, which terminates.
+function M.with_pool(...)
+  local nargs = select("#", ...)
+  local fn = select(nargs, ...)
+  if nargs < 1 or nargs > 3 or type(fn) ~= "function" then
+    error("pcrun.with_pool: expected ([n] [, opts], fn) with fn a function"
+          .. ", got " .. (nargs < 1 and "nothing" or type(fn)), 2)
+  end
+  local n, opts = ...
+  if nargs == 1 then n = nil end
+  if nargs <= 2 then opts = nil end
+  local ok, pool = pcall(M.new, n, opts)
+  if not ok then
+    error((tostring(pool):gsub("^pcrun%.pool:", "pcrun.with_pool:")), 2)
+  end
+  local res = pack(pcall(fn, pool))
+  if res[1] then
+    local jok, jerr = pcall(function() pool:close() pool:join() end)
+    if jok then return unpack(res, 2, res.n) end
+    res[2] = jerr
+  end
+  pool:terminate()
+  error(res[2], 0)
 end
 
 --- Worker pids, for monitoring and tests.
