@@ -66,6 +66,29 @@ describe("options tables", function()
     end
   end)
 
+  it("of pool calls and as_completed are checked too", function()
+    local p = pcrun.pool(1)
+    local id = function(x) return x end
+    local cases = {
+      { "pcrun.Pool:map: unknown option 'chunk_size' (did you mean "
+        .. "'chunksize'?)", p.map, p, id, { 1 }, { chunk_size = 1 } },
+      { "pcrun.Pool:starmap: progress must be a boolean or string, got 1",
+        p.starmap, p, id, { { 1 } }, { progress = 1 } },
+      { "pcrun.Pool:imap: chunksize must be a positive integer, got 0",
+        p.imap, p, id, { 1 }, { chunksize = 0 } },
+      { "pcrun.Pool:imap_unordered: unknown option 'progres' (did you mean "
+        .. "'progress'?)", p.imap_unordered, p, id, { 1 }, { progres = 1 } },
+      { "pcrun.as_completed: unknown option 'time_out' (did you mean "
+        .. "'timeout'?)", pcrun.as_completed, {}, { time_out = 1 } },
+    }
+    for _, c in ipairs(cases) do
+      assert.are.equal(c[1], errof(unpack(c, 2)))
+    end
+    assert.are.same({ 1, 2 }, p:map(id, { 1, 2 }, { chunksize = 1,
+                                                    progress = false }))
+    p:terminate()
+  end)
+
   it("are blamed on the caller's line", function()
     local ok, err = pcall(function() pcrun.pool(1, { chunk_size = 1 }) end)
     assert.is_false(ok)

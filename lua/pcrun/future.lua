@@ -3,6 +3,7 @@
 -- (there are no threads): every blocking call here drives the pools.
 local core = require "pcrun.core"
 local options = require "pcrun.opts"
+local progress = require "pcrun.progress"
 
 local M = {}
 local Future = {}
@@ -174,24 +175,44 @@ local function watch(fs, onsettle)
   return n
 end
 
+local ACOPTS = options.spec { timeout = "non-negative number",
+                              progress = "boolean or string" }
+
 --- Iterate over futures as they settle; raises "timeout" if timeout
 -- seconds pass first. Each settled future is queued by a callback, so a
--- step costs O(1) however many futures are waited for.
+-- step costs O(1) however many futures are waited for. The second
+-- argument is a timeout or { timeout =, progress = true or a label }.
 function M.as_completed(fs, timeout)
   checkfutures("pcrun.as_completed", fs)
+  local label
+  if type(timeout) == "table" then
+    local o = options.check("pcrun.as_completed", timeout, ACOPTS, 2)
+    timeout, label = o.timeout, o.progress
+  end
   checktimeout("pcrun.as_completed", timeout)
   local deadline = timeout and core.now() + timeout
   local ready, head, tail = {}, 1, 0
   local left = watch(fs, function(f) tail = tail + 1 ready[tail] = f end)
   local pools = poolsof(fs)
   local function any() return head <= tail end
+  local bar = label and progress.new(label == true and "as_completed"
+                                     or label, left)
+  local ndone = 0
   return function()
-    if left == 0 then return nil end
-    if not drive(pools, any, deadline) then
-      error("pcrun.as_completed: timeout", 2)
+    if left == 0 then
+      progress.finish(bar, true)
+      return nil
     end
+    local ok, got = true, nil
+    if bar then ok, got = pcall(drive, pools, any, deadline)
+    else got = drive(pools, any, deadline) end
+    if not (ok and got) then progress.finish(bar, false) end
+    if not ok then error(got, 0) end
+    if not got then error("pcrun.as_completed: timeout", 2) end
     local f = ready[head]
     ready[head], head, left = nil, head + 1, left - 1
+    ndone = ndone + 1
+    if bar then progress.update(bar, ndone) end
     return f
   end
 end

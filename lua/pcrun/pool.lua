@@ -7,6 +7,7 @@ local ffi = require "ffi"
 local future = require "pcrun.future"
 local process = require "pcrun.process"
 local options = require "pcrun.opts"
+local progress = require "pcrun.progress"
 
 local M = {}
 local Pool = {}
@@ -208,6 +209,7 @@ local function worker_loop(pool, w)
     end
   end
   local progress = ffi.cast("uint32_t *", pool.mem)
+  require("pcrun.progress").worker(progress + 2 * pool.n)
   local slot, fns = w.slot, {}
   while true do
     local ok, batch = pcall(conn.recv, conn)
@@ -272,6 +274,7 @@ end
 -- holds the progress slots so they are freed once.
 local function shutdown(ws, box)
   for _, w in ipairs(ws) do pcall(stopworker, w, 15) end
+  if box[2] then progress.unshare(box[2]) box[2] = nil end
   if box[1] then core.shm_free(box[1]) box[1] = nil end
 end
 
@@ -498,23 +501,6 @@ end
 
 -- -- Results ------------------------------------------------------------
 
-local function drawprogress(self, job, final)
-  if not job.bar then return end
-  local t = now()
-  if not final and t - (job.drawn or 0) < 0.1 then return end
-  job.drawn = t
-  local total = job.total or job.produced
-  local done, el = job.completed, t - job.t0
-  local rate = done / max(el, 1e-9)
-  local frac = total > 0 and done / total or 1
-  local w = 30
-  local bar = ("="):rep(floor(frac * w)) .. (" "):rep(w - floor(frac * w))
-  local eta = rate > 0 and (total - done) / rate or 0
-  io.stderr:write(("\r[%s] %d/%d %.0f/s ETA %.1fs "):format(
-    bar, done, total, rate, eta))
-  if final then io.stderr:write("\n") end
-end
-
 function deliver1(self, job, idx, res, err)
   if job.kind == "submit" then
     if err then future.settle(job.future, false, err)
@@ -557,7 +543,9 @@ local function deliver(self, w, c, res, errs)
     end
   end
   job.completed = job.completed + c.n
-  drawprogress(self, job, job.exhausted and job.completed == job.produced)
+  if job.bar then
+    progress.update(job.bar, job.completed, job.exhausted and job.produced)
+  end
 end
 
 local function retire(self, w)
@@ -790,10 +778,20 @@ local function checkusable(self, who, lvl)
   if self.broken then error(self.broken, 0) end
 end
 
+local CALLOPTS = options.spec { chunksize = "positive integer",
+                                progress = "boolean or string" }
+
+-- The last argument of map and friends: a chunksize, or an options table
+-- { chunksize =, progress = }. Returns chunksize, progress.
 local function checkchunk(who, cs, lvl)
+  if type(cs) == "table" then
+    local o = options.check(who, cs, CALLOPTS, lvl or 3)
+    return o.chunksize, o.progress
+  end
   if cs ~= nil and (type(cs) ~= "number" or cs < 1 or cs % 1 ~= 0) then
     error(who .. ": chunksize must be a positive integer", lvl or 3)
   end
+  return cs, nil
 end
 
 local function isint(n) return type(n) == "number" and n >= 1 and n % 1 == 0 end
@@ -826,10 +824,12 @@ function M.new(n, opts)
   self.maxtasks, self.timeout = opts.maxtasksperchild, t
   self.chunksize = opts.chunksize  -- for calls that give none
   local env = os.getenv("PCRUN_PROGRESS")
-  self.progress = (opts.progress or (env ~= nil and env ~= "" and env ~= "0"))
-                  and core.isatty(2)
-  self.mem = core.shm_alloc(8 * self.n)  -- progress: chunk id, item
-  self.membox = { self.mem }
+  self.progress = opts.progress or (env ~= nil and env ~= "" and env ~= "0")
+  -- per worker: running chunk id, item; then the bar-on-screen word
+  self.mem = core.shm_alloc(8 * self.n + 8)
+  local flag = ffi.cast("uint32_t *", self.mem) + 2 * self.n
+  progress.share(flag)
+  self.membox = { self.mem, flag }
   self.workers, self.retry = {}, qnew()
   self.fnids = setmetatable({}, { __mode = "k" })
   self.costs = {}  -- seconds per task, by function id
@@ -851,9 +851,13 @@ end
 -- (or when the caller waits), in one message per worker, not one each.
 local FEEDEVERY = 64
 
-local function addjob(self, job, bar)
-  job.t0 = now()
-  job.bar = bar and self.progress
+-- bar: the call's progress option (true or a label), nil for the pool's.
+local function addjob(self, job, bar, who)
+  if bar == nil then bar = job.kind ~= "submit" and self.progress end
+  if bar then
+    job.bar = progress.new(bar == true and who:match("[%w_]+$") or bar,
+                           job.total)
+  end
   jobpush(self, job)
   if job.kind == "submit" then
     self.unfed = self.unfed + 1
@@ -890,13 +894,17 @@ local function listjob(self, who, fn, list, cs, mode)
   if type(list) ~= "table" then
     error(who .. ": list must be a table, got " .. type(list), 3)
   end
-  checkchunk(who, cs, 4)
+  local bar
+  cs, bar = checkchunk(who, cs, 4)
   local job = newjob(self, "map", fn, mode, cs or self.chunksize)
   job.list, job.total = list, #list
   if job.total == 0 then return {} end
-  addjob(self, job, true)
-  runall(self, job)
-  local err = firsterr(job)
+  addjob(self, job, bar, who)
+  local ok, e = true, nil
+  if job.bar then ok, e = pcall(runall, self, job) else runall(self, job) end
+  local err = ok and firsterr(job)
+  progress.finish(job.bar, ok and not err)
+  if not ok then error(e, 0) end
   if err then error(err, 0) end
   return job.results
 end
@@ -930,7 +938,7 @@ function Pool:submit(fn, ...)
   job.list, job.total = { pack(...) }, 1
   job.future = future.new(self)
   job.future.job = job
-  addjob(self, job, false)
+  addjob(self, job, false, "submit")
   return job.future
 end
 
@@ -955,7 +963,8 @@ local function streamjob(self, who, fn, src, cs, kind)
   checkusable(self, who, 4)
   checkfn(who, fn, 4)
   checksend(self, who, fn, 4)
-  checkchunk(who, cs, 4)
+  local bar
+  cs, bar = checkchunk(who, cs, 4)
   cs = cs or self.chunksize
   local job = newjob(self, kind, fn, MAP, cs)
   if type(src) == "table" then
@@ -970,7 +979,7 @@ local function streamjob(self, who, fn, src, cs, kind)
   -- Bound what is cut but not yet consumed: streams stay small.
   job.window = max(64, 8 * self.n * (cs or 64))
   job.ready, job.rtail = {}, 0
-  addjob(self, job, true)
+  addjob(self, job, bar, who)
   return job
 end
 
@@ -980,6 +989,19 @@ local function step(self)
   if not M.pump({ self }) then
     error("pcrun.pool: internal error: a streamed result was lost", 0)
   end
+end
+
+-- step, erasing the stream's bar if it raises (Ctrl-C).
+local function barstep(self, job)
+  if not job.bar then return step(self) end
+  local ok, e = pcall(step, self)
+  if not ok then progress.finish(job.bar, false) error(e, 0) end
+end
+
+-- The stream raises err: its bar goes first.
+local function raise(job, err)
+  progress.finish(job.bar, false)
+  error(err, 0)
 end
 
 --- Iterate (index, result) in input order, streaming the input.
@@ -993,12 +1015,15 @@ function Pool:imap(fn, src, chunksize)
         local i, r, e = nexti, job.results[nexti], job.errs[nexti]
         job.results[i], job.errs[i], job.got[i] = nil, nil, nil
         nexti, job.consumed = i + 1, job.consumed + 1
-        if e then error(e, 0) end
+        if e then raise(job, e) end
         return i, r
       end
-      if job.exhausted and nexti > job.produced then return nil end
-      if job.cancelled then error(job.cancelled, 0) end
-      step(self)
+      if job.exhausted and nexti > job.produced then
+        progress.finish(job.bar, true)
+        return nil
+      end
+      if job.cancelled then raise(job, job.cancelled) end
+      barstep(self, job)
     end
   end
 end
@@ -1014,12 +1039,15 @@ function Pool:imap_unordered(fn, src, chunksize)
       if r then
         job.ready[head] = nil
         head, job.consumed = head + 1, job.consumed + 1
-        if r[3] then error(r[3], 0) end
+        if r[3] then raise(job, r[3]) end
         return r[1], r[2]
       end
-      if job.exhausted and job.consumed >= job.produced then return nil end
-      if job.cancelled then error(job.cancelled, 0) end
-      step(self)
+      if job.exhausted and job.consumed >= job.produced then
+        progress.finish(job.bar, true)
+        return nil
+      end
+      if job.cancelled then raise(job, job.cancelled) end
+      barstep(self, job)
     end
   end
 end
