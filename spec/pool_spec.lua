@@ -1193,7 +1193,7 @@ describe("pcrun.pool", function()
     local out = f:read("*a")
     f:close()
     os.remove(path)
-    has(out, "8/8", "/s ETA", "sum\t9")
+    has(out, "8/8 100% ", "/s elapsed ", " ETA ", "sum\t9")
   end)
 
   it("draws nothing when stderr is not a terminal", function()

@@ -12,6 +12,7 @@ Future.__name = "pcrun.Future"
 M.Future = Future
 
 local unpack = unpack  -- LuaJIT
+local NONE = {}  -- no callbacks: most futures
 
 function M.new(pool)
   return setmetatable({ pool = pool, state = "pending" }, Future)
@@ -38,7 +39,7 @@ function M.settle(f, ok, v)
   if settled(f) then return end
   f.state = "done"
   if ok then f.values = v else f.err = v end
-  for _, cb in ipairs(f.callbacks or {}) do
+  for _, cb in ipairs(f.callbacks or NONE) do
     local cok, cerr = pcall(cb, f)
     if not cok then
       io.stderr:write("pcrun: done callback failed: ", tostring(cerr), "\n")
@@ -127,7 +128,7 @@ function Future:cancel()
     return false
   end
   self.state = "cancelled"
-  for _, cb in ipairs(self.callbacks or {}) do pcall(cb, self) end
+  for _, cb in ipairs(self.callbacks or NONE) do pcall(cb, self) end
   self.callbacks = nil
   return true
 end

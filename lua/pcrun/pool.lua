@@ -796,9 +796,6 @@ end
 
 local function isint(n) return type(n) == "number" and n >= 1 and n % 1 == 0 end
 
---- pcrun.pool([n] [, opts]): fork n workers (default: pcrun -n, else the
--- CPU count). opts: initializer, initargs, maxtasksperchild, timeout,
--- progress.
 local npools = 0  -- pools created by this process: their ids
 
 local POOLOPTS = options.spec {
@@ -809,6 +806,9 @@ local POOLOPTS = options.spec {
 local POOLHINTS = { processes = "the number of workers is the first "
                     .. "argument: pcrun.pool(n, opts)" }
 
+--- pcrun.pool([n] [, opts]): fork n workers (default: pcrun -n, else the
+-- CPU count). opts: initializer, initargs, maxtasksperchild, timeout,
+-- progress, chunksize.
 function M.new(n, opts)
   if type(n) == "table" and opts == nil then n, opts = nil, n end
   if n ~= nil and not (isint(n) and n <= 1024) then
