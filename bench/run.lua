@@ -16,7 +16,8 @@ H.dir = here
 
 local GROUPS = { "serializer", "pipe", "process", "pool", "queue", "sync",
                  "array", "embed" }
-local GROUP_TIMEOUT = 300  -- seconds; a hung group is killed and reported
+local GROUP_TIMEOUT = 600  -- seconds; a hung group is killed and reported
+                           -- (pool, with its 1M futures, takes ~4 min here)
 
 -- The cells of one row. A figure is a number, or a string saying why there
 -- is none (an error, listed in full after the table; "python3 missing");

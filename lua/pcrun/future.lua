@@ -37,7 +37,7 @@ end
 -- Called by the pool: ok, packed values or error text.
 function M.settle(f, ok, v)
   if settled(f) then return end
-  f.state = "done"
+  f.state, f.job = "done", nil  -- the job (its arguments) can go now
   if ok then f.values = v else f.err = v end
   for _, cb in ipairs(f.callbacks or NONE) do
     local cok, cerr = pcall(cb, f)
