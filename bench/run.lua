@@ -17,7 +17,7 @@ H.dir = here
 local GROUPS = { "serializer", "pipe", "process", "pool", "queue", "sync",
                  "array", "embed" }
 local GROUP_TIMEOUT = 600  -- seconds; a hung group is killed and reported
-                           -- (pool, with its 1M futures, takes ~4 min here)
+                           -- (pool takes 2-4 min on a loaded 2-core box)
 
 -- The cells of one row. A figure is a number, or a string saying why there
 -- is none (an error, listed in full after the table; "python3 missing");

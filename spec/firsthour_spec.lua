@@ -306,6 +306,34 @@ describe("first hour", function()
 
   -- -- 6. futures at scale -------------------------------------------------
 
+  it("submits of one function travel together, and a cancelled one never "
+     .. "runs", forked(30, function()
+    local p = mkpool(1)
+    local ran = pcrun.value("int64_t", 0)
+    local block = p:submit(function() pcrun.sleep(0.3) end)  -- worker busy
+    local fs = {}
+    for i = 1, 200 do
+      fs[i] = p:submit(function(x) ran:add(1) return x end, i)
+    end
+    local cancelled = 0
+    for i = 2, 200, 2 do
+      if fs[i]:cancel() then cancelled = cancelled + 1 end
+    end
+    assert.is_true(cancelled >= 90, "cancelled " .. cancelled)
+    block:result()
+    local sum, n = 0, 0
+    for f in pcrun.as_completed(fs) do
+      if not f:cancelled() then sum, n = sum + f:result(), n + 1 end
+    end
+    assert.are.equal(200 - cancelled, n)
+    assert.are.equal(200 - cancelled, ran:load())
+    for i = 2, 200, 2 do
+      if fs[i]:cancelled() then
+        assert.are.equal("cancelled", fs[i]:error())
+      end
+    end
+  end))
+
   it("collects 100,000 futures with as_completed and wait", forked(120,
      function()
     local p = mkpool(2)

@@ -24,8 +24,10 @@ local P = {
           cs1_items = 1000000,       -- map chunksize 1, pcrun
           py_cs1_items = 100000 },   -- map chunksize 1, Python (it is slow)
   bulk = { rounds = 3, reps = 1,
-          n = 20000,                 -- futures per sample, both sides
-          scale = "1000,10000,100000,1000000" },  -- pcrun only, once each
+          n = 10000,                 -- futures per sample, both sides
+          -- pcrun alone, once each; 1M too with
+          -- PCRUN_BENCH_SCALE=1000,10000,100000,1000000 (~1 min more)
+          scale = os.getenv("PCRUN_BENCH_SCALE") or "1000,10000,100000" },
   tail = { rounds = 3, reps = 1,
            tasks = 200, alpha = 1.5, seconds = 4.0, seed = 20261126 },
   mandel = { rounds = 5, reps = 1,
@@ -225,7 +227,7 @@ function M.run()
     local m, py = H.measure{ py = "pool.py", params = p, lua = {
       bulk = function() return bulk_rate(pool, p.n) end } }
     local reps = p.rounds * p.reps
-    local what = ("pool submit x %.0fk, then as_completed"):format(p.n / 1e3)
+    local what = ("pool submit x %gk, then as_completed"):format(p.n / 1e3)
     add{ measure = what, unit = "futures/s", fmt = "rate", reps = reps,
          pcrun = m.bulk, vs_name = "Python Pool.apply_async + get",
          vs = py.apply_rate, target = 30 }
@@ -237,7 +239,7 @@ function M.run()
       n = tonumber(n)
       local sm = H.measure{ params = { rounds = 1, reps = 1 }, lua = {
         r = function() return bulk_rate(pool, n) end } }
-      add{ measure = ("pool submit x %.0fk, then as_completed, pcrun alone")
+      add{ measure = ("pool submit x %gk, then as_completed, pcrun alone")
                      :format(n / 1e3), unit = "futures/s", fmt = "rate",
            reps = 1, pcrun = sm.r, vs_name = "-", vs = "-", noratio = true }
     end

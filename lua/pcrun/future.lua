@@ -37,7 +37,7 @@ end
 -- Called by the pool: ok, packed values or error text.
 function M.settle(f, ok, v)
   if settled(f) then return end
-  f.state, f.job = "done", nil  -- the job (its arguments) can go now
+  f.state, f.job, f.idx = "done", nil, nil  -- the job can go now
   if ok then f.values = v else f.err = v end
   for _, cb in ipairs(f.callbacks or NONE) do
     local cok, cerr = pcall(cb, f)
@@ -127,7 +127,7 @@ function Future:cancel()
   if self.state ~= "pending" or not self.pool:_unqueue(self) then
     return false
   end
-  self.state = "cancelled"
+  self.state, self.job, self.idx = "cancelled", nil, nil
   for _, cb in ipairs(self.callbacks or NONE) do pcall(cb, self) end
   self.callbacks = nil
   return true

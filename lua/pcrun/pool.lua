@@ -119,7 +119,7 @@ local function runcall(fn, items, res, k, n, progress, at)
   for i = k, n do
     progress[at] = i
     local a = items[i]
-    res[i] = pack(fn(unpack(a, 1, a.n)))
+    if a then res[i] = pack(fn(unpack(a, 1, a.n))) end  -- false: cancelled
   end
 end
 
@@ -389,8 +389,12 @@ local function taskmsg(self, w, c)
     w.nfns = w.nfns + 1
   end
   if self.timeout then c.deadline = now() + self.timeout end
-  if job.future and job.future.state == "pending" then
-    job.future.state = "running"
+  local fs = job.futures
+  if fs then
+    for k = c.first, c.first + c.n - 1 do
+      local f = fs[k]
+      if f and f.state == "pending" then f.state = "running" end
+    end
   end
   return t
 end
@@ -445,8 +449,7 @@ end
 -- worker in one round travel as one message (with chunksize 1 that saves
 -- a message per task; errors and crashes are still told per task).
 local function merge(prev, c)
-  if not prev or prev.job ~= c.job or prev.first + prev.n ~= c.first
-      or c.job.kind == "submit" then
+  if not prev or prev.job ~= c.job or prev.first + prev.n ~= c.first then
     return false
   end
   local items, n = prev.items, prev.n
@@ -503,8 +506,10 @@ end
 
 function deliver1(self, job, idx, res, err)
   if job.kind == "submit" then
-    if err then future.settle(job.future, false, err)
-    else future.settle(job.future, true, res) end
+    local f = job.futures[idx]
+    job.futures[idx], job.list[idx] = nil, nil  -- done with both
+    if err then future.settle(f, false, err)
+    else future.settle(f, true, res) end
   elseif job.kind == "unordered" then
     job.rtail = job.rtail + 1  -- the reader clears from the front
     job.ready[job.rtail] = { idx, res, err }
@@ -653,7 +658,7 @@ local handled = 0  -- the SIGINTs the pools have acted on (core.interrupt)
 
 local function stopjob(job, why)
   job.cancelled = why
-  if job.future then future.settle(job.future, false, why) end
+  for _, f in pairs(job.futures or {}) do future.settle(f, false, why) end
 end
 
 -- Cancel everything the pool has queued and kill the workers running its
@@ -859,15 +864,17 @@ local function addjob(self, job, bar, who)
                            job.total)
   end
   jobpush(self, job)
-  if job.kind == "submit" then
-    self.unfed = self.unfed + 1
-    if self.unfed < FEEDEVERY then
-      local idle = false
-      for _, w in ipairs(self.workers) do
-        if w.pid and qlen(w.inflight) == 0 then idle = true break end
-      end
-      if not idle then return end
+  if job.kind ~= "submit" then return feed(self) end
+end
+
+-- After a submit: feed now while a worker is idle, else every FEEDEVERY.
+local function kick(self)
+  self.unfed = self.unfed + 1
+  if self.unfed < FEEDEVERY then
+    for _, w in ipairs(self.workers) do
+      if w.pid and qlen(w.inflight) == 0 then return feed(self) end
     end
+    return
   end
   feed(self)
 end
@@ -934,12 +941,22 @@ function Pool:submit(fn, ...)
   checkusable(self, "pcrun.Pool:submit")
   checkfn("pcrun.Pool:submit", fn)
   checksend(self, "pcrun.Pool:submit", fn, 3)
-  local job = newjob(self, "submit", fn, CALL)
-  job.list, job.total = { pack(...) }, 1
-  job.future = future.new(self)
-  job.future.job = job
-  addjob(self, job, false, "submit")
-  return job.future
+  local f = future.new(self)
+  -- Submits of one function in a row join one job, cut into chunks as
+  -- map's are: one message carries many of them, each its own future.
+  local job, idx = self.jtail, 1
+  if job and job.kind == "submit" and job.fn == fn and not job.exhausted
+     and job.total < 65536 then
+    idx = job.total + 1
+    job.total, job.list[idx], job.futures[idx] = idx, pack(...), f
+  else
+    job = newjob(self, "submit", fn, CALL)
+    job.list, job.total, job.futures = { pack(...) }, 1, { f }
+    addjob(self, job, false, "submit")
+  end
+  f.job, f.idx = job, idx
+  kick(self)
+  return f
 end
 
 function Pool:apply(fn, ...)
@@ -951,9 +968,9 @@ end
 
 -- Remove a submitted job that no worker has yet; used by Future:cancel.
 function Pool:_unqueue(f)
-  local job = f.job
-  if job and job.queued and job.produced == 0 then
-    jobunlink(self, job)
+  local job, idx = f.job, f.idx
+  if job and job.queued and idx >= job.pos then
+    job.list[idx] = false  -- the worker skips it; its result is ignored
     return true
   end
   return false
@@ -1087,8 +1104,8 @@ function Pool:terminate()
   live[self] = nil
   shutdown(self.workers, self.membox)
   local function fail(job)
-    if job.future then
-      future.settle(job.future, false, "pcrun.pool: the pool was terminated")
+    for _, f in pairs(job.futures or {}) do
+      future.settle(f, false, "pcrun.pool: the pool was terminated")
     end
   end
   local job = self.jhead
