@@ -16,7 +16,8 @@ H.dir = here
 
 local GROUPS = { "serializer", "pipe", "process", "pool", "queue", "sync",
                  "array", "dict", "embed" }
-local GROUP_TIMEOUT = 300  -- seconds; a hung group is killed and reported
+local GROUP_TIMEOUT = 600  -- seconds; a hung group is killed and reported
+                           -- (pool takes 2-4 min on a loaded 2-core box)
 
 -- The cells of one row. A figure is a number, or a string saying why there
 -- is none (an error, listed in full after the table; "python3 missing");

@@ -3,7 +3,7 @@
 --   pcrun examples/mandelbrot.lua [size] [iterations] [workers...]
 -- e.g. pcrun examples/mandelbrot.lua 1600 200 1 2 4 8 16
 local pcrun = require "pcrun"
-local now = require("pcrun.core").now
+local now = pcrun.now
 
 local size = tonumber(arg and arg[1]) or 800
 local iters = tonumber(arg and arg[2]) or 200

@@ -31,7 +31,7 @@ local per = math.floor(darts / tasks)
 local args = {}
 for i = 1, tasks do args[i] = { i, per } end
 
-local clock = require("pcrun.core").now
+local clock = pcrun.now
 local t0 = clock()
 local pool = pcrun.pool()
 local hits = 0

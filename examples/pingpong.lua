@@ -18,7 +18,7 @@ end, there)
 child:start()
 there:close()  -- the child holds its own copy
 
-local clock = require("pcrun.core").now
+local clock = pcrun.now
 local t0, n = clock(), 0
 for _ = 1, rounds do
   here:send(n)

@@ -39,11 +39,11 @@ for i = 1, nworkers do ps[i] = pcrun.process(worker, i):start() end
 local text = { "the quick brown fox jumps over the lazy dog",
                "pack my box with five dozen liquor jugs",
                "sphinx of black quartz judge my vow" }
-local t0 = require("pcrun.core").now()
+local t0 = pcrun.now()
 for i = 1, nlines do lines:put(text[i % #text + 1]) end
 lines:close()
 for _, p in ipairs(ps) do p:join() end
-local dt = require("pcrun.core").now() - t0
+local dt = pcrun.now() - t0
 
 local total = 0
 for k = 1, MAXLEN do total = total + tonumber(lengths[k]) end

@@ -2,6 +2,7 @@
 ** handles, their lifetime across fork and messages, and the helpers every
 ** binding file shares (blocking calls, arena pressure, errors). */
 #include "lhandle.h"
+#include "proc.h"
 #include "frame.h"
 #include "ser.h"
 
@@ -312,14 +313,16 @@ void pcr__lhandle_exit(void) {
 /* -- Blocking calls --------------------------------------------------- */
 
 int pcr__lua_sigint(lua_State *L) {
-  return lua_gethookmask(L) == (LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT)
-         && lua_gethookcount(L) == 1;
+  return pcr__interrupt_flag  /* sticky: see proc.h */
+         || (lua_gethookmask(L) == (LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT)
+             && lua_gethookcount(L) == 1);
 }
 
 void pcr__lua_interrupted(lua_State *L) {
   if (pcr__lua_sigint(L)) {
     lua_sethook(L, NULL, 0, 0);  /* the hook has done its work: we raise */
-    luaL_error(L, "interrupted");
+    lua_pushliteral(L, "interrupted");  /* exactly: no position */
+    lua_error(L);
   }
 }
 

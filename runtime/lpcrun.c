@@ -149,13 +149,22 @@ static int l_default_workers(lua_State *L) {
   return 1;
 }
 
+/* core.interrupt([clear]): whether Ctrl-C is pending (sticky) and how
+** many came so far; clear = true clears the pending one first. */
+static int l_interrupt(lua_State *L) {
+  if (lua_toboolean(L, 1)) pcr__interrupt_flag = 0;
+  lua_pushboolean(L, pcr__interrupt_flag != 0);
+  lua_pushinteger(L, pcr__interrupt_count);
+  return 2;
+}
+
 static int l_isatty(lua_State *L) {
   lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
   return 1;
 }
 
 static const luaL_Reg core_funcs[] = {
-  {"isatty", l_isatty},
+  {"isatty", l_isatty}, {"interrupt", l_interrupt},
   {"default_workers", l_default_workers},
   {"fork", l_fork}, {"child_exit", l_child_exit},
   {"wait", l_wait}, {"signal", l_signal}, {"is_child", l_is_child},

@@ -1,6 +1,7 @@
 /* The pcrun command: a thin host on the embedding API. Runs a script, a
 ** string or stdin; Ctrl-C becomes a Lua error and exit status 130. */
 #include "pcrun.h"
+#include "proc.h"
 #include "shm.h"  /* pcr__shm_env_error */
 
 #include <lua.h>
@@ -9,9 +10,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static lua_State *globalL;
-static volatile sig_atomic_t gotint;
 
 static void stop(lua_State *L, lua_Debug *ar) {
   (void)ar;
@@ -20,9 +21,20 @@ static void stop(lua_State *L, lua_Debug *ar) {
   lua_error(L);
 }
 
+/* The first Ctrl-C raises "interrupted" and stays pending (proc.h) until
+** the script returns or clears it; a second one, while it is pending,
+** ends everything now. */
 static void onint(int sig) {
   (void)sig;
-  gotint = 1;
+  if (pcr__interrupt_flag) {
+    static const char msg[] = "\npcrun: interrupted\n";
+    pcr__proc_kill_now();
+    ssize_t w = write(2, msg, sizeof msg - 1);
+    (void)w;
+    _exit(130);
+  }
+  pcr__interrupt_flag = 1;
+  pcr__interrupt_count++;
   lua_sethook(globalL, stop, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
 }
 
@@ -36,10 +48,13 @@ static void usage(FILE *f) {
         "  -           run the script read from standard input\n", f);
 }
 
+/* A script that returns while Ctrl-C is pending (it caught the error)
+** still ends with 130. */
 static int report(pcr_runtime *rt, int r) {
-  if (r == PCR_OK) return 0;
-  fprintf(stderr, "pcrun: %s\n", pcr_last_error(rt));
-  return gotint ? 130 : 1;
+  if (r == PCR_OK && !pcr__interrupt_flag) return 0;
+  if (r == PCR_OK) fputs("pcrun: interrupted\n", stderr);
+  else fprintf(stderr, "pcrun: %s\n", pcr_last_error(rt));
+  return pcr__interrupt_flag || pcr__interrupt_count ? 130 : 1;
 }
 
 /* What a bug report needs, from the LuaJIT actually loaded (the header's
@@ -123,8 +138,9 @@ int main(int argc, char **argv) {
     usage(stderr);
     status = 1;
   }
-  if (status) pcr_kill_children(rt);
   signal(SIGINT, SIG_IGN);
+  pcr__interrupt_flag = 0;  /* the teardown below must not raise */
+  if (status) pcr_kill_children(rt);
   pcr_close(rt);
   return status;
 }

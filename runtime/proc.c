@@ -49,6 +49,15 @@ static int exhume(pid_t pid, int *status) {
 static pid_t owner;
 static int atexit_done;
 
+volatile sig_atomic_t pcr__interrupt_flag, pcr__interrupt_count;
+
+void pcr__proc_kill_now(void) {
+  if (owner != getpid()) return;
+  int n = nkids;
+  for (int i = 0; i < n; i++) kill(kids[i].pid, SIGKILL);
+  for (int i = 0; i < n; i++) waitpid(kids[i].pid, NULL, 0);
+}
+
 pid_t pcr__proc_owner(void) { return owner; }
 
 static void forget(int i) {
@@ -111,6 +120,7 @@ pid_t pcr__proc_spawn(void (*onreap)(void *), void *arg) {
     nkids = 0;
     ndead = 0;
     owner = 0;
+    pcr__interrupt_flag = 0;
     signal(SIGINT, SIG_IGN);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) _exit(137);  /* parent died before prctl */

@@ -4,6 +4,7 @@
 #ifndef PCR_PROC_H
 #define PCR_PROC_H
 
+#include <signal.h>
 #include <sys/types.h>
 
 /* Fork a child. In the child: SIGINT ignored, killed when the parent dies,
@@ -55,5 +56,15 @@ int pcr__proc_exitcode(int status);
 
 /* Pid of the process that created the runtime's children registry. */
 pid_t pcr__proc_owner(void);
+
+/* Ctrl-C, sticky: pcr__interrupt_flag is set by the CLI's SIGINT handler
+** and stays set until the script returns to the top or clears it (a child
+** starts with it clear); pcr__interrupt_count counts the SIGINTs, so the
+** pools notice one even after it was cleared. */
+extern volatile sig_atomic_t pcr__interrupt_flag, pcr__interrupt_count;
+
+/* SIGKILL and reap every registered child now: async-signal-safe (for a
+** second Ctrl-C, which then _exits). */
+void pcr__proc_kill_now(void);
 
 #endif

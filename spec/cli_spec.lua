@@ -296,10 +296,11 @@ describe("pcrun (the CLI)", function()
     has(r.stderr, "interrupted", "stack traceback")
   end)
 
-  it("lets a script catch Ctrl-C as an error and go on", function()
+  it("lets a script catch Ctrl-C as an error, clear it and go on", function()
     local h, me, c1, c2 = start_blocked(nil, [[
       local ok, err = pcall(a.recv, a)
-      print("caught", ok, err)
+      print("caught", ok, err, pcrun.interrupted())
+      pcrun.clear_interrupt()
       for _, p in ipairs(ps) do p:terminate() p:join() end
       print("codes", ps[1].exitcode, ps[2].exitcode)
     ]])
@@ -307,7 +308,99 @@ describe("pcrun (the CLI)", function()
     local r = helpers.wait_cli(h, 10)
     os.remove(h.script)
     assert.are.equal(0, r.status)
-    has(r.stdout, "caught\tfalse\t", "interrupted", "codes\t-15\t-15")
+    has(r.stdout, "caught\tfalse\tinterrupted\ttrue\n", "codes\t-15\t-15")
+    assert.is_nil(helpers.proc_stat(c1))
+    assert.is_nil(helpers.proc_stat(c2))
+  end)
+
+  -- A pool whose two workers run 30 s tasks, 20 futures of them; each
+  -- result is waited for under pcall, as scripts often do.
+  local SWALLOW = [[
+    local pcrun = require "pcrun"
+    local pool = pcrun.pool(2)
+    local fs = {}
+    for i = 1, 20 do
+      fs[i] = pool:submit(function(x)
+        local t = os.time() + 30
+        while os.time() < t do end
+        return x
+      end, i)
+    end
+    local pids = pool:pids()
+    print("pids", pcrun.getpid(), pids[1], pids[2])
+    io.stdout:flush()
+    local failed, msgs = 0, {}
+    for _, f in ipairs(fs) do
+      local ok, err = pcall(f.result, f)
+      if not ok then failed, msgs[err] = failed + 1, true end
+    end
+    for m in pairs(msgs) do print("msg", m) end
+    local q = pcrun.queue()
+    print("get", pcall(q.get, q))
+    print("map", pcall(pool.map, pool, function(x) return x end, { 1 }))
+    print("failed", failed)
+  ]]
+
+  local function start_swallow(tail)
+    local path = helpers.script(SWALLOW .. (tail or ""))
+    local h = helpers.spawn_cli({ path })
+    h.script = path
+    local me, w1, w2 = helpers.wait_output(h,
+      "pids%s+(%d+)%s+(%d+)%s+(%d+)", 10)
+    assert(me, "the script did not start")
+    helpers.sleep(0.2)
+    return h, tonumber(me), tonumber(w1), tonumber(w2)
+  end
+
+  it("keeps Ctrl-C pending: a script that swallows it still stops, "
+     .. "its tasks stopped, and exits 130", function()
+    local h, me, w1, w2 = start_swallow()
+    local t0 = helpers.now()
+    helpers.kill(me, helpers.SIGINT)
+    local r = helpers.wait_cli(h, 20)
+    os.remove(h.script)
+    assert.are.equal(130, r.status)
+    assert.is_true(helpers.now() - t0 < 10, "the 30 s tasks ran on")
+    -- every wait raised exactly "interrupted", no path in front
+    has(r.stdout, "msg\tinterrupted\n", "get\tfalse\tinterrupted\n",
+        "map\tfalse\tinterrupted\n", "failed\t20\n")
+    assert.is_nil(r.stdout:find("msg\t[^i]"))
+    assert.are.equal("pcrun: interrupted\n", r.stderr)
+    assert.is_nil(helpers.proc_stat(w1))
+    assert.is_nil(helpers.proc_stat(w2))
+  end)
+
+  it("cancels the pool's work at Ctrl-C, and a cleared script goes on "
+     .. "with the same pool", function()
+    local h, me = start_swallow([[
+      pcrun.clear_interrupt()
+      local t = os.time()
+      print("again", #pool:map(function(x) return x end, { 1, 2, 3 }),
+            os.time() - t < 5)
+    ]])
+    helpers.kill(me, helpers.SIGINT)
+    local r = helpers.wait_cli(h, 20)
+    os.remove(h.script)
+    assert.are.equal(0, r.status)
+    has(r.stdout, "failed\t20\n", "again\t3\ttrue\n")
+  end)
+
+  it("exits 130 at once on a second Ctrl-C, its children reaped",
+     function()
+    local h, me, c1, c2 = start_blocked(nil, [[
+      while true do  -- swallows every error, never waits in pcrun
+        pcall(function() local t = os.clock() + 0.05
+          while os.clock() < t do end end)
+      end
+    ]])
+    helpers.kill(me, helpers.SIGINT)
+    helpers.sleep(0.3)
+    assert.is_false(helpers.is_dead(me))
+    helpers.kill(me, helpers.SIGINT)
+    local r = helpers.wait_cli(h, 5)
+    os.remove(h.script)
+    assert.are.equal(130, r.status)
+    has(r.stderr, "pcrun: interrupted\n")
     assert.is_nil(helpers.proc_stat(c1))
     assert.is_nil(helpers.proc_stat(c2))
   end)

@@ -17,7 +17,7 @@ local function bad_index(a, i)
     error("pcrun.Array: index must be a number, got " .. type(i), 3)
   end
   error(("pcrun.Array: index %s out of range [0, %d)")
-        :format(tostring(i), a.n), 3)
+        :format(tostring(i), a._n), 3)
 end
 
 local function view_of(ct)
@@ -25,25 +25,33 @@ local function view_of(ct)
   local vt = views[id]
   if vt then return vt end
   -- The field named after the id keeps each view's declaration distinct:
-  -- busted caches ffi.typeof by its first argument alone.
+  -- busted caches ffi.typeof by its first argument alone. The fields are
+  -- _ptr and _n, read as ptr and n through __index, so that writing n or
+  -- ptr reaches __newindex and its message, not ffi's.
   vt = ffi.metatype(ffi.typeof(
-    ("struct { $ *const ptr; const double n; int32_t _%d; }"):format(id), ct), {
+    ("struct { $ *const _ptr; const double _n; int32_t _%d; }"):format(id),
+    ct), {
     __index = function(a, i)
       if type(i) == "number" then
-        if i >= 0 and i < a.n then return a.ptr[i] end
+        if i >= 0 and i < a._n then return a._ptr[i] end
         bad_index(a, i)
       end
+      if i == "n" then return a._n end
+      if i == "ptr" then return a._ptr end
       if type(i) ~= "string" then bad_index(a, i) end
       return methods[i]
     end,
     __newindex = function(a, i, v)
-      if type(i) == "number" and i >= 0 and i < a.n then
-        a.ptr[i] = v
+      if type(i) == "number" and i >= 0 and i < a._n then
+        a._ptr[i] = v
         return
+      end
+      if i == "n" or i == "ptr" then
+        error("pcrun.Array: " .. i .. " is read-only", 2)
       end
       bad_index(a, i)
     end,
-    __len = function(a) return a.n end,
+    __len = function(a) return a._n end,
     __tostring = function(a)
       return ("pcrun.Array(%s, %d): %s"):format(anchors[a] and
         select(3, anchors[a]:info()) or "?", a.n, tostring(a.ptr))

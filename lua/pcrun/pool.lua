@@ -6,6 +6,8 @@ local core = require "pcrun.core"
 local ffi = require "ffi"
 local future = require "pcrun.future"
 local process = require "pcrun.process"
+local options = require "pcrun.opts"
+local progress = require "pcrun.progress"
 
 local M = {}
 local Pool = {}
@@ -57,10 +59,46 @@ end
 
 -- The worker's frames below the task (the pool's loop, and the parent's
 -- stack it inherited through fork) say nothing to the user: cut them.
+-- A string error travels as its text and traceback; any other value as
+-- { e = value, tb = traceback }, rebuilt as a TaskError in the parent.
 local function traceback(e)
-  local tb = debug.traceback(tostring(e), 2)
+  local str = type(e) == "string"
+  if str and e:find("global '[%w_]+' %(a nil value%)") then
+    e = e .. " (the workers were forked when the pool was created: a "
+        .. "global defined later does not exist in them)"
+  end
+  local tb = debug.traceback(str and e or "", 2)
   local cut = tb:find("\n%s*%[C%]: in function 'xpcall'")
-  return cut and tb:sub(1, cut - 1) or tb
+  tb = cut and tb:sub(1, cut - 1) or tb
+  if str then return tb end
+  return { e = e, tb = (tb:gsub("^\n", "")) }
+end
+
+--- The error of a task that raised a value other than a string: value
+-- (the value raised, as it crossed), worker (its index; nil when raised in
+-- the parent), task (the index of the task in its call), traceback (the
+-- worker's, a string). tostring gives the text a string error would have.
+local TaskError = { __name = "pcrun.TaskError" }
+TaskError.__index = TaskError
+M.TaskError = TaskError
+
+function TaskError:__tostring()
+  local v = self.value
+  local desc = type(v) == "string" and v or (type(v) == "table"
+    and not (getmetatable(v) or {}).__tostring
+    and ("error object (%s)"):format(tostring(v)) or tostring(v))
+  local head = self.worker and ("worker %d: "):format(self.worker) or ""
+  return ("%stask %d: %s\n%s"):format(head, self.task, desc,
+                                      self.traceback or "")
+end
+
+function TaskError:__serialize()
+  return { self.value, self.worker, self.task, self.traceback }
+end
+
+function TaskError.__deserialize(t)
+  return setmetatable({ value = t[1], worker = t[2], task = t[3],
+                        traceback = t[4] }, TaskError)
 end
 
 -- One protected run over items[k..n]; progress[at + 1] names the running
@@ -84,7 +122,7 @@ local function runcall(fn, items, res, k, n, progress, at)
   for i = k, n do
     progress[at] = i
     local a = items[i]
-    res[i] = pack(fn(unpack(a, 1, a.n)))
+    if a then res[i] = pack(fn(unpack(a, 1, a.n))) end  -- false: cancelled
   end
 end
 
@@ -129,13 +167,20 @@ local function runtask(t, fns, progress, slot)
   return { id, res, errs, now() - t0 }
 end
 
--- Send the replies; a result that cannot cross becomes that task's error.
+-- Send the replies; a result that cannot cross becomes that task's
+-- error, an error value that cannot cross its text.
 local function reply(conn, out)
   local ok, err = pcall(conn.send, conn, out)
   if ok then return end
   if core.errcode(err) == "closed" then core.child_exit(0) end
   for _, r in ipairs(out) do
     local res, errs = r[2], r[3] or {}
+    for k, v in pairs(errs) do
+      if type(v) == "table" and not pcall(core.encode, v.e) then
+        local _, why = pcall(core.encode, v.e, "error value")
+        errs[k] = ("%s (%s)\n%s"):format(tostring(v.e), tostring(why), v.tb)
+      end
+    end
     for k, v in pairs(res) do
       local eok, eerr = pcall(core.encode, v, "result")
       if not eok then res[k], errs[k] = nil, eerr end
@@ -145,7 +190,16 @@ local function reply(conn, out)
   conn:send(out)
 end
 
+local me  -- this worker's identity, for pcrun.worker()
+
+--- In a pool's worker: { index = 1 .. n, n = the pool's size, pool = an
+-- id of the pool, unique in the process that created it }; else nil.
+function M.worker()
+  return me and { index = me.index, n = me.n, pool = me.pool }
+end
+
 local function worker_loop(pool, w)
+  me = { index = w.index, n = pool.n, pool = pool.id }
   for _, o in ipairs(pool.workers) do
     if o.conn then o.conn:close() end  -- the parent's ends, not ours
   end
@@ -155,11 +209,13 @@ local function worker_loop(pool, w)
     local ok, err = xpcall(pool.initializer, traceback,
                            unpack(pool.initargs, 1, pool.initargs.n))
     if not ok then
+      if type(err) == "table" then err = tostring(err.e) .. "\n" .. err.tb end
       pcall(conn.send, conn, { "init", err })
       core.child_exit(1)
     end
   end
   local progress = ffi.cast("uint32_t *", pool.mem)
+  require("pcrun.progress").worker(progress + 2 * pool.n)
   local slot, fns = w.slot, {}
   while true do
     local ok, batch = pcall(conn.recv, conn)
@@ -251,6 +307,7 @@ end
 local function shutdown(ws, box)
   if core.getpid() ~= box.pid then return end
   for _, w in ipairs(ws) do pcall(stopworker, w, 15) end
+  if box[2] then progress.unshare(box[2]) box[2] = nil end
   if box[1] then core.release(box[1]) box[1] = nil end
 end
 
@@ -273,8 +330,10 @@ local function newjob(self, kind, fn, mode, chunksize)
   local job = { kind = kind, fn = fn, fnid = id, mode = mode,
                 cost = self.costs[id],  -- what this function cost last time
                 chunksize = chunksize, pos = 1, produced = 0, completed = 0,
-                consumed = 0, results = {}, errs = {}, got = {},
-                telapsed = 0, titems = 0 }
+                consumed = 0, telapsed = 0, titems = 0 }
+  if kind == "map" or kind == "imap" then
+    job.results, job.errs, job.got = {}, {}, {}
+  end
   return job
 end
 
@@ -320,17 +379,37 @@ local function cut(self, job)
   return { id = self.nextid, job = job, first = first, n = n, items = items }
 end
 
+-- The jobs waiting for workers: a doubly linked list in call order, so
+-- that queuing, finishing and cancelling a job cost O(1) however many
+-- futures wait (a list with table.remove made bulk submits quadratic).
+local function jobpush(self, job)
+  local tail = self.jtail
+  job.prev = tail
+  if tail then tail.next = job else self.jhead = job end
+  self.jtail = job
+  job.queued = true
+end
+
+local function jobunlink(self, job)
+  if not job.queued then return end
+  local p, n = job.prev, job.next
+  if p then p.next = n else self.jhead = n end
+  if n then n.prev = p else self.jtail = p end
+  job.prev, job.next, job.queued = nil, nil, nil
+end
+
 -- Retries first, then jobs in order; a stream held back by its window
 -- (its reader is slow or gone) does not hold back the jobs behind it.
 local function nextchunk(self)
-  local r = table.remove(self.retry, 1)
-  if r then return r end
-  local jobs, i = self.jobs, 1
-  while jobs[i] do
-    local job = jobs[i]
+  local retry = self.retry
+  if retry.head <= retry.tail then return qshift(retry) end
+  local job = self.jhead
+  while job do
     local c = not job.exhausted and cut(self, job)
-    if job.exhausted then table.remove(jobs, i) else i = i + 1 end
+    local nxt = job.next
+    if job.exhausted then jobunlink(self, job) end
     if c then return c end
+    job = nxt
   end
 end
 
@@ -343,8 +422,12 @@ local function taskmsg(self, w, c)
     w.nfns = w.nfns + 1
   end
   if self.timeout then c.deadline = now() + self.timeout end
-  if job.future and job.future.state == "pending" then
-    job.future.state = "running"
+  local fs = job.futures
+  if fs then
+    for k = c.first, c.first + c.n - 1 do
+      local f = fs[k]
+      if f and f.state == "pending" then f.state = "running" end
+    end
   end
   return t
 end
@@ -358,11 +441,23 @@ local function sendbatch(self, w, batch)
   local ok, err = pcall(w.conn.send, w.conn, batch, nil)
   if ok or core.errcode(err) == "closed" then return end
   w.fns, w.nfns = {}, 0  -- the functions of this batch never arrived
-  for _ = 1, #batch do
+  for b = #batch, 1, -1 do
     local c = qpop(w.inflight)
     w.queued, w.nitems = w.queued - c.est, w.nitems - c.n
     local job, from = c.job, 1
-    for k = 1, c.n + 1 do
+    -- Its function stopped crossing (an upvalue changed since checked).
+    local fok, ferr = true, nil
+    if batch[b][6] ~= nil then fok, ferr = pcall(core.encode, job.fn, "fn") end
+    if not fok then
+      self.fnids[job.fn] = nil
+      for k = 1, c.n do
+        deliver1(self, job, c.first + k - 1, nil, ("task %d: cannot send "
+          .. "its function: %s"):format(c.first + k - 1, tostring(ferr)))
+      end
+      job.completed = job.completed + c.n
+      from = c.n + 2  -- nothing to requeue
+    end
+    for k = from, c.n + 1 do
       local bad
       if k <= c.n then
         local args = job.mode == MAP and { c.items[k] } or c.items[k]
@@ -387,8 +482,7 @@ end
 -- worker in one round travel as one message (with chunksize 1 that saves
 -- a message per task; errors and crashes are still told per task).
 local function merge(prev, c)
-  if not prev or prev.job ~= c.job or prev.first + prev.n ~= c.first
-      or c.job.kind == "submit" then
+  if not prev or prev.job ~= c.job or prev.first + prev.n ~= c.first then
     return false
   end
   local items, n = prev.items, prev.n
@@ -402,6 +496,7 @@ end
 -- means the worker died; the end of file on its pipe reports it.
 local function feed(self)
   if self.state == "terminated" or self.broken then return end
+  self.unfed = 0
   -- Idle workers first, one chunk each: a task never queues behind a
   -- long one while a worker waits.
   for pass = 1, 2 do
@@ -442,27 +537,12 @@ end
 
 -- -- Results ------------------------------------------------------------
 
-local function drawprogress(self, job, final)
-  if not job.bar then return end
-  local t = now()
-  if not final and t - (job.drawn or 0) < 0.1 then return end
-  job.drawn = t
-  local total = job.total or job.produced
-  local done, el = job.completed, t - job.t0
-  local rate = done / max(el, 1e-9)
-  local frac = total > 0 and done / total or 1
-  local w = 30
-  local bar = ("="):rep(floor(frac * w)) .. (" "):rep(w - floor(frac * w))
-  local eta = rate > 0 and (total - done) / rate or 0
-  io.stderr:write(("\r[%s] %d/%d %.0f/s ETA %.1fs "):format(
-    bar, done, total, rate, eta))
-  if final then io.stderr:write("\n") end
-end
-
 function deliver1(self, job, idx, res, err)
   if job.kind == "submit" then
-    if err then future.settle(job.future, false, err)
-    else future.settle(job.future, true, res) end
+    local f = job.futures[idx]
+    job.futures[idx], job.list[idx] = nil, nil  -- done with both
+    if err then future.settle(f, false, err)
+    else future.settle(f, true, res) end
   elseif job.kind == "unordered" then
     job.rtail = job.rtail + 1  -- the reader clears from the front
     job.ready[job.rtail] = { idx, res, err }
@@ -475,6 +555,10 @@ end
 
 -- w is nil for errors raised in the parent (arguments that cannot cross).
 local function taskerr(w, idx, err)
+  if type(err) == "table" then
+    return setmetatable({ value = err.e, worker = w and w.index, task = idx,
+                          traceback = err.tb }, TaskError)
+  end
   if not w then return ("task %d: %s"):format(idx, tostring(err)) end
   return ("worker %d: task %d: %s"):format(w.index, idx, tostring(err))
 end
@@ -497,7 +581,9 @@ local function deliver(self, w, c, res, errs)
     end
   end
   job.completed = job.completed + c.n
-  drawprogress(self, job, job.exhausted and job.completed == job.produced)
+  if job.bar then
+    progress.update(job.bar, job.completed, job.exhausted and job.produced)
+  end
 end
 
 local function retire(self, w)
@@ -543,9 +629,9 @@ end
 function requeue(self, c, from, to)
   if from > to then return end
   self.nextid = self.nextid + 1
-  table.insert(self.retry, { id = self.nextid, job = c.job,
-                             first = c.first + from - 1, n = to - from + 1,
-                             items = slice(c.items, from, to) })
+  qpush(self.retry, { id = self.nextid, job = c.job,
+                      first = c.first + from - 1, n = to - from + 1,
+                      items = slice(c.items, from, to) })
 end
 
 -- A worker's pipe hit end of file: it died. Fail the task it was running,
@@ -600,9 +686,63 @@ local function checklate(self)
   end
 end
 
+-- -- Ctrl-C -------------------------------------------------------------
+
+local live = setmetatable({}, { __mode = "k" })  -- every pool not ended
+local handled = 0  -- the SIGINTs the pools have acted on (core.interrupt)
+
+local function stopjob(job, why)
+  job.cancelled = why
+  for _, f in pairs(job.futures or {}) do future.settle(f, false, why) end
+end
+
+-- Cancel everything the pool has queued and kill the workers running its
+-- tasks (each gets a fresh replacement): after Ctrl-C nothing the script
+-- asked for before goes on.
+local function cancel(self, why)
+  if self.state == "terminated" then return end
+  local job = self.jhead
+  while job do
+    local nxt = job.next
+    stopjob(job, why)
+    jobunlink(self, job)
+    job = nxt
+  end
+  for i = self.retry.head, self.retry.tail do stopjob(self.retry[i].job, why) end
+  self.retry = qnew()
+  local progress = ffi.cast("uint32_t *", self.mem)
+  for _, w in ipairs(self.workers) do
+    if w.pid and qlen(w.inflight) > 0 then
+      for i = w.inflight.head, w.inflight.tail do
+        stopjob(w.inflight[i].job, why)
+      end
+      w.inflight, w.queued, w.nitems = qnew(), 0, 0
+      core.signal(w.pid, 9)
+      core.wait(w.pid)
+      w.conn:close()
+      w.pid = nil
+      progress[2 * w.slot], progress[2 * w.slot + 1] = 0, 0
+      spawn(self, w.index)
+    end
+  end
+end
+
+-- Raises "interrupted" while Ctrl-C is pending; the first pool call
+-- after a Ctrl-C (pending or already cleared) cancels every pool's work.
+local function checkint()
+  local pending, count = core.interrupt()
+  if count ~= handled then
+    handled = count
+    for p in pairs(live) do cancel(p, "interrupted") end
+  end
+  if pending then error("interrupted", 0) end
+end
+M.checkint = checkint
+
 --- Drive pools until one event is handled or timeout seconds pass.
 -- Returns false when the pools have nothing in flight.
 function M.pump(pools, timeout)
+  checkint()
   local deadline = timeout and now() + timeout
   local conns, owners, soonest = {}, {}, math.huge
   for _, p in ipairs(pools) do
@@ -624,7 +764,12 @@ function M.pump(pools, timeout)
   -- Spin before sleeping only when a reply is due soon: a parent spinning
   -- through long tasks would take a core from its own workers.
   local spin = soonest < SPINFOR and SPINFOR or 0
-  local i = core.select(conns, deadline and max(0, deadline - now()), spin)
+  local ok, i = pcall(core.select, conns,
+                      deadline and max(0, deadline - now()), spin)
+  if not ok then
+    checkint()  -- Ctrl-C in the wait: cancel at once, and raise
+    error(i, 0)
+  end
   if not i then
     for _, p in ipairs(pools) do checklate(p) end
     return true
@@ -650,6 +795,18 @@ local function checkfn(who, fn, lvl)
   end
 end
 
+-- A function that cannot cross would fail every batch it joins: check it
+-- once per pool, in the caller, before it joins one.
+local function checksend(self, who, fn, lvl)
+  if type(fn) ~= "function" or self.fnids[fn] then return end
+  local ok, err = pcall(core.encode, fn, "fn")
+  if not ok then
+    err = tostring(err):gsub("^pcrun%.encode: ", "")
+                       :gsub("<upvalue ([^>]*)>", ": upvalue '%1'")
+    error(who .. ": " .. err, lvl + 1)
+  end
+end
+
 local function checkusable(self, who, lvl)
   if getmetatable(self) ~= Pool then
     error(who .. ": call it as pool:" .. who:match("[%w_]+$") .. "(...)",
@@ -661,39 +818,44 @@ local function checkusable(self, who, lvl)
   if self.broken then error(self.broken, 0) end
 end
 
+local CALLOPTS = options.spec { chunksize = "positive integer",
+                                progress = "boolean or string" }
+
+-- The last argument of map and friends: a chunksize, or an options table
+-- { chunksize =, progress = }. Returns chunksize, progress.
 local function checkchunk(who, cs, lvl)
+  if type(cs) == "table" then
+    local o = options.check(who, cs, CALLOPTS, lvl or 3)
+    return o.chunksize, o.progress
+  end
   if cs ~= nil and (type(cs) ~= "number" or cs < 1 or cs % 1 ~= 0) then
     error(who .. ": chunksize must be a positive integer", lvl or 3)
   end
+  return cs, nil
 end
 
 local function isint(n) return type(n) == "number" and n >= 1 and n % 1 == 0 end
 
+local npools = 0  -- pools created by this process: their ids
+
+local POOLOPTS = options.spec {
+  initializer = "function", initargs = "table",
+  maxtasksperchild = "positive integer", timeout = "positive number",
+  progress = "boolean", chunksize = "positive integer",
+}
+local POOLHINTS = { processes = "the number of workers is the first "
+                    .. "argument: pcrun.pool(n, opts)" }
+
 --- pcrun.pool([n] [, opts]): fork n workers (default: pcrun -n, else the
 -- CPU count). opts: initializer, initargs, maxtasksperchild, timeout,
--- progress.
+-- progress, chunksize.
 function M.new(n, opts)
   if type(n) == "table" and opts == nil then n, opts = nil, n end
   if n ~= nil and not (isint(n) and n <= 1024) then
     error("pcrun.pool: n must be an integer from 1 to 1024", 2)
   end
-  if opts ~= nil and type(opts) ~= "table" then
-    error("pcrun.pool: opts must be a table", 2)
-  end
-  opts = opts or {}
-  if opts.initializer ~= nil and type(opts.initializer) ~= "function" then
-    error("pcrun.pool: initializer must be a function", 2)
-  end
-  if opts.initargs ~= nil and type(opts.initargs) ~= "table" then
-    error("pcrun.pool: initargs must be a table", 2)
-  end
-  if opts.maxtasksperchild ~= nil and not isint(opts.maxtasksperchild) then
-    error("pcrun.pool: maxtasksperchild must be a positive integer", 2)
-  end
+  opts = options.check("pcrun.pool", opts, POOLOPTS, 2, POOLHINTS)
   local t = opts.timeout
-  if t ~= nil and (type(t) ~= "number" or not (t > 0)) then
-    error("pcrun.pool: timeout must be a positive number", 2)
-  end
   local self = setmetatable({}, Pool)
   self.n = n or core.default_workers()
   self.ring = ringsize(self.n)
@@ -701,34 +863,62 @@ function M.new(n, opts)
   local ia = opts.initargs or {}
   self.initargs = pack(unpack(ia, 1, ia.n or #ia))
   self.maxtasks, self.timeout = opts.maxtasksperchild, t
+  self.chunksize = opts.chunksize  -- for calls that give none
   local env = os.getenv("PCRUN_PROGRESS")
-  self.progress = (opts.progress or (env ~= nil and env ~= "" and env ~= "0"))
-                  and core.isatty(2)
-  local ref, mem = core.array_new("uint32_t", 4, 2 * self.n, "pcrun.pool")
-  self.mem = mem  -- progress: chunk id, item
-  self.membox = { ref, pid = core.getpid() }
-  self.workers, self.jobs, self.retry = {}, {}, {}
+  self.progress = opts.progress or (env ~= nil and env ~= "" and env ~= "0")
+  -- per worker: running chunk id, item; then the bar-on-screen word
+  local ref, mem = core.array_new("uint32_t", 4, 2 * self.n + 2, "pcrun.pool")
+  self.mem = mem
+  local flag = ffi.cast("uint32_t *", mem) + 2 * self.n
+  progress.share(flag)
+  self.membox = { ref, flag, pid = core.getpid() }
+  self.workers, self.retry = {}, qnew()
   self.fnids = setmetatable({}, { __mode = "k" })
   self.costs = {}  -- seconds per task, by function id
-  self.nextfn, self.nextid, self.state = 0, 0, "run"
+  self.nextfn, self.nextid, self.state, self.unfed = 0, 0, "run", 0
+  npools = npools + 1
+  self.id = npools
   -- The finalizer holds the workers, not the pool, so the pool can die.
   local ws, box = self.workers, self.membox
   local proxy = newproxy(true)
   getmetatable(proxy).__gc = function() shutdown(ws, box) end
   self.gc = proxy
   for i = 1, self.n do spawn(self, i) end
+  live[self] = true
   return self
 end
 
-local function addjob(self, job, bar)
-  job.t0 = now()
-  job.bar = bar and self.progress
-  self.jobs[#self.jobs + 1] = job
+-- A submit is handed out at once while a worker is idle (the single round
+-- trip); behind busy workers, submits gather and go FEEDEVERY at a time
+-- (or when the caller waits), in one message per worker, not one each.
+local FEEDEVERY = 64
+
+-- bar: the call's progress option (true or a label), nil for the pool's.
+local function addjob(self, job, bar, who)
+  if bar == nil then bar = job.kind ~= "submit" and self.progress end
+  if bar then
+    job.bar = progress.new(bar == true and who:match("[%w_]+$") or bar,
+                           job.total)
+  end
+  jobpush(self, job)
+  if job.kind ~= "submit" then return feed(self) end
+end
+
+-- After a submit: feed now while a worker is idle, else every FEEDEVERY.
+local function kick(self)
+  self.unfed = self.unfed + 1
+  if self.unfed < FEEDEVERY then
+    for _, w in ipairs(self.workers) do
+      if w.pid and qlen(w.inflight) == 0 then return feed(self) end
+    end
+    return
+  end
   feed(self)
 end
 
 local function runall(self, job)
   while job.completed < job.total do
+    if job.cancelled then error(job.cancelled, 0) end
     if not M.pump({ self }) and job.completed < job.total then
       error("pcrun.pool: internal error: work lost", 0)
     end
@@ -744,16 +934,21 @@ end
 local function listjob(self, who, fn, list, cs, mode)
   checkusable(self, who, 4)
   checkfn(who, fn, 4)
+  checksend(self, who, fn, 4)
   if type(list) ~= "table" then
     error(who .. ": list must be a table, got " .. type(list), 3)
   end
-  checkchunk(who, cs, 4)
-  local job = newjob(self, "map", fn, mode, cs)
+  local bar
+  cs, bar = checkchunk(who, cs, 4)
+  local job = newjob(self, "map", fn, mode, cs or self.chunksize)
   job.list, job.total = list, #list
   if job.total == 0 then return {} end
-  addjob(self, job, true)
-  runall(self, job)
-  local err = firsterr(job)
+  addjob(self, job, bar, who)
+  local ok, e = true, nil
+  if job.bar then ok, e = pcall(runall, self, job) else runall(self, job) end
+  local err = ok and firsterr(job)
+  progress.finish(job.bar, ok and not err)
+  if not ok then error(e, 0) end
   if err then error(err, 0) end
   return job.results
 end
@@ -782,27 +977,38 @@ end
 function Pool:submit(fn, ...)
   checkusable(self, "pcrun.Pool:submit")
   checkfn("pcrun.Pool:submit", fn)
-  local job = newjob(self, "submit", fn, CALL)
-  job.list, job.total = { pack(...) }, 1
-  job.future = future.new(self)
-  job.future.job = job
-  addjob(self, job, false)
-  return job.future
+  checksend(self, "pcrun.Pool:submit", fn, 3)
+  local f = future.new(self)
+  -- Submits of one function in a row join one job, cut into chunks as
+  -- map's are: one message carries many of them, each its own future.
+  local job, idx = self.jtail, 1
+  if job and job.kind == "submit" and job.fn == fn and not job.exhausted
+     and job.total < 65536 then
+    idx = job.total + 1
+    job.total, job.list[idx], job.futures[idx] = idx, pack(...), f
+  else
+    job = newjob(self, "submit", fn, CALL)
+    job.list, job.total, job.futures = { pack(...) }, 1, { f }
+    addjob(self, job, false, "submit")
+  end
+  f.job, f.idx = job, idx
+  kick(self)
+  return f
 end
 
 function Pool:apply(fn, ...)
   checkusable(self, "pcrun.Pool:apply")
   checkfn("pcrun.Pool:apply", fn)
+  checksend(self, "pcrun.Pool:apply", fn, 3)
   return self:submit(fn, ...):result()
 end
 
 -- Remove a submitted job that no worker has yet; used by Future:cancel.
 function Pool:_unqueue(f)
-  for i, job in ipairs(self.jobs) do
-    if job.future == f and job.produced == 0 then
-      table.remove(self.jobs, i)
-      return true
-    end
+  local job, idx = f.job, f.idx
+  if job and job.queued and idx >= job.pos then
+    job.list[idx] = false  -- the worker skips it; its result is ignored
+    return true
   end
   return false
 end
@@ -810,7 +1016,10 @@ end
 local function streamjob(self, who, fn, src, cs, kind)
   checkusable(self, who, 4)
   checkfn(who, fn, 4)
-  checkchunk(who, cs, 4)
+  checksend(self, who, fn, 4)
+  local bar
+  cs, bar = checkchunk(who, cs, 4)
+  cs = cs or self.chunksize
   local job = newjob(self, kind, fn, MAP, cs)
   if type(src) == "table" then
     job.list, job.total = src, #src
@@ -824,7 +1033,7 @@ local function streamjob(self, who, fn, src, cs, kind)
   -- Bound what is cut but not yet consumed: streams stay small.
   job.window = max(64, 8 * self.n * (cs or 64))
   job.ready, job.rtail = {}, 0
-  addjob(self, job, true)
+  addjob(self, job, bar, who)
   return job
 end
 
@@ -834,6 +1043,19 @@ local function step(self)
   if not M.pump({ self }) then
     error("pcrun.pool: internal error: a streamed result was lost", 0)
   end
+end
+
+-- step, erasing the stream's bar if it raises (Ctrl-C).
+local function barstep(self, job)
+  if not job.bar then return step(self) end
+  local ok, e = pcall(step, self)
+  if not ok then progress.finish(job.bar, false) error(e, 0) end
+end
+
+-- The stream raises err: its bar goes first.
+local function raise(job, err)
+  progress.finish(job.bar, false)
+  error(err, 0)
 end
 
 --- Iterate (index, result) in input order, streaming the input.
@@ -847,16 +1069,20 @@ function Pool:imap(fn, src, chunksize)
         local i, r, e = nexti, job.results[nexti], job.errs[nexti]
         job.results[i], job.errs[i], job.got[i] = nil, nil, nil
         nexti, job.consumed = i + 1, job.consumed + 1
-        if e then error(e, 0) end
+        if e then raise(job, e) end
         return i, r
       end
-      if job.exhausted and nexti > job.produced then return nil end
-      step(self)
+      if job.exhausted and nexti > job.produced then
+        progress.finish(job.bar, true)
+        return nil
+      end
+      if job.cancelled then raise(job, job.cancelled) end
+      barstep(self, job)
     end
   end
 end
 
---- Iterate results as they finish: result, index.
+--- Iterate (index, result) as they finish.
 function Pool:imap_unordered(fn, src, chunksize)
   local job = streamjob(self, "pcrun.Pool:imap_unordered", fn, src,
                         chunksize, "unordered")
@@ -867,11 +1093,15 @@ function Pool:imap_unordered(fn, src, chunksize)
       if r then
         job.ready[head] = nil
         head, job.consumed = head + 1, job.consumed + 1
-        if r[3] then error(r[3], 0) end
-        return r[2], r[1]
+        if r[3] then raise(job, r[3]) end
+        return r[1], r[2]
       end
-      if job.exhausted and job.consumed >= job.produced then return nil end
-      step(self)
+      if job.exhausted and job.consumed >= job.produced then
+        progress.finish(job.bar, true)
+        return nil
+      end
+      if job.cancelled then raise(job, job.cancelled) end
+      barstep(self, job)
     end
   end
 end
@@ -896,6 +1126,7 @@ function Pool:join()
     while M.pump({ self }) do end
     for _, w in ipairs(self.workers) do stopworker(w) end
     self.state = "joined"
+    live[self] = nil
   end
   shutdown(self.workers, self.membox)
 end
@@ -907,19 +1138,49 @@ function Pool:terminate()
   end
   if self.state == "terminated" then return end
   self.state = "terminated"
+  live[self] = nil
   shutdown(self.workers, self.membox)
   local function fail(job)
-    if job.future then
-      future.settle(job.future, false, "pcrun.pool: the pool was terminated")
+    for _, f in pairs(job.futures or {}) do
+      future.settle(f, false, "pcrun.pool: the pool was terminated")
     end
   end
-  for _, job in ipairs(self.jobs) do fail(job) end
-  for _, c in ipairs(self.retry) do fail(c.job) end
+  local job = self.jhead
+  while job do fail(job) job = job.next end
+  for i = self.retry.head, self.retry.tail do fail(self.retry[i].job) end
   for _, w in ipairs(self.workers) do
     for i = w.inflight.head, w.inflight.tail do fail(w.inflight[i].job) end
     w.inflight = qnew()
   end
-  self.jobs, self.retry = {}, {}
+  self.jhead, self.jtail, self.retry = nil, nil, qnew()
+end
+
+--- pcrun.with_pool([n] [, opts], fn): fn(pool) with a new pool; when fn
+-- returns, the pool is closed and joined (its queued work finishes) and
+-- fn's results returned; when fn raises, the pool is terminated and the
+-- error raised again. Python's `with Pool() as p:`, which terminates.
+function M.with_pool(...)
+  local nargs = select("#", ...)
+  local fn = select(nargs, ...)
+  if nargs < 1 or nargs > 3 or type(fn) ~= "function" then
+    error("pcrun.with_pool: expected ([n] [, opts], fn) with fn a function"
+          .. ", got " .. (nargs < 1 and "nothing" or type(fn)), 2)
+  end
+  local n, opts = ...
+  if nargs == 1 then n = nil end
+  if nargs <= 2 then opts = nil end
+  local ok, pool = pcall(M.new, n, opts)
+  if not ok then
+    error((tostring(pool):gsub("^pcrun%.pool:", "pcrun.with_pool:")), 2)
+  end
+  local res = pack(pcall(fn, pool))
+  if res[1] then
+    local jok, jerr = pcall(function() pool:close() pool:join() end)
+    if jok then return unpack(res, 2, res.n) end
+    res[2] = jerr
+  end
+  pool:terminate()
+  error(res[2], 0)
 end
 
 --- Worker pids, for monitoring and tests.
@@ -928,6 +1189,13 @@ function Pool:pids()
   for i, w in ipairs(self.workers) do t[i] = w.pid end
   return t
 end
+
+-- A pool's workers are its own children, talking over its own pipes.
+function Pool.__serialize()
+  error("a pcrun.Pool cannot be sent to another process (a task may "
+        .. "create its own pool)", 0)
+end
+function Pool.__deserialize() error("a pcrun.Pool cannot be received", 0) end
 
 function Pool:__tostring()
   return ("pcrun.Pool(%d workers, %s)"):format(self.n, self.state)

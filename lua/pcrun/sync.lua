@@ -26,13 +26,17 @@ local function semaphore(name, kind, value)
 end
 
 --- pcrun.semaphore([value]): a counter; acquire waits while it is 0.
+-- Not tail calls: level 3 in semaphore() must be the user's call.
 function M.semaphore(value)
-  return semaphore("pcrun.semaphore", SYNC.semaphore, value)
+  local s = semaphore("pcrun.semaphore", SYNC.semaphore, value)
+  return s
 end
 
 --- pcrun.bounded_semaphore([value]): release above value raises.
 function M.bounded_semaphore(value)
-  return semaphore("pcrun.bounded_semaphore", SYNC.bounded_semaphore, value)
+  local s = semaphore("pcrun.bounded_semaphore", SYNC.bounded_semaphore,
+                      value)
+  return s
 end
 
 --- pcrun.condition([lock]): a condition variable over lock (a new rlock
