@@ -34,7 +34,8 @@ typedef struct pcr_handle {
   int open;                       /* 0 once released */
   long lidx[2];                   /* its references' ledger entries */
   struct pcr_handle *prev, *next; /* live handles of this process */
-  _Alignas(16) unsigned char extra[];  /* the kind's state */
+  uint64_t extra[];               /* the kind's state; userdata are only
+                                     8-aligned in LuaJIT */
 } pcr_handle;
 
 #define PCR_HANDLE_MAGIC 0x6a624f50u
