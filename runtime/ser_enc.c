@@ -453,7 +453,12 @@ static void encext(enc *e, int obj, int mt)
   tflush(L, &e->b->tabs, &e->b->seen);  /* a table may be listed only */
   pcr__ser_pfind(&e->b->seen, lua_topointer(L, obj))->v = ord | INPROG;
   lua_pushvalue(L, obj);
-  lua_call(L, 1, 1);
+  /* A hook that refuses its value (a pool) says why; its message gets
+     the path. */
+  if (lua_pcall(L, 1, 1, 0) != 0) {
+    if (lua_type(L, -1) != LUA_TSTRING) lua_error(L);
+    fail(e, lua_tostring(L, -1));
+  }
   if (!e->anch) {
     lua_newtable(L);
     lua_replace(L, e->anch = e->sud + 3);
@@ -824,12 +829,30 @@ static void encfunc(enc *e, int f)
   encupvals(e, f, ord);
 }
 
+/* Whether userdata i is an ffi.load library: it shares ffi.C's
+   metatable. Only on the error path. */
+static int isclib(lua_State *L, int i)
+{
+  int r = 0, top = lua_gettop(L);
+  lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");
+  lua_getfield(L, -1, "ffi");
+  if (lua_istable(L, -1)) {
+    lua_getfield(L, -1, "C");
+    if (lua_getmetatable(L, -1) && lua_getmetatable(L, i))
+      r = lua_rawequal(L, -1, -2);
+  }
+  lua_settop(L, top);
+  return r;
+}
+
 static void encudata(enc *e, int i)
 {
   lua_State *L = e->L;
   if (byname(e, lua_topointer(L, i), 1)) return;
   e->epoch++;
-  if (!gethook(L, i)) fail(e, "cannot send a userdata");
+  if (!gethook(L, i)) fail(e, isclib(L, i) ? "cannot send a userdata (an "
+    "ffi.load library; load it inside the task or in the pool's "
+    "initializer)" : "cannot send a userdata");
   pslot *s = pcr__ser_plook(L, &e->b->seen, lua_topointer(L, i), e->nobj + 1);
   if (s) {
     lua_pop(L, 2);

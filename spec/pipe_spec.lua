@@ -507,8 +507,12 @@ describe("pcrun.pipe", function()
               function() pcrun.pipe("false") end)
     error_has("pcrun.pipe: opts must be a table",
               function() pcrun.pipe(true, 4096) end)
-    for _, size in ipairs { 10, 4095, 4096.5, 2^30 + 1, "4096", 0 / 0 } do
+    for _, size in ipairs { 10, 4095, 4096.5, 2^30 + 1 } do
       error_has("pcrun.pipe: buffer must be an integer from 4096 to 2^30",
+                function() pcrun.pipe(true, { buffer = size }) end)
+    end
+    for _, size in ipairs { "4096", 0 / 0 } do
+      error_has("pcrun.pipe: buffer must be a number, got ",
                 function() pcrun.pipe(true, { buffer = size }) end)
     end
   end)

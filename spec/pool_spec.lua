@@ -20,9 +20,9 @@ end
 local function sleep(s) helpers.sleep(s) end
 
 -- Drain an iterator that may raise for some items (imap,
--- imap_unordered). Returns the values by index and the errors in the
--- order they were raised. unordered: the iterator yields result, index.
-local function drain(it, unordered)
+-- imap_unordered: both yield index, result). Returns the values by index
+-- and the errors in the order they were raised.
+local function drain(it)
   local vals, errs, order = {}, {}, {}
   for _ = 1, 1e6 do
     local ok, a, b = pcall(it)
@@ -30,7 +30,6 @@ local function drain(it, unordered)
       errs[#errs + 1] = tostring(a)
     else
       local i, v = a, b
-      if unordered then i, v = b, a end
       if i == nil then break end
       vals[i] = v
       order[#order + 1] = i
@@ -322,7 +321,7 @@ describe("pcrun.pool", function()
     local vals, errs = drain(p:imap_unordered(function(x)
       if x == 4 then error("four") end
       return x
-    end, range(8)), true)
+    end, range(8)))
     assert.are.equal(1, #errs)
     has(errs[1], "task 4:", "four")
     for i = 1, 8 do
@@ -748,7 +747,7 @@ describe("pcrun.pool", function()
     local p = mkpool(2)
     local g = huge_gen()
     local seen = 0
-    for r, i in p:imap_unordered(function(x) return -x end, g.next) do
+    for i, r in p:imap_unordered(function(x) return -x end, g.next) do
       assert(r == -i)
       seen = seen + 1
       if seen == 1000 then break end
@@ -779,7 +778,7 @@ describe("pcrun.pool", function()
       local vals, errs, order = drain(p:imap_unordered(function(x)
         if x % 10 == 0 then sleep(0.002) end
         return x * 7
-      end, range(500), cs or nil), true)
+      end, range(500), cs or nil))
       assert.are.equal(0, #errs)
       assert.are.equal(500, #order)
       table.sort(order)
@@ -789,7 +788,7 @@ describe("pcrun.pool", function()
     -- from a generator
     local k = 0
     local got = {}
-    for r, i in p:imap_unordered(function(x) return x end, function()
+    for i, r in p:imap_unordered(function(x) return x end, function()
       k = k + 1
       if k <= 300 then return k end
     end) do

@@ -4,7 +4,7 @@
 -- Python side; it takes the part to run as --part.
 --
 -- The group runs in parts, each its own H.measure (so each has its own
--- repetition count): create, roundtrip, map, tail, mandel. pool create
+-- repetition count): create, roundtrip, map, bulk, tail, mandel. pool create
 -- runs first, while this process's heap is still small (a fork's cost
 -- grows with it).
 local pcrun = require "pcrun"
@@ -23,6 +23,9 @@ local P = {
           items = 1000000,           -- map default chunking, both sides
           cs1_items = 1000000,       -- map chunksize 1, pcrun
           py_cs1_items = 100000 },   -- map chunksize 1, Python (it is slow)
+  bulk = { rounds = 3, reps = 1,
+          n = 20000,                 -- futures per sample, both sides
+          scale = "1000,10000,100000,1000000" },  -- pcrun only, once each
   tail = { rounds = 3, reps = 1,
            tasks = 200, alpha = 1.5, seconds = 4.0, seed = 20261126 },
   mandel = { rounds = 5, reps = 1,
@@ -75,6 +78,20 @@ local function map_rate(pool, list, cs)
     error("wrong map result")
   end
   return #list / dt
+end
+
+-- -- bulk: n futures submitted, then collected as they complete ---------
+
+local function bulk_rate(pool, n)
+  collect()
+  local t0 = H.now()
+  local fs = {}
+  for i = 1, n do fs[i] = pool:submit(double, i) end
+  local sum = 0
+  for f in pcrun.as_completed(fs) do sum = sum + f:result() end
+  local dt = H.now() - t0
+  if sum ~= n * (n + 1) then error("wrong bulk result") end
+  return n / dt
 end
 
 -- -- tail: heavy-tailed task durations ------------------------------------
@@ -198,6 +215,33 @@ function M.run()
          unit = "tasks/s", fmt = "rate", reps = reps, pcrun = m.cs1,
          vs_name = "Python Pool.map chunksize=1", vs = py.cs1_rate,
          target = 30 }
+  end
+
+  -- bulk
+  do
+    local p = P.bulk
+    local pool = pcrun.pool(N)
+    bulk_rate(pool, 1000)  -- untimed: JIT
+    local m, py = H.measure{ py = "pool.py", params = p, lua = {
+      bulk = function() return bulk_rate(pool, p.n) end } }
+    local reps = p.rounds * p.reps
+    local what = ("pool submit x %.0fk, then as_completed"):format(p.n / 1e3)
+    add{ measure = what, unit = "futures/s", fmt = "rate", reps = reps,
+         pcrun = m.bulk, vs_name = "Python Pool.apply_async + get",
+         vs = py.apply_rate, target = 30 }
+    add{ measure = what, unit = "futures/s", fmt = "rate", reps = reps,
+         pcrun = m.bulk, vs_name = "Python ProcessPoolExecutor",
+         vs = py.ppe_rate }
+    -- The cost per future must not grow with n: pcrun alone, once each.
+    for n in p.scale:gmatch("%d+") do
+      n = tonumber(n)
+      local sm = H.measure{ params = { rounds = 1, reps = 1 }, lua = {
+        r = function() return bulk_rate(pool, n) end } }
+      add{ measure = ("pool submit x %.0fk, then as_completed, pcrun alone")
+                     :format(n / 1e3), unit = "futures/s", fmt = "rate",
+           reps = 1, pcrun = sm.r, vs_name = "-", vs = "-", noratio = true }
+    end
+    pool:terminate()
   end
 
   -- tail

@@ -12,6 +12,7 @@ P = params(part="map", workers=2, reps=1,
            # create: no parameters but reps
            rt=20000, py_rt=5000, py_apply_rt=2000, warmup=1000,
            items=1000000, cs1_items=1000000, py_cs1_items=100000,
+           n=20000, scale="",
            tasks=200, alpha=1.5, seconds=4.0, seed=1, durations="",
            size=800, py_size=400, iters=200)
 ctx = multiprocessing.get_context("fork")
@@ -87,6 +88,38 @@ def part_map():
     emit(map_rate=m["default"], cs1_rate=m["cs1"])
 
 
+def part_bulk():
+    """n tasks submitted, then collected as they complete (futures/s)."""
+    def apply_rate(pool, n):
+        gc.collect()
+        t0 = now()
+        rs = [pool.apply_async(double, (i,)) for i in range(1, n + 1)]
+        total = sum(r.get() for r in rs)
+        dt = now() - t0
+        if total != n * (n + 1):
+            raise RuntimeError("wrong bulk result")
+        return n / dt
+
+    def ppe_rate(ex, n):
+        gc.collect()
+        t0 = now()
+        fs = [ex.submit(double, i) for i in range(1, n + 1)]
+        total = sum(f.result()
+                    for f in concurrent.futures.as_completed(fs))
+        dt = now() - t0
+        if total != n * (n + 1):
+            raise RuntimeError("wrong bulk result")
+        return n / dt
+
+    with concurrent.futures.ProcessPoolExecutor(N, mp_context=ctx) as ex, \
+            ctx.Pool(N) as pool:
+        apply_rate(pool, 1000)  # untimed warm-up, as pool.lua does
+        ppe_rate(ex, 1000)
+        m = samples(P.reps, {"apply": lambda: apply_rate(pool, P.n),
+                             "ppe": lambda: ppe_rate(ex, P.n)})
+    emit(apply_rate=m["apply"], ppe_rate=m["ppe"])
+
+
 def busy(d):
     """Busy-waits d seconds: CPU work, not a sleep."""
     t = now() + d
@@ -152,7 +185,7 @@ def part_mandel():
 
 
 PARTS = {"create": part_create, "roundtrip": part_roundtrip, "map": part_map,
-         "tail": part_tail, "mandel": part_mandel}
+         "bulk": part_bulk, "tail": part_tail, "mandel": part_mandel}
 
 if __name__ == "__main__":
     PARTS[P.part]()

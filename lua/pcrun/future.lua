@@ -2,6 +2,7 @@
 -- several of them. A future is settled by its pool while the parent waits
 -- (there are no threads): every blocking call here drives the pools.
 local core = require "pcrun.core"
+local options = require "pcrun.opts"
 
 local M = {}
 local Future = {}
@@ -12,8 +13,7 @@ M.Future = Future
 local unpack = unpack  -- LuaJIT
 
 function M.new(pool)
-  return setmetatable({ pool = pool, state = "pending", callbacks = {} },
-                      Future)
+  return setmetatable({ pool = pool, state = "pending" }, Future)
 end
 
 local function check(self, who)
@@ -37,7 +37,7 @@ function M.settle(f, ok, v)
   if settled(f) then return end
   f.state = "done"
   if ok then f.values = v else f.err = v end
-  for _, cb in ipairs(f.callbacks) do
+  for _, cb in ipairs(f.callbacks or {}) do
     local cok, cerr = pcall(cb, f)
     if not cok then
       io.stderr:write("pcrun: done callback failed: ", tostring(cerr), "\n")
@@ -46,8 +46,7 @@ function M.settle(f, ok, v)
   f.callbacks = nil
 end
 
--- Drive the pools of fs until pred() or the deadline. Returns pred().
-local function drive(fs, pred, deadline)
+local function poolsof(fs)
   local pools, seen = {}, {}
   for _, f in ipairs(fs) do
     if f.pool and not seen[f.pool] then
@@ -55,6 +54,12 @@ local function drive(fs, pred, deadline)
       pools[#pools + 1] = f.pool
     end
   end
+  return pools
+end
+
+-- Drive pools until pred() or the deadline. Returns pred(). pred must
+-- cost O(1): it runs once per event.
+local function drive(pools, pred, deadline)
   while not pred() do
     local left = deadline and deadline - core.now()
     if left and left <= 0 then return pred() end
@@ -69,7 +74,8 @@ local function await(self, who, timeout)
   check(self, who)
   checktimeout("pcrun.Future:" .. who, timeout)
   local deadline = timeout and core.now() + timeout
-  return drive({ self }, function() return settled(self) end, deadline)
+  if settled(self) then return true end
+  return drive({ self.pool }, function() return settled(self) end, deadline)
 end
 
 --- Return the task's return values, waiting at most timeout seconds.
@@ -120,7 +126,7 @@ function Future:cancel()
     return false
   end
   self.state = "cancelled"
-  for _, cb in ipairs(self.callbacks) do pcall(cb, self) end
+  for _, cb in ipairs(self.callbacks or {}) do pcall(cb, self) end
   self.callbacks = nil
   return true
 end
@@ -131,7 +137,9 @@ function Future:add_done_callback(cb)
   if type(cb) ~= "function" then
     error("pcrun.Future:add_done_callback: cb must be a function", 2)
   end
-  if settled(self) then cb(self) else table.insert(self.callbacks, cb) end
+  if settled(self) then cb(self) return end
+  self.callbacks = self.callbacks or {}  -- made on demand: one per future
+  table.insert(self.callbacks, cb)
 end
 
 function Future:__tostring()
@@ -149,28 +157,41 @@ local function checkfutures(who, fs)
   end
 end
 
+-- Calls onsettle(f) for each future of fs, once, when it settles (now,
+-- for those already settled). Returns how many distinct futures fs holds.
+local function watch(fs, onsettle)
+  local seen, n = {}, 0
+  for _, f in ipairs(fs) do  -- a future listed twice counts once
+    if not seen[f] then
+      seen[f], n = true, n + 1
+      if settled(f) then onsettle(f)
+      else
+        f.callbacks = f.callbacks or {}
+        table.insert(f.callbacks, onsettle)
+      end
+    end
+  end
+  return n
+end
+
 --- Iterate over futures as they settle; raises "timeout" if timeout
--- seconds pass first.
+-- seconds pass first. Each settled future is queued by a callback, so a
+-- step costs O(1) however many futures are waited for.
 function M.as_completed(fs, timeout)
   checkfutures("pcrun.as_completed", fs)
   checktimeout("pcrun.as_completed", timeout)
   local deadline = timeout and core.now() + timeout
-  local left, yielded, seen = {}, {}, {}
-  for _, f in ipairs(fs) do  -- a future listed twice comes out once
-    if not seen[f] then seen[f] = true left[#left + 1] = f end
-  end
+  local ready, head, tail = {}, 1, 0
+  local left = watch(fs, function(f) tail = tail + 1 ready[tail] = f end)
+  local pools = poolsof(fs)
+  local function any() return head <= tail end
   return function()
-    if #left == 0 then return nil end
-    local found
-    local ok = drive(left, function()
-      for i, f in ipairs(left) do
-        if settled(f) and not yielded[f] then found = i return true end
-      end
-      return false
-    end, deadline)
-    if not ok then error("pcrun.as_completed: timeout", 2) end
-    local f = table.remove(left, found)
-    yielded[f] = true
+    if left == 0 then return nil end
+    if not drive(pools, any, deadline) then
+      error("pcrun.as_completed: timeout", 2)
+    end
+    local f = ready[head]
+    ready[head], head, left = nil, head + 1, left - 1
     return f
   end
 end
@@ -179,30 +200,35 @@ local WHEN = { FIRST_COMPLETED = true, FIRST_EXCEPTION = true,
                ALL_COMPLETED = true }
 
 --- Wait for futures. Returns two lists: done, not_done.
+local WAITOPTS = options.spec { timeout = "non-negative number",
+                                return_when = "string" }
+
 function M.wait(fs, opts)
   checkfutures("pcrun.wait", fs)
-  if opts ~= nil and type(opts) ~= "table" then
-    error("pcrun.wait: opts must be a table", 2)
-  end
-  opts = opts or {}
-  checktimeout("pcrun.wait", opts.timeout)
+  opts = options.check("pcrun.wait", opts, WAITOPTS, 2)
   local when = opts.return_when or "ALL_COMPLETED"
   if not WHEN[when] then
     error("pcrun.wait: return_when must be FIRST_COMPLETED, "
           .. "FIRST_EXCEPTION or ALL_COMPLETED", 2)
   end
   local deadline = opts.timeout and core.now() + opts.timeout
-  drive(fs, function()
-    local n = 0
-    for _, f in ipairs(fs) do
-      if settled(f) then
-        n = n + 1
-        if when == "FIRST_COMPLETED" then return true end
-        if when == "FIRST_EXCEPTION" and f.err ~= nil then return true end
-      end
-    end
-    return n == #fs
+  local ndone, failed = 0, false
+  local function onsettle(f)
+    ndone = ndone + 1
+    if f.err ~= nil then failed = true end
+  end
+  local n = watch(fs, onsettle)
+  local ok, err = pcall(drive, poolsof(fs), function()
+    return ndone == n or (ndone > 0 and when == "FIRST_COMPLETED")
+           or (failed and when == "FIRST_EXCEPTION")
   end, deadline)
+  for _, f in ipairs(fs) do  -- wait again later must not pile them up
+    local cbs = f.callbacks
+    for i = cbs and #cbs or 0, 1, -1 do
+      if cbs[i] == onsettle then table.remove(cbs, i) end
+    end
+  end
+  if not ok then error(err, 0) end
   local done, not_done = {}, {}
   for _, f in ipairs(fs) do
     table.insert(settled(f) and done or not_done, f)

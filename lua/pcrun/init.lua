@@ -3,6 +3,7 @@
 -- arguments and shapes results.
 local core = require "pcrun.core"
 local process = require "pcrun.process"
+local options = require "pcrun.opts"
 
 local M = {
   _VERSION = "pcrun " .. core.version,
@@ -19,7 +20,14 @@ M.encode = core.encode
 
 --- Rebuild a value from pcrun.encode's output. Functions (bytecode) are
 -- refused unless opts.trusted is true: LuaJIT does not verify bytecode.
-M.decode = core.decode
+local DECODEOPTS = options.spec { trusted = "boolean", bytecode = "boolean" }
+local decode = core.decode
+function M.decode(s, opts)
+  if type(opts) == "table" then
+    options.check("pcrun.decode", opts, DECODEOPTS, 2)
+  end
+  return decode(s, opts)
+end
 
 --- Let values with metatable mt cross by mt.__serialize (any value out)
 -- and mt.__deserialize (that value in), under the name given.
@@ -31,18 +39,15 @@ M.format_version = core.format_version
 
 --- Two connected endpoints. duplex (default true): both ends send and
 -- receive; false: the first end only receives, the second only sends.
+local PIPEOPTS = options.spec { buffer = "number" }
 function M.pipe(duplex, opts)
   if duplex ~= nil and type(duplex) ~= "boolean" then
     error("pcrun.pipe: duplex must be a boolean, got " .. type(duplex), 2)
   end
   local size
   if opts ~= nil then
-    if type(opts) ~= "table" then
-      error("pcrun.pipe: opts must be a table", 2)
-    end
-    size = opts.buffer
-    if size ~= nil and (type(size) ~= "number" or size < 4096
-                        or size > 2^30 or size % 1 ~= 0) then
+    size = options.check("pcrun.pipe", opts, PIPEOPTS, 2).buffer
+    if size ~= nil and (size < 4096 or size > 2^30 or size % 1 ~= 0) then
       error("pcrun.pipe: buffer must be an integer from 4096 to 2^30", 2)
     end
   end
@@ -65,6 +70,8 @@ for _, name in ipairs { "Queue", "JoinableQueue", "Lock", "RLock",
   M[name] = core[name]
 end
 core.register_type("pcrun.Array", array.Array)
+core.register_type("pcrun.Pool", pool.Pool)
+core.register_type("pcrun.TaskError", pool.TaskError)
 core.register_type("pcrun.Value", array.Value)
 M.queue, M.joinable_queue = queue.queue, queue.joinable_queue
 M.lock, M.rlock, M.event = sync.lock, sync.rlock, sync.event
@@ -78,6 +85,7 @@ M.native = require "pcrun.native"
 M.process = process.new
 M.pool = pool.new
 M.Pool = pool.Pool
+M.TaskError = pool.TaskError
 M.Future = future.Future
 M.as_completed = future.as_completed
 M.wait = future.wait

@@ -6,6 +6,7 @@ local core = require "pcrun.core"
 local ffi = require "ffi"
 local future = require "pcrun.future"
 local process = require "pcrun.process"
+local options = require "pcrun.opts"
 
 local M = {}
 local Pool = {}
@@ -54,10 +55,42 @@ end
 
 -- The worker's frames below the task (the pool's loop, and the parent's
 -- stack it inherited through fork) say nothing to the user: cut them.
+-- A string error travels as its text and traceback; any other value as
+-- { e = value, tb = traceback }, rebuilt as a TaskError in the parent.
 local function traceback(e)
-  local tb = debug.traceback(tostring(e), 2)
+  local str = type(e) == "string"
+  local tb = debug.traceback(str and e or "", 2)
   local cut = tb:find("\n%s*%[C%]: in function 'xpcall'")
-  return cut and tb:sub(1, cut - 1) or tb
+  tb = cut and tb:sub(1, cut - 1) or tb
+  if str then return tb end
+  return { e = e, tb = (tb:gsub("^\n", "")) }
+end
+
+--- The error of a task that raised a value other than a string: value
+-- (the value raised, as it crossed), worker (its index; nil when raised in
+-- the parent), task (the index of the task in its call), traceback (the
+-- worker's, a string). tostring gives the text a string error would have.
+local TaskError = { __name = "pcrun.TaskError" }
+TaskError.__index = TaskError
+M.TaskError = TaskError
+
+function TaskError:__tostring()
+  local v = self.value
+  local desc = type(v) == "string" and v or (type(v) == "table"
+    and not (getmetatable(v) or {}).__tostring
+    and ("error object (%s)"):format(tostring(v)) or tostring(v))
+  local head = self.worker and ("worker %d: "):format(self.worker) or ""
+  return ("%stask %d: %s\n%s"):format(head, self.task, desc,
+                                      self.traceback or "")
+end
+
+function TaskError:__serialize()
+  return { self.value, self.worker, self.task, self.traceback }
+end
+
+function TaskError.__deserialize(t)
+  return setmetatable({ value = t[1], worker = t[2], task = t[3],
+                        traceback = t[4] }, TaskError)
 end
 
 -- One protected run over items[k..n]; progress[at + 1] names the running
@@ -123,13 +156,20 @@ local function runtask(t, fns, progress, slot)
   return { id, res, errs, now() - t0 }
 end
 
--- Send the replies; a result that cannot cross becomes that task's error.
+-- Send the replies; a result that cannot cross becomes that task's
+-- error, an error value that cannot cross its text.
 local function reply(conn, out)
   local ok, err = pcall(conn.send, conn, out)
   if ok then return end
   if err:find("peer closed", 1, true) then core.child_exit(0) end
   for _, r in ipairs(out) do
     local res, errs = r[2], r[3] or {}
+    for k, v in pairs(errs) do
+      if type(v) == "table" and not pcall(core.encode, v.e) then
+        local _, why = pcall(core.encode, v.e, "error value")
+        errs[k] = ("%s (%s)\n%s"):format(tostring(v.e), tostring(why), v.tb)
+      end
+    end
     for k, v in pairs(res) do
       local eok, eerr = pcall(core.encode, v, "result")
       if not eok then res[k], errs[k] = nil, eerr end
@@ -149,6 +189,7 @@ local function worker_loop(pool, w)
     local ok, err = xpcall(pool.initializer, traceback,
                            unpack(pool.initargs, 1, pool.initargs.n))
     if not ok then
+      if type(err) == "table" then err = tostring(err.e) .. "\n" .. err.tb end
       pcall(conn.send, conn, { "init", err })
       core.child_exit(1)
     end
@@ -240,8 +281,10 @@ local function newjob(self, kind, fn, mode, chunksize)
   local job = { kind = kind, fn = fn, fnid = id, mode = mode,
                 cost = self.costs[id],  -- what this function cost last time
                 chunksize = chunksize, pos = 1, produced = 0, completed = 0,
-                consumed = 0, results = {}, errs = {}, got = {},
-                telapsed = 0, titems = 0 }
+                consumed = 0, telapsed = 0, titems = 0 }
+  if kind == "map" or kind == "imap" then
+    job.results, job.errs, job.got = {}, {}, {}
+  end
   return job
 end
 
@@ -287,17 +330,37 @@ local function cut(self, job)
   return { id = self.nextid, job = job, first = first, n = n, items = items }
 end
 
+-- The jobs waiting for workers: a doubly linked list in call order, so
+-- that queuing, finishing and cancelling a job cost O(1) however many
+-- futures wait (a list with table.remove made bulk submits quadratic).
+local function jobpush(self, job)
+  local tail = self.jtail
+  job.prev = tail
+  if tail then tail.next = job else self.jhead = job end
+  self.jtail = job
+  job.queued = true
+end
+
+local function jobunlink(self, job)
+  if not job.queued then return end
+  local p, n = job.prev, job.next
+  if p then p.next = n else self.jhead = n end
+  if n then n.prev = p else self.jtail = p end
+  job.prev, job.next, job.queued = nil, nil, nil
+end
+
 -- Retries first, then jobs in order; a stream held back by its window
 -- (its reader is slow or gone) does not hold back the jobs behind it.
 local function nextchunk(self)
-  local r = table.remove(self.retry, 1)
-  if r then return r end
-  local jobs, i = self.jobs, 1
-  while jobs[i] do
-    local job = jobs[i]
+  local retry = self.retry
+  if retry.head <= retry.tail then return qshift(retry) end
+  local job = self.jhead
+  while job do
     local c = not job.exhausted and cut(self, job)
-    if job.exhausted then table.remove(jobs, i) else i = i + 1 end
+    local nxt = job.next
+    if job.exhausted then jobunlink(self, job) end
     if c then return c end
+    job = nxt
   end
 end
 
@@ -325,11 +388,23 @@ local function sendbatch(self, w, batch)
   local ok, err = pcall(w.conn.send, w.conn, batch, nil)
   if ok or err:find("peer closed", 1, true) then return end
   w.fns, w.nfns = {}, 0  -- the functions of this batch never arrived
-  for _ = 1, #batch do
+  for b = #batch, 1, -1 do
     local c = qpop(w.inflight)
     w.queued, w.nitems = w.queued - c.est, w.nitems - c.n
     local job, from = c.job, 1
-    for k = 1, c.n + 1 do
+    -- Its function stopped crossing (an upvalue changed since checked).
+    local fok, ferr = true, nil
+    if batch[b][6] ~= nil then fok, ferr = pcall(core.encode, job.fn, "fn") end
+    if not fok then
+      self.fnids[job.fn] = nil
+      for k = 1, c.n do
+        deliver1(self, job, c.first + k - 1, nil, ("task %d: cannot send "
+          .. "its function: %s"):format(c.first + k - 1, tostring(ferr)))
+      end
+      job.completed = job.completed + c.n
+      from = c.n + 2  -- nothing to requeue
+    end
+    for k = from, c.n + 1 do
       local bad
       if k <= c.n then
         local args = job.mode == MAP and { c.items[k] } or c.items[k]
@@ -369,6 +444,7 @@ end
 -- means the worker died; the end of file on its pipe reports it.
 local function feed(self)
   if self.state == "terminated" or self.broken then return end
+  self.unfed = 0
   -- Idle workers first, one chunk each: a task never queues behind a
   -- long one while a worker waits.
   for pass = 1, 2 do
@@ -442,6 +518,10 @@ end
 
 -- w is nil for errors raised in the parent (arguments that cannot cross).
 local function taskerr(w, idx, err)
+  if type(err) == "table" then
+    return setmetatable({ value = err.e, worker = w and w.index, task = idx,
+                          traceback = err.tb }, TaskError)
+  end
   if not w then return ("task %d: %s"):format(idx, tostring(err)) end
   return ("worker %d: task %d: %s"):format(w.index, idx, tostring(err))
 end
@@ -510,9 +590,9 @@ end
 function requeue(self, c, from, to)
   if from > to then return end
   self.nextid = self.nextid + 1
-  table.insert(self.retry, { id = self.nextid, job = c.job,
-                             first = c.first + from - 1, n = to - from + 1,
-                             items = slice(c.items, from, to) })
+  qpush(self.retry, { id = self.nextid, job = c.job,
+                      first = c.first + from - 1, n = to - from + 1,
+                      items = slice(c.items, from, to) })
 end
 
 -- A worker's pipe hit end of file: it died. Fail the task it was running,
@@ -615,6 +695,18 @@ local function checkfn(who, fn, lvl)
   end
 end
 
+-- A function that cannot cross would fail every batch it joins: check it
+-- once per pool, in the caller, before it joins one.
+local function checksend(self, who, fn, lvl)
+  if type(fn) ~= "function" or self.fnids[fn] then return end
+  local ok, err = pcall(core.encode, fn, "fn")
+  if not ok then
+    err = tostring(err):gsub("^pcrun%.encode: ", "")
+                       :gsub("<upvalue ([^>]*)>", ": upvalue '%1'")
+    error(who .. ": " .. err, lvl + 1)
+  end
+end
+
 local function checkusable(self, who, lvl)
   if getmetatable(self) ~= Pool then
     error(who .. ": call it as pool:" .. who:match("[%w_]+$") .. "(...)",
@@ -637,43 +729,37 @@ local function isint(n) return type(n) == "number" and n >= 1 and n % 1 == 0 end
 --- pcrun.pool([n] [, opts]): fork n workers (default: pcrun -n, else the
 -- CPU count). opts: initializer, initargs, maxtasksperchild, timeout,
 -- progress.
+local POOLOPTS = options.spec {
+  initializer = "function", initargs = "table",
+  maxtasksperchild = "positive integer", timeout = "positive number",
+  progress = "boolean", chunksize = "positive integer",
+}
+local POOLHINTS = { processes = "the number of workers is the first "
+                    .. "argument: pcrun.pool(n, opts)" }
+
 function M.new(n, opts)
   if type(n) == "table" and opts == nil then n, opts = nil, n end
   if n ~= nil and not (isint(n) and n <= 1024) then
     error("pcrun.pool: n must be an integer from 1 to 1024", 2)
   end
-  if opts ~= nil and type(opts) ~= "table" then
-    error("pcrun.pool: opts must be a table", 2)
-  end
-  opts = opts or {}
-  if opts.initializer ~= nil and type(opts.initializer) ~= "function" then
-    error("pcrun.pool: initializer must be a function", 2)
-  end
-  if opts.initargs ~= nil and type(opts.initargs) ~= "table" then
-    error("pcrun.pool: initargs must be a table", 2)
-  end
-  if opts.maxtasksperchild ~= nil and not isint(opts.maxtasksperchild) then
-    error("pcrun.pool: maxtasksperchild must be a positive integer", 2)
-  end
+  opts = options.check("pcrun.pool", opts, POOLOPTS, 2, POOLHINTS)
   local t = opts.timeout
-  if t ~= nil and (type(t) ~= "number" or not (t > 0)) then
-    error("pcrun.pool: timeout must be a positive number", 2)
-  end
   local self = setmetatable({}, Pool)
   self.n = n or core.default_workers()
   self.initializer = opts.initializer
   local ia = opts.initargs or {}
   self.initargs = pack(unpack(ia, 1, ia.n or #ia))
   self.maxtasks, self.timeout = opts.maxtasksperchild, t
+  self.chunksize = opts.chunksize  -- for calls that give none
   local env = os.getenv("PCRUN_PROGRESS")
   self.progress = (opts.progress or (env ~= nil and env ~= "" and env ~= "0"))
                   and core.isatty(2)
   self.mem = core.shm_alloc(8 * self.n)  -- progress: chunk id, item
   self.membox = { self.mem }
-  self.workers, self.jobs, self.retry = {}, {}, {}
+  self.workers, self.retry = {}, qnew()
   self.fnids = setmetatable({}, { __mode = "k" })
   self.costs = {}  -- seconds per task, by function id
-  self.nextfn, self.nextid, self.state = 0, 0, "run"
+  self.nextfn, self.nextid, self.state, self.unfed = 0, 0, "run", 0
   -- The finalizer holds the workers, not the pool, so the pool can die.
   local ws, box = self.workers, self.membox
   local proxy = newproxy(true)
@@ -683,10 +769,25 @@ function M.new(n, opts)
   return self
 end
 
+-- A submit is handed out at once while a worker is idle (the single round
+-- trip); behind busy workers, submits gather and go FEEDEVERY at a time
+-- (or when the caller waits), in one message per worker, not one each.
+local FEEDEVERY = 64
+
 local function addjob(self, job, bar)
   job.t0 = now()
   job.bar = bar and self.progress
-  self.jobs[#self.jobs + 1] = job
+  jobpush(self, job)
+  if job.kind == "submit" then
+    self.unfed = self.unfed + 1
+    if self.unfed < FEEDEVERY then
+      local idle = false
+      for _, w in ipairs(self.workers) do
+        if w.pid and qlen(w.inflight) == 0 then idle = true break end
+      end
+      if not idle then return end
+    end
+  end
   feed(self)
 end
 
@@ -707,11 +808,12 @@ end
 local function listjob(self, who, fn, list, cs, mode)
   checkusable(self, who, 4)
   checkfn(who, fn, 4)
+  checksend(self, who, fn, 4)
   if type(list) ~= "table" then
     error(who .. ": list must be a table, got " .. type(list), 3)
   end
   checkchunk(who, cs, 4)
-  local job = newjob(self, "map", fn, mode, cs)
+  local job = newjob(self, "map", fn, mode, cs or self.chunksize)
   job.list, job.total = list, #list
   if job.total == 0 then return {} end
   addjob(self, job, true)
@@ -745,6 +847,7 @@ end
 function Pool:submit(fn, ...)
   checkusable(self, "pcrun.Pool:submit")
   checkfn("pcrun.Pool:submit", fn)
+  checksend(self, "pcrun.Pool:submit", fn, 3)
   local job = newjob(self, "submit", fn, CALL)
   job.list, job.total = { pack(...) }, 1
   job.future = future.new(self)
@@ -756,16 +859,16 @@ end
 function Pool:apply(fn, ...)
   checkusable(self, "pcrun.Pool:apply")
   checkfn("pcrun.Pool:apply", fn)
+  checksend(self, "pcrun.Pool:apply", fn, 3)
   return self:submit(fn, ...):result()
 end
 
 -- Remove a submitted job that no worker has yet; used by Future:cancel.
 function Pool:_unqueue(f)
-  for i, job in ipairs(self.jobs) do
-    if job.future == f and job.produced == 0 then
-      table.remove(self.jobs, i)
-      return true
-    end
+  local job = f.job
+  if job and job.queued and job.produced == 0 then
+    jobunlink(self, job)
+    return true
   end
   return false
 end
@@ -773,7 +876,9 @@ end
 local function streamjob(self, who, fn, src, cs, kind)
   checkusable(self, who, 4)
   checkfn(who, fn, 4)
+  checksend(self, who, fn, 4)
   checkchunk(who, cs, 4)
+  cs = cs or self.chunksize
   local job = newjob(self, kind, fn, MAP, cs)
   if type(src) == "table" then
     job.list, job.total = src, #src
@@ -819,7 +924,7 @@ function Pool:imap(fn, src, chunksize)
   end
 end
 
---- Iterate results as they finish: result, index.
+--- Iterate (index, result) as they finish.
 function Pool:imap_unordered(fn, src, chunksize)
   local job = streamjob(self, "pcrun.Pool:imap_unordered", fn, src,
                         chunksize, "unordered")
@@ -831,7 +936,7 @@ function Pool:imap_unordered(fn, src, chunksize)
         job.ready[head] = nil
         head, job.consumed = head + 1, job.consumed + 1
         if r[3] then error(r[3], 0) end
-        return r[2], r[1]
+        return r[1], r[2]
       end
       if job.exhausted and job.consumed >= job.produced then return nil end
       step(self)
@@ -876,13 +981,14 @@ function Pool:terminate()
       future.settle(job.future, false, "pcrun.pool: the pool was terminated")
     end
   end
-  for _, job in ipairs(self.jobs) do fail(job) end
-  for _, c in ipairs(self.retry) do fail(c.job) end
+  local job = self.jhead
+  while job do fail(job) job = job.next end
+  for i = self.retry.head, self.retry.tail do fail(self.retry[i].job) end
   for _, w in ipairs(self.workers) do
     for i = w.inflight.head, w.inflight.tail do fail(w.inflight[i].job) end
     w.inflight = qnew()
   end
-  self.jobs, self.retry = {}, {}
+  self.jhead, self.jtail, self.retry = nil, nil, qnew()
 end
 
 --- Worker pids, for monitoring and tests.
@@ -891,6 +997,13 @@ function Pool:pids()
   for i, w in ipairs(self.workers) do t[i] = w.pid end
   return t
 end
+
+-- A pool's workers are its own children, talking over its own pipes.
+function Pool.__serialize()
+  error("a pcrun.Pool cannot be sent to another process (a task may "
+        .. "create its own pool)", 0)
+end
+function Pool.__deserialize() error("a pcrun.Pool cannot be received", 0) end
 
 function Pool:__tostring()
   return ("pcrun.Pool(%d workers, %s)"):format(self.n, self.state)
