@@ -213,6 +213,30 @@ describe("pcrun.future", function()
       assert.are.equal(1, after)
     end))
 
+    it("logs a raising done callback the same on a settled future",
+       function()
+      -- settled before the callbacks are added, and after: both go on
+      local r = helpers.run_cli({ "-e", [[
+        local pcrun = require "pcrun"
+        local p = pcrun.pool(1)
+        local f = p:submit(function() return "fine" end)
+        f:result(5)
+        local after = 0
+        f:add_done_callback(function() error("early trouble", 0) end)
+        f:add_done_callback(function() after = after + 1 end)
+        local g = p:submit(function() return "later" end)
+        g:add_done_callback(function() error("late trouble", 0) end)
+        g:add_done_callback(function() after = after + 1 end)
+        assert(g:result(5) == "later")
+        print("after", after)
+        p:close() p:join()
+      ]] })
+      assert.are.equal(0, r.status, r.stderr)
+      assert.are.equal("after\t2\n", r.stdout)
+      has(r.stderr, "pcrun: done callback failed: early trouble\n",
+          "pcrun: done callback failed: late trouble\n")
+    end)
+
     it("lets a done callback submit more work", forked(15, function()
       local p = mkpool(2)
       local follow = {}
@@ -265,6 +289,25 @@ describe("pcrun.future", function()
   end)
 
   describe("pcrun.as_completed", function()
+    it("drops its reference to each future it has yielded",
+       forked(15, function()
+      local p = mkpool(2)
+      local fs = {}
+      for i = 1, 8 do fs[i] = p:submit(function(x) return x end, i) end
+      local weak = setmetatable({}, { __mode = "k" })
+      local it = pcrun.as_completed(fs)
+      fs = nil  -- the caller keeps none: only the iterator could
+      for _ = 1, 8 do
+        local f = it()
+        weak[f] = true
+        f = nil  -- luacheck: ignore
+        collectgarbage()
+        collectgarbage()
+        assert.is_nil(next(weak), "a yielded future is still held")
+      end
+      assert.is_nil(it())
+    end))
+
     it("yields each future once, as they finish", forked(15, function()
       local p = mkpool(2)
       local s1 = p:submit(sleeper(0.05, "s1"))

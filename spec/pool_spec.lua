@@ -329,6 +329,85 @@ describe("pcrun.pool", function()
     end
   end))
 
+  -- An iterator over 1..n that raises "input broke" when asked for the
+  -- item after n; calls counts how often it was asked.
+  local function breaking(n)
+    local g = { calls = 0 }
+    function g.next()
+      g.calls = g.calls + 1
+      if g.calls > n then error("input broke", 0) end
+      return g.calls
+    end
+    return g
+  end
+
+  it("imap yields the results of the input read, then its error",
+     forked(10, function()
+    local p = mkpool(2)
+    for _, cs in ipairs { 1, 2, 100 } do
+      local g = breaking(3)
+      local it = p:imap(function(x) return x * x end, g.next, cs)
+      local got, ok, err = {}, true, nil
+      while true do
+        local i, r
+        ok, i, r = pcall(it)
+        if not ok then err = i break end
+        if i == nil then break end
+        got[#got + 1] = { i, r }
+      end
+      assert.is_false(ok, "no error at chunksize " .. cs)
+      assert.are.equal("input broke", err)
+      assert.are.same({ { 1, 1 }, { 2, 4 }, { 3, 9 } }, got)
+      assert.is_nil(it())  -- the stream ends at its input's error
+      assert.are.equal(4, g.calls)
+    end
+  end))
+
+  it("imap_unordered yields the results of the input read, then its error",
+     forked(10, function()
+    local p = mkpool(2)
+    local g = breaking(5)
+    local vals, errs, order = drain(p:imap_unordered(function(x)
+      return -x
+    end, g.next, 2))
+    assert.are.same({ "input broke" }, errs)
+    assert.are.same({ -1, -2, -3, -4, -5 }, vals)
+    assert.are.equal(5, #order)
+    assert.are.equal(6, g.calls)
+  end))
+
+  it("an input iterator that raises ends only its own job",
+     forked(15, function()
+    local p = mkpool(2)
+    for _, kind in ipairs { "imap", "imap_unordered" } do
+      local g = breaking(2)
+      local _, errs = drain(p[kind](p, function(x) return x end, g.next))
+      assert.are.same({ "input broke" }, errs)
+      local calls = g.calls
+      -- later calls of every kind run normally and never read it again
+      assert.are.same({ 2, 4, 6 }, p:map(function(x) return 2 * x end,
+                                         { 1, 2, 3 }))
+      assert.are.equal(7, p:submit(function() return 7 end):result(5))
+      local vals = drain(p:imap(function(x) return x + 1 end, { 1, 2 }))
+      assert.are.same({ 2, 3 }, vals)
+      assert.are.equal(calls, g.calls, kind .. " read its input again")
+    end
+  end))
+
+  it("map reads an iterator whole, and raises its error", forked(10, function()
+    local p = mkpool(2)
+    local i = 0
+    local function upto4() i = i + 1 if i <= 4 then return i end end
+    assert.are.same({ 10, 20, 30, 40 },
+                    p:map(function(x) return 10 * x end, upto4))
+    i = 0
+    assert.are.same({ 3, 5 }, p:starmap(function(a, b) return a + b end,
+      function() i = i + 1 if i <= 2 then return { i, i + 1 } end end))
+    error_has("input broke", p.map, p, function(x) return x end,
+              breaking(3).next)
+    assert.are.same({ 1 }, p:map(function(x) return x end, { 1 }))
+  end))
+
   it("fails a task whose result cannot be sent, naming the problem",
      forked(10, function()
     local p = mkpool(2)
@@ -1039,7 +1118,8 @@ describe("pcrun.pool", function()
   -- Each misuse of a method: { method, args, substrings of the message }.
   local fn = function(x) return x end
   local MISUSE = {
-    { "map", { fn, 5 }, { "pcrun.Pool:map: ", "list must be a table" } },
+    { "map", { fn, 5 }, { "pcrun.Pool:map: ",
+      "list must be a table or an iterator function, got number" } },
     { "map", { fn, "ab" }, { "pcrun.Pool:map: ", "list must be a table" } },
     { "map", { 42, { 1 } }, { "pcrun.Pool:map: ", "fn must be" } },
     { "map", { nil, { 1 } }, { "pcrun.Pool:map: ", "fn must be" } },

@@ -207,12 +207,20 @@ describe("pcrun.process", function()
     error_has("can only be started once", function() p:start() end)
   end)
 
+  it("is not alive before start, as in Python", function()
+    local p = pcrun.process(function() end)
+    assert.is_false(p:is_alive())
+    p:start()
+    assert.is_true(p:join(5))
+    assert.is_false(p:is_alive())
+    error_has("pcrun.Process:is_alive: call it as p:is_alive()",
+              p.is_alive, {})
+  end)
+
   it("raises when joined, tested or signalled before start", function()
     local p = pcrun.process(function() end)
     error_has("pcrun.Process:join: process not started",
               function() p:join() end)
-    error_has("pcrun.Process:is_alive: process not started",
-              function() p:is_alive() end)
     error_has("pcrun.Process:terminate: process not started",
               function() p:terminate() end)
     error_has("pcrun.Process:kill: process not started",

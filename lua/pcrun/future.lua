@@ -32,18 +32,28 @@ local function settled(f)
   return f.state == "done" or f.state == "cancelled"
 end
 
+-- A done callback that raises is reported on stderr and the others still
+-- run, whether the future settled before or after it was added (Python
+-- logs it the same way).
+local function callback(cb, f)
+  local cok, cerr = pcall(cb, f)
+  if not cok then
+    io.stderr:write("pcrun: done callback failed: ", tostring(cerr), "\n")
+  end
+end
+
+local function runcallbacks(f)
+  local cbs = f.callbacks
+  f.callbacks = nil
+  for _, cb in ipairs(cbs or {}) do callback(cb, f) end
+end
+
 -- Called by the pool: ok, packed values or error text.
 function M.settle(f, ok, v)
   if settled(f) then return end
   f.state = "done"
   if ok then f.values = v else f.err = v end
-  for _, cb in ipairs(f.callbacks or {}) do
-    local cok, cerr = pcall(cb, f)
-    if not cok then
-      io.stderr:write("pcrun: done callback failed: ", tostring(cerr), "\n")
-    end
-  end
-  f.callbacks = nil
+  runcallbacks(f)
 end
 
 local function poolsof(fs)
@@ -126,8 +136,7 @@ function Future:cancel()
     return false
   end
   self.state = "cancelled"
-  for _, cb in ipairs(self.callbacks or {}) do pcall(cb, self) end
-  self.callbacks = nil
+  runcallbacks(self)
   return true
 end
 
@@ -137,7 +146,7 @@ function Future:add_done_callback(cb)
   if type(cb) ~= "function" then
     error("pcrun.Future:add_done_callback: cb must be a function", 2)
   end
-  if settled(self) then cb(self) return end
+  if settled(self) then callback(cb, self) return end
   self.callbacks = self.callbacks or {}  -- made on demand: one per future
   table.insert(self.callbacks, cb)
 end

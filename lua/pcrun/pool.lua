@@ -299,6 +299,16 @@ local function sizefor(self, job)
   return max(1, min(size, 1000000))
 end
 
+-- Read up to size items; returns how many, and true at the end.
+local function readiter(iter, items, size)
+  for n = 1, size do
+    local v = iter()
+    if v == nil then return n - 1, true end
+    items[n] = v
+  end
+  return size, false
+end
+
 -- Cut the next chunk of job's input, or nil when none is ready.
 local function cut(self, job)
   if job.window and job.produced - job.consumed >= job.window then
@@ -313,11 +323,15 @@ local function cut(self, job)
     for i = first, last do items[i - first + 1] = list[i] end
     n = last - first + 1
   elseif job.iter then
-    while n < size do
-      local v = job.iter()
-      if v == nil then job.exhausted = true break end
-      n = n + 1
-      items[n] = v
+    -- The iterator runs in whichever call drives the pool: its error ends
+    -- this job's input only, and its reader raises it after the results
+    -- of the items read before it.
+    local ok, got, ended = pcall(readiter, job.iter, items, size)
+    if ok then
+      n, job.exhausted = got, ended or nil
+    else
+      n, job.exhausted = #items, true  -- items holds no holes
+      job.inerr = got == nil and "nil error" or got
     end
   end
   job.pos = first + n
@@ -805,12 +819,29 @@ local function firsterr(job)
   return lo and job.errs[lo]
 end
 
+-- map over an iterator reads it whole first, as Python's map does with
+-- an iterable that has no length (imap streams it instead).
+local function collect(iter)
+  local t, n = {}, 0
+  for v in iter do n = n + 1 t[n] = v end
+  return t
+end
+
 local function listjob(self, who, fn, list, cs, mode)
   checkusable(self, who, 4)
   checkfn(who, fn, 4)
   checksend(self, who, fn, 4)
+  if type(list) == "function" then list = collect(list) end
   if type(list) ~= "table" then
-    error(who .. ": list must be a table, got " .. type(list), 3)
+    error(who .. ": list must be a table or an iterator function, got "
+          .. type(list), 3)
+  end
+  if mode == STAR then
+    for i = 1, #list do
+      if type(list[i]) ~= "table" then
+        error(("%s: item %d is not a table of arguments"):format(who, i), 3)
+      end
+    end
   end
   checkchunk(who, cs, 4)
   local job = newjob(self, "map", fn, mode, cs or self.chunksize)
@@ -823,7 +854,8 @@ local function listjob(self, who, fn, list, cs, mode)
   return job.results
 end
 
---- Apply fn to every item of list; results in input order.
+--- Apply fn to every item of list (or of an iterator, read whole first);
+-- results in input order.
 function Pool:map(fn, list, chunksize)
   local r = listjob(self, "pcrun.Pool:map", fn, list, chunksize, MAP)
   return r  -- not a tail call: errors point at the caller
@@ -831,14 +863,6 @@ end
 
 --- Like map, with each item a list of arguments: fn(unpack(item)).
 function Pool:starmap(fn, list, chunksize)
-  if type(list) == "table" then
-    for i = 1, #list do
-      if type(list[i]) ~= "table" then
-        error(("pcrun.Pool:starmap: item %d is not a table of arguments")
-              :format(i), 2)
-      end
-    end
-  end
   local r = listjob(self, "pcrun.Pool:starmap", fn, list, chunksize, STAR)
   return r
 end
@@ -918,7 +942,12 @@ function Pool:imap(fn, src, chunksize)
         if e then error(e, 0) end
         return i, r
       end
-      if job.exhausted and nexti > job.produced then return nil end
+      if job.exhausted and nexti > job.produced then
+        local e = job.inerr
+        job.inerr = nil  -- raised once; the stream ends there
+        if e ~= nil then error(e, 0) end
+        return nil
+      end
       step(self)
     end
   end
@@ -938,7 +967,12 @@ function Pool:imap_unordered(fn, src, chunksize)
         if r[3] then error(r[3], 0) end
         return r[1], r[2]
       end
-      if job.exhausted and job.consumed >= job.produced then return nil end
+      if job.exhausted and job.consumed >= job.produced then
+        local e = job.inerr
+        job.inerr = nil
+        if e ~= nil then error(e, 0) end
+        return nil
+      end
       step(self)
     end
   end

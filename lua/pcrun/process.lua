@@ -90,9 +90,12 @@ function Process:join(timeout)
   return done
 end
 
+--- Whether the process runs: false before start(), as in Python.
 function Process:is_alive()
-  started(self, "is_alive")
-  if self._state == "done" then return false end
+  if getmetatable(self) ~= Process then
+    error("pcrun.Process:is_alive: call it as p:is_alive()", 2)
+  end
+  if self._state ~= "started" then return false end
   return not self:join(0)
 end
 
