@@ -499,6 +499,53 @@ describe("pcrun.pipe", function()
     end)
   end)
 
+  it("delivers a connection its sender closed right after sending it",
+     function()
+    with_timeout(30, function()
+      local a, b = pcrun.pipe()
+      -- the child is forked before r, w exist: it can only copy w's
+      -- socket from this process, which has closed its own w by then
+      local p = pcrun.process(function()
+        local w = a:recv()
+        w:send("through w")
+        w:close()
+        a:send("done")
+      end):start()
+      local r, w = pcrun.pipe()
+      b:send(w)
+      w:close()
+      assert.are.equal("through w", r:recv(10))
+      assert.are.equal("done", b:recv(10))
+      -- every copy of w is closed: end of file, not a hang
+      error_has("recv: end of file: peer closed", r.recv, r, 10)
+      assert.is_true(p:join(5))
+      assert.are.equal(0, p.exitcode)
+      a:close() b:close() r:close()
+    end)
+  end)
+
+  it("says why a connection cannot be received, not blaming inheritance",
+     function()
+    with_timeout(30, function()
+      local a, b = pcrun.pipe()
+      local p = pcrun.process(function()
+        local s = a:recv()
+        local ok, err = pcall(pcrun.decode, s, { trusted = true })
+        a:send(ok and "decoded" or err)
+      end):start()
+      local r, w = pcrun.pipe()
+      local s = pcrun.encode(w)  -- no message: nothing keeps w's socket
+      w:close()
+      b:send(s)
+      local err = b:recv(10)
+      has(err, "pcrun.Connection: cannot receive it from process "
+          .. pcrun.getpid(), "no longer holds its socket")
+      assert.is_nil(err:find("inherit", 1, true), err)
+      assert.is_true(p:join(5))
+      a:close() b:close() r:close()
+    end)
+  end)
+
   it("raises errors naming pcrun.pipe for bad arguments", function()
     local err = error_has("pcrun.pipe: duplex must be a boolean, got number",
                           function() pcrun.pipe(1) end)
