@@ -936,6 +936,121 @@ describe("pcrun.pool", function()
     error_has("the pool is", p.map, p, fn, { 1 })
   end))
 
+  it("close with cancel_futures cancels the futures no worker has yet",
+     forked(20, function()
+    local p = mkpool(1)
+    local first = p:submit(function() sleep(0.5) return "first" end)
+    helpers.sleep(0.1)  -- the only worker has it
+    local queued, cancelled = {}, 0
+    for i = 1, 5 do
+      queued[i] = p:submit(function() return i end)
+      queued[i]:add_done_callback(function(f)
+        if f:cancelled() then cancelled = cancelled + 1 end
+      end)
+    end
+    assert.are.equal(5, p:close({ cancel_futures = true }))
+    assert.are.equal(5, cancelled)
+    for _, f in ipairs(queued) do
+      assert.is_true(f:cancelled())
+      error_has("pcrun.Future:result: the future was cancelled", f.result, f)
+    end
+    assert.are.equal("first", first:result(5))  -- running: not cancelled
+    p:join()
+    assert.are.equal(0, p:close({ cancel_futures = true }))  -- nothing left
+    error_has("pcrun.Pool:close: cancel_futures must be a boolean",
+              p.close, p, { cancel_futures = 1 })
+    error_has("pcrun.Pool:close: unknown option 'cancel'", p.close, p,
+              { cancel = true })
+  end))
+
+  it("map_async and starmap_async return a handle to wait on",
+     forked(20, function()
+    local p = mkpool(2)
+    local got, failed
+    local r = p:map_async(function(x) return x * x end, range(20),
+                          { callback = function(v) got = v end,
+                            error_callback = function(e) failed = e end })
+    assert.are.equal(pcrun.AsyncResult, getmetatable(r))
+    assert.is_true(r:wait(10))
+    assert.is_true(r:ready())
+    assert.is_true(r:successful())
+    assert.are.same(range(20, function(i) return i * i end), r:get())
+    assert.are.equal(r:get(), got)
+    assert.is_nil(failed)
+    local s = p:starmap_async(function(a, b) return a .. b end,
+                              { { "a", 1 }, { "b", 2 } }, { chunksize = 1 })
+    assert.are.same({ "a1", "b2" }, s:get(10))
+    local z = p:map_async(function(x) return x end, {})
+    assert.is_true(z:ready())
+    assert.are.same({}, z:get(0))
+    -- from an iterator, read whole as map does
+    local k = 0
+    local it = p:map_async(function(x) return -x end, function()
+      k = k + 1 if k <= 3 then return k end end)
+    assert.are.same({ -1, -2, -3 }, it:get(10))
+  end))
+
+  it("map_async reports a failed task through get, successful and "
+     .. "error_callback", forked(20, function()
+    local p = mkpool(2)
+    local got, failed
+    local r = p:map_async(function(x)
+      if x % 3 == 0 then error("no multiples of three") end
+      return x
+    end, range(10), { callback = function(v) got = v end,
+                      error_callback = function(e) failed = e end })
+    assert.is_true(r:wait(10))
+    assert.is_false(r:successful())
+    error_has({ "task 3:", "no multiples of three" }, r.get, r)
+    has(failed, "task 3:", "no multiples of three")
+    assert.is_nil(got)
+    -- a callback that raises is logged, and the pool goes on
+    local q = p:map_async(function(x) return x end, { 1 },
+                          { callback = function() error("cb trouble") end })
+    assert.are.same({ 1 }, q:get(10))
+    assert.are.same({ 2 }, p:map(function(x) return x end, { 2 }))
+  end))
+
+  it("map_async times out in get and wait, and raises in successful "
+     .. "before it is ready", forked(20, function()
+    local p = mkpool(1)
+    local r = p:map_async(function() sleep(0.5) return 1 end, { 1 })
+    assert.is_false(r:wait(0.05))
+    assert.is_false(r:ready())
+    error_has("pcrun.AsyncResult:get: timeout", r.get, r, 0.05)
+    error_has("pcrun.AsyncResult:successful: the result is not ready",
+              r.successful, r)
+    assert.are.same({ 1 }, r:get(10))
+    -- a terminated pool fails what it had not finished
+    local t = p:map_async(function() sleep(10) end, { 1, 2 })
+    p:terminate()
+    error_has("the pool was terminated", t.get, t, 5)
+  end))
+
+  it("checks the arguments of map_async and its handle", forked(10, function()
+    local p = mkpool(1)
+    local fn = function(x) return x end
+    error_has("pcrun.Pool:map_async: list must be a table", p.map_async, p,
+              fn, 5)
+    error_has("pcrun.Pool:map_async: fn must be a function", p.map_async, p,
+              5, {})
+    error_has("pcrun.Pool:map_async: callback must be a function",
+              p.map_async, p, fn, {}, { callback = 1 })
+    error_has("pcrun.Pool:map_async: unknown option 'chunk_size'",
+              p.map_async, p, fn, {}, { chunk_size = 1 })
+    error_has("pcrun.Pool:starmap_async: item 1 is not a table of "
+              .. "arguments", p.starmap_async, p, fn, { 1 })
+    local r = p:map_async(fn, { 1 })
+    error_has("pcrun.AsyncResult:get: timeout must be a non-negative number",
+              r.get, r, -1)
+    error_has("pcrun.AsyncResult:wait: call it as r:wait()", r.wait, {})
+    assert.are.same({ 1 }, r:get(10))
+    p:close()
+    error_has("pcrun.Pool:map_async: the pool is closed", p.map_async, p,
+              fn, { 1 })
+    p:join()
+  end))
+
   it("terminate stops the workers and fails unsettled futures",
      forked(20, function()
     local p = mkpool(2)

@@ -88,6 +88,14 @@ local function await(self, who, timeout)
   return drive({ self.pool }, function() return settled(self) end, deadline)
 end
 
+-- Wait until f settles or timeout seconds pass; whether it settled. For
+-- other handles built on a future (pool:map_async's AsyncResult).
+function M.await(f, timeout)
+  local deadline = timeout and core.now() + timeout
+  if settled(f) then return true end
+  return drive({ f.pool }, function() return settled(f) end, deadline)
+end
+
 --- Return the task's return values, waiting at most timeout seconds.
 -- Raises the task's error (or "cancelled" / "timeout").
 function Future:result(timeout)

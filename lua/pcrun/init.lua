@@ -86,6 +86,7 @@ M.process = process.new
 M.pool = pool.new
 M.Pool = pool.Pool
 M.TaskError = pool.TaskError
+M.AsyncResult = pool.AsyncResult
 M.Future = future.Future
 M.as_completed = future.as_completed
 M.wait = future.wait

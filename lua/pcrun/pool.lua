@@ -395,6 +395,16 @@ end
 
 local deliver1, requeue
 
+-- Count k more tasks of job done; a job with onend (map_async) ends there.
+local function advance(job, k)
+  job.completed = job.completed + k
+  if job.onend and job.completed >= job.total then
+    local f = job.onend
+    job.onend = nil
+    f(job)
+  end
+end
+
 -- A batch that cannot be encoded: find the tasks whose arguments cannot
 -- cross, fail those here in the parent, hand the others out again. A
 -- worker that is gone shows up as end of file on its pipe instead.
@@ -415,7 +425,7 @@ local function sendbatch(self, w, batch)
         deliver1(self, job, c.first + k - 1, nil, ("task %d: cannot send "
           .. "its function: %s"):format(c.first + k - 1, tostring(ferr)))
       end
-      job.completed = job.completed + c.n
+      advance(job, c.n)
       from = c.n + 2  -- nothing to requeue
     end
     for k = from, c.n + 1 do
@@ -433,7 +443,7 @@ local function sendbatch(self, w, batch)
         local idx = c.first + k - 1
         deliver1(self, job, idx, nil, ("task %d: cannot send its "
           .. "arguments: %s"):format(idx, tostring(bad)))
-        job.completed = job.completed + 1
+        advance(job, 1)
       end
     end
   end
@@ -557,7 +567,7 @@ local function deliver(self, w, c, res, errs)
       deliver1(self, job, first + k, res[k], err and taskerr(w, first + k, err))
     end
   end
-  job.completed = job.completed + c.n
+  advance(job, c.n)
   drawprogress(self, job, job.exhausted and job.completed == job.produced)
 end
 
@@ -638,7 +648,7 @@ local function died(self, w)
       local idx = c.first + at - 1
       deliver1(self, c.job, idx, nil, ("worker %d (pid %d) died running "
         .. "task %d: %s"):format(w.index, pid, idx, why))
-      c.job.completed = c.job.completed + 1
+      advance(c.job, 1)
       requeue(self, c, at + 1, c.n)
     else
       requeue(self, c, 1, c.n)
@@ -827,7 +837,9 @@ local function collect(iter)
   return t
 end
 
-local function listjob(self, who, fn, list, cs, mode)
+local settleasync
+
+local function listjob(self, who, fn, list, cs, mode, async)
   checkusable(self, who, 4)
   checkfn(who, fn, 4)
   checksend(self, who, fn, 4)
@@ -846,6 +858,12 @@ local function listjob(self, who, fn, list, cs, mode)
   checkchunk(who, cs, 4)
   local job = newjob(self, "map", fn, mode, cs or self.chunksize)
   job.list, job.total = list, #list
+  if async then
+    job.future = future.new(self)
+    job.onend = settleasync
+    if job.total == 0 then settleasync(job) else addjob(self, job, false) end
+    return job
+  end
   if job.total == 0 then return {} end
   addjob(self, job, true)
   runall(self, job)
@@ -865,6 +883,103 @@ end
 function Pool:starmap(fn, list, chunksize)
   local r = listjob(self, "pcrun.Pool:starmap", fn, list, chunksize, STAR)
   return r
+end
+
+-- -- map_async, starmap_async -------------------------------------------
+
+--- The handle map_async and starmap_async return (Python's AsyncResult).
+local AsyncResult = { __name = "pcrun.AsyncResult" }
+AsyncResult.__index = AsyncResult
+M.AsyncResult = AsyncResult
+
+function settleasync(job)
+  local err = firsterr(job)
+  if err ~= nil then future.settle(job.future, false, err)
+  else future.settle(job.future, true, { n = 1, job.results }) end
+end
+
+local ASYNCOPTS = options.spec { chunksize = "positive integer",
+  callback = "function", error_callback = "function" }
+
+local function asyncjob(self, who, fn, list, opts, mode)
+  opts = options.check(who, opts, ASYNCOPTS, 4)
+  local job = listjob(self, who, fn, list, opts.chunksize, mode, true)
+  local cb, ecb = opts.callback, opts.error_callback
+  if cb or ecb then  -- run by the future: an error is logged, not raised
+    job.future:add_done_callback(function(f)
+      if f.err ~= nil then
+        if ecb then ecb(f.err) end
+      elseif cb then
+        cb(f.values[1])
+      end
+    end)
+  end
+  return setmetatable({ f = job.future }, AsyncResult)
+end
+
+--- Start map without waiting: returns an AsyncResult. opts: chunksize,
+-- callback (called with the results), error_callback (with the error).
+function Pool:map_async(fn, list, opts)
+  local r = asyncjob(self, "pcrun.Pool:map_async", fn, list, opts, MAP)
+  return r
+end
+
+function Pool:starmap_async(fn, list, opts)
+  local r = asyncjob(self, "pcrun.Pool:starmap_async", fn, list, opts, STAR)
+  return r
+end
+
+local function checkasync(self, who)
+  if getmetatable(self) ~= AsyncResult then
+    error("pcrun.AsyncResult:" .. who .. ": call it as r:" .. who .. "()", 3)
+  end
+end
+
+local function checkwait(who, t)
+  if t ~= nil and (type(t) ~= "number" or t ~= t or t < 0) then
+    error("pcrun.AsyncResult:" .. who .. ": timeout must be a non-negative "
+          .. "number", 3)
+  end
+end
+
+--- The results list, waiting at most timeout seconds; raises the error of
+-- the lowest-numbered failed task, or "pcrun.AsyncResult:get: timeout".
+function AsyncResult:get(timeout)
+  checkasync(self, "get")
+  checkwait("get", timeout)
+  if not future.await(self.f, timeout) then
+    error("pcrun.AsyncResult:get: timeout", 2)
+  end
+  local f = self.f
+  if f.err ~= nil then error(f.err, 0) end
+  return f.values[1]
+end
+
+--- Wait until the results are ready; false if timeout seconds pass first.
+function AsyncResult:wait(timeout)
+  checkasync(self, "wait")
+  checkwait("wait", timeout)
+  return future.await(self.f, timeout)
+end
+
+--- Whether every task has finished (does not wait).
+function AsyncResult:ready()
+  checkasync(self, "ready")
+  return self.f:done()
+end
+
+--- Whether every task succeeded; raises while not ready, as Python does.
+function AsyncResult:successful()
+  checkasync(self, "successful")
+  if not self.f:done() then
+    error("pcrun.AsyncResult:successful: the result is not ready", 2)
+  end
+  return self.f.err == nil
+end
+
+function AsyncResult:__tostring()
+  return ("pcrun.AsyncResult(%s)"):format(self.f:done() and "ready"
+                                          or "pending")
 end
 
 --- Run fn(...) in a worker and return its results (a future otherwise).
@@ -979,11 +1094,26 @@ function Pool:imap_unordered(fn, src, chunksize)
 end
 
 --- No more tasks; workers exit once the queued ones are done (join).
-function Pool:close()
+-- opts.cancel_futures: cancel the futures no worker has yet (Python's
+-- shutdown(cancel_futures=True)); returns how many were cancelled.
+local CLOSEOPTS = options.spec { cancel_futures = "boolean" }
+
+function Pool:close(opts)
   if getmetatable(self) ~= Pool then
     error("pcrun.Pool:close: call it as pool:close()", 2)
   end
+  opts = options.check("pcrun.Pool:close", opts, CLOSEOPTS, 2)
   if self.state == "run" then self.state = "closed" end
+  local n = 0
+  if opts.cancel_futures and self.state == "closed" then
+    local job = self.jhead
+    while job do
+      local nxt = job.next
+      if job.kind == "submit" and job.future:cancel() then n = n + 1 end
+      job = nxt
+    end
+  end
+  return n
 end
 
 --- Wait for queued work and the workers' exit. Call close() first.
