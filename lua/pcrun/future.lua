@@ -56,25 +56,36 @@ function M.settle(f, ok, v)
   runcallbacks(f)
 end
 
+-- A stand-alone future (pcrun.future) is settled by the caller's code,
+-- run from some pool's callbacks while it waits: waiting on one drives
+-- every live pool.
 local function poolsof(fs)
-  local pools, seen = {}, {}
+  local pools, seen, alone = {}, {}, false
+  local function add(p)
+    if not seen[p] then seen[p] = true pools[#pools + 1] = p end
+  end
   for _, f in ipairs(fs) do
-    if f.pool and not seen[f.pool] then
-      seen[f.pool] = true
-      pools[#pools + 1] = f.pool
+    if f.pool then add(f.pool) else alone = true end
+  end
+  if alone then
+    for p in pairs(require("pcrun.pool").live) do
+      if (p.state == "run" or p.state == "closed") and not p.broken then
+        add(p)
+      end
     end
   end
-  return pools
+  return pools, alone
 end
 
 -- Drive pools until pred() or the deadline. Returns pred(). pred must
 -- cost O(1): it runs once per event.
-local function drive(pools, pred, deadline)
+local function drive(pools, pred, deadline, alone)
   while not pred() do
     local left = deadline and deadline - core.now()
     if left and left <= 0 then return pred() end
     if not require("pcrun.pool").pump(pools, left) and not pred() then
-      error("pcrun: the pool of this future is gone", 3)
+      error(alone and "pcrun: nothing can settle this future: no pool has "
+            .. "work in flight" or "pcrun: the pool of this future is gone", 3)
     end
   end
   return true
@@ -85,7 +96,8 @@ local function await(self, who, timeout)
   checktimeout("pcrun.Future:" .. who, timeout)
   local deadline = timeout and core.now() + timeout
   if settled(self) then return true end
-  return drive({ self.pool }, function() return settled(self) end, deadline)
+  local pools, alone = poolsof({ self })
+  return drive(pools, function() return settled(self) end, deadline, alone)
 end
 
 -- Wait until f settles or timeout seconds pass; whether it settled. For
@@ -93,7 +105,8 @@ end
 function M.await(f, timeout)
   local deadline = timeout and core.now() + timeout
   if settled(f) then return true end
-  return drive({ f.pool }, function() return settled(f) end, deadline)
+  local pools, alone = poolsof({ f })
+  return drive(pools, function() return settled(f) end, deadline, alone)
 end
 
 --- Return the task's return values, waiting at most timeout seconds.
@@ -140,7 +153,8 @@ end
 function Future:cancel()
   check(self, "cancel")
   if self.state == "cancelled" then return true end
-  if self.state ~= "pending" or not self.pool:_unqueue(self) then
+  if self.state ~= "pending"
+      or (self.pool and not self.pool:_unqueue(self)) then
     return false
   end
   self.state = "cancelled"
@@ -157,6 +171,40 @@ function Future:add_done_callback(cb)
   if settled(self) then callback(cb, self) return end
   self.callbacks = self.callbacks or {}  -- made on demand: one per future
   table.insert(self.callbacks, cb)
+end
+
+--- pcrun.future(): a future settled by the caller with set_result or
+-- set_exception (Python's Future() used by hand), to combine pool futures
+-- with other work in as_completed and wait.
+function M.standalone()
+  return setmetatable({ state = "pending", alone = true }, Future)
+end
+
+local function checkalone(self, who)
+  check(self, who)
+  if not self.alone then
+    error("pcrun.Future:" .. who .. ": only a future made by pcrun.future() "
+          .. "can be settled by hand", 3)
+  end
+  if settled(self) then
+    error("pcrun.Future:" .. who .. ": the future is already "
+          .. (self.state == "cancelled" and "cancelled" or "settled"), 3)
+  end
+end
+
+--- Settle a stand-alone future with these values.
+function Future:set_result(...)
+  checkalone(self, "set_result")
+  M.settle(self, true, { n = select("#", ...), ... })
+end
+
+--- Settle a stand-alone future with this error (any value but nil).
+function Future:set_exception(err)
+  checkalone(self, "set_exception")
+  if err == nil then
+    error("pcrun.Future:set_exception: err must not be nil", 2)
+  end
+  M.settle(self, false, err)
 end
 
 function Future:__tostring()
@@ -200,11 +248,11 @@ function M.as_completed(fs, timeout)
   local deadline = timeout and core.now() + timeout
   local ready, head, tail = {}, 1, 0
   local left = watch(fs, function(f) tail = tail + 1 ready[tail] = f end)
-  local pools = poolsof(fs)
+  local pools, alone = poolsof(fs)
   local function any() return head <= tail end
   return function()
     if left == 0 then return nil end
-    if not drive(pools, any, deadline) then
+    if not drive(pools, any, deadline, alone) then
       error("pcrun.as_completed: timeout", 2)
     end
     local f = ready[head]
@@ -235,10 +283,11 @@ function M.wait(fs, opts)
     if f.err ~= nil then failed = true end
   end
   local n = watch(fs, onsettle)
-  local ok, err = pcall(drive, poolsof(fs), function()
+  local pools, alone = poolsof(fs)
+  local ok, err = pcall(drive, pools, function()
     return ndone == n or (ndone > 0 and when == "FIRST_COMPLETED")
            or (failed and when == "FIRST_EXCEPTION")
-  end, deadline)
+  end, deadline, alone)
   for _, f in ipairs(fs) do  -- wait again later must not pile them up
     local cbs = f.callbacks
     for i = cbs and #cbs or 0, 1, -1 do

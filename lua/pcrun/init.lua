@@ -90,6 +90,7 @@ M.AsyncResult = pool.AsyncResult
 M.Future = future.Future
 M.as_completed = future.as_completed
 M.wait = future.wait
+M.future = future.standalone
 M.Process = process.Process
 M.Connection = core.Connection
 

@@ -74,6 +74,9 @@ local TaskError = { __name = "pcrun.TaskError" }
 TaskError.__index = TaskError
 M.TaskError = TaskError
 
+-- Every pool not yet collected: waiting on a stand-alone future drives them.
+M.live = setmetatable({}, { __mode = "k" })
+
 function TaskError:__tostring()
   local v = self.value
   local desc = type(v) == "string" and v or (type(v) == "table"
@@ -790,6 +793,7 @@ function M.new(n, opts)
   getmetatable(proxy).__gc = function() shutdown(ws, box) end
   self.gc = proxy
   for i = 1, self.n do spawn(self, i) end
+  M.live[self] = true
   return self
 end
 
