@@ -83,6 +83,9 @@ M.select = select_.select
 M.native = require "pcrun.native"
 
 M.process = process.new
+M.active_children = process.active_children
+M.current_process = process.current_process
+M.parent_process = process.parent_process
 M.pool = pool.new
 M.Pool = pool.Pool
 M.TaskError = pool.TaskError

@@ -219,6 +219,7 @@ end
 -- Nothing may unwind out of here: below is the parent's stack, which the
 -- fork copied.
 local function worker_main(pool, w)
+  process._forked({ name = "PoolWorker-" .. w.index, worker = w.index })
   local ok, err = xpcall(worker_loop, debug.traceback, pool, w)
   if not ok then
     io.stderr:write(("pcrun: worker %d (pid %d) failed: %s\n")
@@ -236,6 +237,7 @@ local function spawn(self, i)
               fns = {}, nfns = 0, done = 0, queued = 0,
               nitems = 0 }
   self.workers[i] = w
+  process.current_process()  -- the worker's parent_process()
   local pid = core.fork()
   if pid == 0 then worker_main(self, w) end
   b:close()  -- now the worker's death closes its end: we see end of file
