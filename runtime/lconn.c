@@ -175,11 +175,79 @@ static int conn_send(lua_State *L) {
   return 1;
 }
 
+/* The address of the ffi buffer at idx (a pointer or an array) and its
+** size in bytes, or -1 for a pointer (its size is the caller's word). */
+static char *cdata_buf(lua_State *L, int idx, const char *who,
+                       const char *what, lua_Number *cap) {
+  static int K_CDATA_BUF;
+  lua_pushlightuserdata(L, &K_CDATA_BUF);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    if (luaL_loadstring(L,
+          "local ffi = require 'ffi'\n"
+          "return function(b)\n"
+          "  if type(b) ~= 'cdata' then return nil end\n"
+          "  local t = tostring(ffi.typeof(b))\n"
+          "  local arr = t:find('[', 1, true)\n"
+          "  if not arr and not t:find('*', 1, true) then return nil end\n"
+          "  local ok, p = pcall(ffi.cast, 'char *', b)\n"
+          "  if not ok or p == nil then return nil end\n"
+          "  return p, arr and ffi.sizeof(b) or -1\n"
+          "end") || lua_pcall(L, 0, 1, 0))
+      lua_error(L);
+    lua_pushlightuserdata(L, &K_CDATA_BUF);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+  }
+  lua_pushvalue(L, idx);
+  lua_call(L, 1, 2);
+  if (lua_isnil(L, -2))
+    luaL_error(L, "%s: buf must be %s, got %s", who, what,
+               luaL_typename(L, idx));
+  char *p = *(char *const *)lua_topointer(L, -2);
+  *cap = lua_tonumber(L, -1);
+  lua_pop(L, 2);
+  return p;
+}
+
+static size_t size_arg(lua_State *L, int idx, const char *who,
+                       const char *name) {
+  lua_Number v = lua_tonumber(L, idx);
+  if (lua_type(L, idx) != LUA_TNUMBER || v < 0 || v != (lua_Number)(size_t)v)
+    luaL_error(L, "%s: %s must be a non-negative integer", who, name);
+  return (size_t)v;
+}
+
+/* send_bytes(s [, timeout]), or Python's send_bytes(buf, offset, size
+** [, timeout]) with buf a string or an ffi buffer. */
 static int conn_send_bytes(lua_State *L) {
   lconn *lc = toconn(L);
   size_t n;
-  const char *p = luaL_checklstring(L, 2, &n);
-  int r = sendframe(L, lc, PCR_FRAME_BYTES, p, n, deadline_arg(L, 3),
+  const char *p;
+  int tidx = 3;
+  if (lua_gettop(L) >= 4) {
+    const char *who = "pcrun.Connection:send_bytes";
+    size_t off = size_arg(L, 3, who, "offset");
+    size_t size = size_arg(L, 4, who, "size");
+    lua_Number cap;
+    if (lua_type(L, 2) == LUA_TSTRING) {
+      p = lua_tolstring(L, 2, &n);
+      cap = (lua_Number)n;
+    } else {
+      p = cdata_buf(L, 2, who, "a string or an ffi pointer or array", &cap);
+    }
+    if (cap >= 0 && (lua_Number)off + (lua_Number)size > cap)
+      return luaL_error(L, "%s: offset + size (%f) is past the end of buf "
+                           "(%f bytes)", who, (double)off + (double)size,
+                        (double)cap);
+    p += off;
+    n = size;
+    tidx = 5;
+  } else {
+    p = luaL_checklstring(L, 2, &n);
+  }
+  int r = sendframe(L, lc, PCR_FRAME_BYTES, p, n, deadline_arg(L, tidx),
                     "send_bytes");
   if (r) return r;
   lua_pushboolean(L, 1);
@@ -216,6 +284,36 @@ static int recvframe(lua_State *L, int raw, const char *who) {
 }
 
 static int conn_recv(lua_State *L) { return recvframe(L, 0, "recv"); }
+
+/* recv_bytes_into(buf, size [, timeout]): Python's recv_bytes_into, into
+** an ffi buffer with room for size bytes (buf + offset for an offset).
+** Returns the message's length; a longer message comes back whole as
+** nil, "buffer too short", message rather than being lost. */
+static int conn_recv_bytes_into(lua_State *L) {
+  const char *who = "pcrun.Connection:recv_bytes_into";
+  toconn(L);
+  lua_Number cap;
+  char *buf = cdata_buf(L, 2, who, "an ffi pointer or array", &cap);
+  size_t room = size_arg(L, 3, who, "size");
+  if (cap >= 0 && (lua_Number)room > cap)
+    return luaL_error(L, "%s: size (%f) is larger than buf (%f bytes)", who,
+                      (double)room, (double)cap);
+  lua_remove(L, 2);  /* recvframe reads the timeout at 2 */
+  lua_remove(L, 2);
+  int r = recvframe(L, 1, "recv_bytes_into");
+  if (r == 2) return 2;  /* nil, "timeout" */
+  size_t n;
+  const char *p = lua_tolstring(L, -1, &n);
+  if (n > room) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "buffer too short");
+    lua_pushvalue(L, -3);
+    return 3;
+  }
+  memcpy(buf, p, n);
+  lua_pushnumber(L, (lua_Number)n);
+  return 1;
+}
 static int conn_recv_bytes(lua_State *L) {
   return recvframe(L, 1, "recv_bytes");
 }
@@ -406,6 +504,7 @@ static const luaL_Reg conn_methods[] = {
   {"_exclusive", conn_exclusive},
   {"send", conn_send}, {"recv", conn_recv},
   {"send_bytes", conn_send_bytes}, {"recv_bytes", conn_recv_bytes},
+  {"recv_bytes_into", conn_recv_bytes_into},
   {"poll", conn_poll}, {"close", conn_close}, {"closed", conn_closed},
   {"fileno", conn_fileno},
   {NULL, NULL}
