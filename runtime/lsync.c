@@ -48,6 +48,10 @@ static int l_sync(lua_State *L) {
     pcr__obj_ref(lh->o);
     s->cond_lock = (pcr_sync *)lh->o;
   }
+  if (kind == PCR_SYNC_BARRIER && lua_isnumber(L, 4)) {  /* checked */
+    s->timeout = lua_tonumber(L, 4);
+    s->has_timeout = 1;
+  }
   if (action) {
     if (!(s->blob = pcr__shm_alloc(n))) {
       pcr__obj_unref(&s->hdr);
@@ -282,6 +286,8 @@ static int arriveop(void *ctx, double d, int first) {
 static int b_wait(lua_State *L) {
   pcr_sync *b = tosync(L, K_BARRIER, "wait");
   double deadline = pcr__handle_timeout(L, 2, K_BARRIER, "wait");
+  if (deadline < 0 && b->has_timeout)  /* the barrier's default */
+    deadline = b->timeout <= 0 ? 0 : pcr__now() + b->timeout;
   uint32_t gen;
   arrivectx c = { b, &gen };
   /* arrive waits only while the last round leaves */
@@ -423,7 +429,7 @@ static void pushfast(lua_State *L) {
   lua_pushinteger(L, EAGAIN);
   lua_setfield(L, -2, "EAGAIN");
   lua_pushnumber(L, PCR_SLICE);
-  lua_setfield(L, -2, "PCR_SLICE");
+  lua_setfield(L, -2, "SLICE");
   lua_pushinteger(L, PCR_LOCK_OWNERDEAD);
   lua_setfield(L, -2, "OWNERDEAD");
   lua_setfield(L, -2, "sync_fast");
