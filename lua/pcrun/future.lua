@@ -68,8 +68,10 @@ local function poolsof(fs)
     if f.pool then add(f.pool) else alone = true end
   end
   if alone then
-    for p in pairs(require("pcrun.pool").live) do
-      if (p.state == "run" or p.state == "closed") and not p.broken then
+    local me = core.getpid()
+    for p, pid in pairs(require("pcrun.pool").live) do
+      if pid == me and (p.state == "run" or p.state == "closed")
+          and not p.broken then
         add(p)
       end
     end

@@ -74,7 +74,8 @@ local TaskError = { __name = "pcrun.TaskError" }
 TaskError.__index = TaskError
 M.TaskError = TaskError
 
--- Every pool not yet collected: waiting on a stand-alone future drives them.
+-- Every pool not yet collected, to the pid that made it (a forked child's
+-- copies are not its own): waiting on a stand-alone future drives them.
 M.live = setmetatable({}, { __mode = "k" })
 
 function TaskError:__tostring()
@@ -795,7 +796,7 @@ function M.new(n, opts)
   getmetatable(proxy).__gc = function() shutdown(ws, box) end
   self.gc = proxy
   for i = 1, self.n do spawn(self, i) end
-  M.live[self] = true
+  M.live[self] = core.getpid()
   return self
 end
 
