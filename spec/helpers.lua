@@ -64,6 +64,7 @@ function M.proc_stat(pid)
   if not f then return nil end
   local s = f:read("*a")
   f:close()
+  if not s then return nil end  -- it ended between the open and the read
   -- comm is in parentheses and may hold spaces or ')': split at the last.
   local comm, rest = s:match("^%d+ %((.*)%) (.*)$")
   if not rest then return nil end
