@@ -214,7 +214,8 @@ static char *cdata_buf(lua_State *L, int idx, const char *who,
 static size_t size_arg(lua_State *L, int idx, const char *who,
                        const char *name) {
   lua_Number v = lua_tonumber(L, idx);
-  if (lua_type(L, idx) != LUA_TNUMBER || v < 0 || v != (lua_Number)(size_t)v)
+  if (lua_type(L, idx) != LUA_TNUMBER || !(v >= 0 && v <= 0x1p53) ||
+      v != (lua_Number)(size_t)v)
     luaL_error(L, "%s: %s must be a non-negative integer", who, name);
   return (size_t)v;
 }
