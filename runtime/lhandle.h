@@ -33,7 +33,8 @@ typedef struct pcr_handle {
   uint32_t owner;                 /* the process whose reference this is */
   int open;                       /* 0 once released */
   struct pcr_handle *prev, *next; /* live handles of this process */
-  _Alignas(16) unsigned char extra[];  /* the kind's state */
+  _Alignas(8) unsigned char extra[];  /* the kind's state: lua_newuserdata
+                                       aligns to 8 only */
 } pcr_handle;
 
 #define PCR_HANDLE_MAGIC 0x6a624f50u
