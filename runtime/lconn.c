@@ -22,9 +22,82 @@
 
 typedef struct lconn {
   pcr_conn c;
+  pcr_obj *lend;  /* see "Lent sockets" below; NULL until first sent */
 } lconn;
 
 static int K_CONN;
+
+/* -- Lent sockets -------------------------------------------------------
+** A receiver that did not inherit a connection's socket copies it from
+** the sender's descriptor table (pidfd_getfd), so the sender must keep
+** that descriptor until every message carrying it is decoded, even if it
+** closes the connection first (Python's send(w); w.close()). Each sent
+** connection has a lend object: the sender holds one reference and each
+** message in flight one more (taken and rolled back with the message's
+** references, dropped by the receiver once it has its copy). Closing
+** with messages still in flight defers closing the descriptor; a sweep at
+** the next pipe operation closes those whose messages were all taken. */
+typedef struct deferred {
+  int fd;
+  pcr_obj *lend;
+} deferred;
+
+static deferred *defer_list;
+static int ndefer, capdefer;
+static pid_t defer_owner;
+
+static int lend_count(pcr_obj *o) { return (int)atomic_load(&o->refs); }
+
+static void sweep(void) {
+  if (ndefer == 0) return;
+  int keep = 0;
+  int forked = defer_owner != getpid();  /* copies a fork left us */
+  for (int i = 0; i < ndefer; i++) {
+    deferred d = defer_list[i];
+    if (forked) { close(d.fd); continue; }
+    if (lend_count(d.lend) > 1) { defer_list[keep++] = d; continue; }
+    close(d.fd);
+    pcr__obj_unref(d.lend);
+  }
+  ndefer = keep;
+}
+
+/* Close lc's socket now, or once its messages in flight are taken. */
+static void conn_release_fd(lconn *lc) {
+  pcr_obj *lend = lc->lend;
+  lc->lend = NULL;
+  if (!lend) return;
+  sweep();
+  if (lc->c.fd < 0 || lend_count(lend) <= 1) {
+    pcr__obj_unref(lend);
+    return;
+  }
+  if (ndefer == capdefer) {
+    int cap = capdefer ? 2 * capdefer : 8;
+    deferred *p = realloc(defer_list, sizeof *p * (size_t)cap);
+    if (!p) { pcr__obj_unref(lend); return; }  /* closes now, as before */
+    defer_list = p;
+    capdefer = cap;
+  }
+  defer_list[ndefer++] = (deferred){lc->c.fd, lend};
+  defer_owner = getpid();
+  lc->c.fd = -1;  /* pcr__conn_close must leave it open */
+}
+
+/* At exit the descriptors close with the process; the references go. */
+void pcr__lconn_exit(void) {
+  if (defer_owner == getpid())
+    for (int i = 0; i < ndefer; i++) pcr__obj_unref(defer_list[i].lend);
+  ndefer = 0;
+}
+
+/* With lent sockets waiting, a long wait is cut into slices that sweep. */
+#define SWEEP_SLICE 0.02
+static double slice_deadline(double deadline) {
+  if (ndefer == 0) return deadline;
+  double s = pcr__now() + SWEEP_SLICE;
+  return deadline >= 0 && deadline < s ? deadline : s;
+}
 
 static double deadline_arg(lua_State *L, int idx) {
   if (lua_isnoneornil(L, idx)) return -1;
@@ -70,6 +143,7 @@ static int l_pipe(lua_State *L) {
 ** whatever the outcome but success, they are rolled back here. */
 static int sendframe(lua_State *L, lconn *lc, unsigned kind, const char *p,
                      size_t n, double deadline, const char *who) {
+  sweep();
   const uint64_t *refs;
   size_t nrefs = pcr__msg_refs(&refs);
   for (;;) {
@@ -120,12 +194,81 @@ static int conn_send(lua_State *L) {
   return 1;
 }
 
+/* The address of the ffi buffer at idx (a pointer or an array) and its
+** size in bytes, or -1 for a pointer (its size is the caller's word). */
+static char *cdata_buf(lua_State *L, int idx, const char *who,
+                       const char *what, lua_Number *cap) {
+  static int K_CDATA_BUF;
+  lua_pushlightuserdata(L, &K_CDATA_BUF);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    if (luaL_loadstring(L,
+          "local ffi = require 'ffi'\n"
+          "return function(b)\n"
+          "  if type(b) ~= 'cdata' then return nil end\n"
+          "  local t = tostring(ffi.typeof(b))\n"
+          "  local arr = t:find('[', 1, true)\n"
+          "  if not arr and not t:find('*', 1, true) then return nil end\n"
+          "  local ok, p = pcall(ffi.cast, 'char *', b)\n"
+          "  if not ok or p == nil then return nil end\n"
+          "  return p, arr and ffi.sizeof(b) or -1\n"
+          "end") || lua_pcall(L, 0, 1, 0))
+      lua_error(L);
+    lua_pushlightuserdata(L, &K_CDATA_BUF);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+  }
+  lua_pushvalue(L, idx);
+  lua_call(L, 1, 2);
+  if (lua_isnil(L, -2))
+    luaL_error(L, "%s: buf must be %s, got %s", who, what,
+               luaL_typename(L, idx));
+  char *p = *(char *const *)lua_topointer(L, -2);
+  *cap = lua_tonumber(L, -1);
+  lua_pop(L, 2);
+  return p;
+}
+
+static size_t size_arg(lua_State *L, int idx, const char *who,
+                       const char *name) {
+  lua_Number v = lua_tonumber(L, idx);
+  if (lua_type(L, idx) != LUA_TNUMBER || !(v >= 0 && v <= 0x1p53) ||
+      v != (lua_Number)(size_t)v)
+    luaL_error(L, "%s: %s must be a non-negative integer", who, name);
+  return (size_t)v;
+}
+
+/* send_bytes(s [, timeout]), or Python's send_bytes(buf, offset, size
+** [, timeout]) with buf a string or an ffi buffer. */
 static int conn_send_bytes(lua_State *L) {
   lconn *lc = toconn(L);
   size_t n;
-  const char *p = luaL_checklstring(L, 2, &n);
+  const char *p;
+  int tidx = 3;
+  if (lua_gettop(L) >= 4) {
+    const char *who = "pcrun.Connection:send_bytes";
+    size_t off = size_arg(L, 3, who, "offset");
+    size_t size = size_arg(L, 4, who, "size");
+    lua_Number cap;
+    if (lua_type(L, 2) == LUA_TSTRING) {
+      p = lua_tolstring(L, 2, &n);
+      cap = (lua_Number)n;
+    } else {
+      p = cdata_buf(L, 2, who, "a string or an ffi pointer or array", &cap);
+    }
+    if (cap >= 0 && (lua_Number)off + (lua_Number)size > cap)
+      return luaL_error(L, "%s: offset + size (%f) is past the end of buf "
+                           "(%f bytes)", who, (double)off + (double)size,
+                        (double)cap);
+    p += off;
+    n = size;
+    tidx = 5;
+  } else {
+    p = luaL_checklstring(L, 2, &n);
+  }
   pcr__msg_begin();
-  int r = sendframe(L, lc, PCR_FRAME_BYTES, p, n, deadline_arg(L, 3),
+  int r = sendframe(L, lc, PCR_FRAME_BYTES, p, n, deadline_arg(L, tidx),
                     "send_bytes");
   if (r) return r;
   lua_pushboolean(L, 1);
@@ -140,9 +283,12 @@ static int recvframe(lua_State *L, int raw, const char *who) {
   const char *p;
   size_t n;
   for (;;) {
-    int e = pcr__conn_recv(&lc->c, &kind, &p, &n, deadline);
+    sweep();
+    double d = slice_deadline(deadline);
+    int e = pcr__conn_recv(&lc->c, &kind, &p, &n, d);
     if (e == 0) break;
     if (e == -EINTR) { pcr__lua_interrupted(L); continue; }
+    if (e == -ETIMEDOUT && d != deadline) continue;
     if (e == -ETIMEDOUT) {
       lua_pushnil(L);
       lua_pushliteral(L, "timeout");
@@ -160,6 +306,36 @@ static int recvframe(lua_State *L, int raw, const char *who) {
 }
 
 static int conn_recv(lua_State *L) { return recvframe(L, 0, "recv"); }
+
+/* recv_bytes_into(buf, size [, timeout]): Python's recv_bytes_into, into
+** an ffi buffer with room for size bytes (buf + offset for an offset).
+** Returns the message's length; a longer message comes back whole as
+** nil, "buffer too short", message rather than being lost. */
+static int conn_recv_bytes_into(lua_State *L) {
+  const char *who = "pcrun.Connection:recv_bytes_into";
+  toconn(L);
+  lua_Number cap;
+  char *buf = cdata_buf(L, 2, who, "an ffi pointer or array", &cap);
+  size_t room = size_arg(L, 3, who, "size");
+  if (cap >= 0 && (lua_Number)room > cap)
+    return luaL_error(L, "%s: size (%f) is larger than buf (%f bytes)", who,
+                      (double)room, (double)cap);
+  lua_remove(L, 2);  /* recvframe reads the timeout at 2 */
+  lua_remove(L, 2);
+  int r = recvframe(L, 1, "recv_bytes_into");
+  if (r == 2) return 2;  /* nil, "timeout" */
+  size_t n;
+  const char *p = lua_tolstring(L, -1, &n);
+  if (n > room) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "buffer too short");
+    lua_pushvalue(L, -3);
+    return 3;
+  }
+  memcpy(buf, p, n);
+  lua_pushnumber(L, (lua_Number)n);
+  return 1;
+}
 static int conn_recv_bytes(lua_State *L) {
   return recvframe(L, 1, "recv_bytes");
 }
@@ -168,8 +344,11 @@ static int conn_poll(lua_State *L) {
   lconn *lc = toconn(L);
   double deadline = lua_isnoneornil(L, 2) ? pcr__now() : deadline_arg(L, 2);
   for (;;) {
-    int e = pcr__conn_poll(&lc->c, deadline);
+    sweep();
+    double d = slice_deadline(deadline);
+    int e = pcr__conn_poll(&lc->c, d);
     if (e == -EINTR) { pcr__lua_interrupted(L); continue; }
+    if (e == 0 && d != deadline) continue;
     if (e == -EBADF) return luaL_error(L, "poll: connection is not readable");
     lua_pushboolean(L, e > 0);
     return 1;
@@ -204,19 +383,29 @@ static int conn_tostring(lua_State *L) {
 /* Crossing a process boundary: the rings go by offset with one reference
 ** held for the receiver; the socket by (pid, fd, inode), which the
 ** receiver finds in its own table (inherited through fork) or copies from
-** the sender with pidfd_getfd. */
+** the sender with pidfd_getfd; lend (in a message) keeps the sender's
+** descriptor open until then. */
 typedef struct wireconn {
-  uint64_t in, out, ino;
+  uint64_t in, out, ino, lend;
   int32_t pid, fd;
 } wireconn;
 
 static int conn_serialize(lua_State *L) {
   lconn *lc = toconn(L);
   struct stat st;
+  sweep();
   if (fstat(lc->c.fd, &st) < 0) return luaL_error(L, "%s", strerror(errno));
   wireconn w = {lc->c.in ? pcr__shm_offset(lc->c.in) : 0,
                 lc->c.out ? pcr__shm_offset(lc->c.out) : 0,
-                (uint64_t)st.st_ino, (int32_t)getpid(), lc->c.fd};
+                (uint64_t)st.st_ino, 0, (int32_t)getpid(), lc->c.fd};
+  if (pcr__ser_msg) {
+    if (!lc->lend) {
+      lc->lend = pcr__obj_new(sizeof(pcr_obj), PCR_OBJ_LEND);
+      if (!lc->lend) return luaL_error(L, "out of shared arena space");
+    }
+    if (pcr__msg_ref(lc->lend, PCR_REF_PLAIN) < 0) return luaL_error(L, "out of memory");
+    w.lend = pcr__shm_offset(lc->lend);
+  }
   /* In a message the receiver adopts a hold; pcrun.encode's output may be
   ** decoded many times or never, so each decode takes its own. */
   if (pcr__ser_msg &&
@@ -248,22 +437,49 @@ static int conn_deserialize(lua_State *L) {
     return luaL_error(L, "pcrun.decode: a connection in untrusted input "
                          "(decode with { trusted = true })");
   pcr_ring *in = ringat(w.in), *out = ringat(w.out);
-  if ((w.in && !in) || (w.out && !out))
-    return luaL_error(L, "pcrun.Connection: its buffers are gone");
-  int fd = -1;
+  int fd = -1, err = 0;
+  const char *why = NULL;
   if (samesock(w.fd, w.ino)) {
     fd = fcntl(w.fd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) err = errno, why = "cannot copy its socket";
   } else {
     int pfd = pcr__pidfd_open(w.pid);
-    if (pfd >= 0) {
+    if (pfd < 0) {
+      err = errno;
+      why = err == ESRCH ? "its sender has ended, and its socket with it"
+                         : "cannot reach its sender";
+    } else {
       fd = (int)syscall(SYS_pidfd_getfd, pfd, w.fd, 0);
+      if (fd < 0) err = errno;
       close(pfd);
-      if (fd >= 0 && !samesock(fd, w.ino)) { close(fd); fd = -1; }
+      if (fd >= 0 && !samesock(fd, w.ino)) { close(fd); fd = -1; err = 0; }
+      if (fd < 0)
+        why = err == EPERM || err == EACCES
+                  ? "the kernel does not let this process copy its socket "
+                    "from its sender (pidfd_getfd)"
+                  : "its sender no longer holds its socket (it was closed "
+                    "before this copy was decoded)";
     }
   }
-  if (fd < 0)
-    return luaL_error(L, "pcrun.Connection: cannot receive a connection this "
-                         "process did not inherit (%s)", strerror(errno));
+  /* The sender may close its descriptor now (the message's reference to
+  ** its lend, adopted here). */
+  if (w.lend && pcr__ser_msg) {
+    pcr_obj *lend = pcr__shm_at(w.lend, sizeof(pcr_obj));
+    if (lend && lend->magic == PCR_OBJ_MAGIC && lend->type == PCR_OBJ_LEND)
+      pcr__obj_unref(lend);
+  }
+  if ((w.in && !in) || (w.out && !out)) {
+    if (fd >= 0) close(fd);
+    return luaL_error(L, "pcrun.Connection: its buffers are gone");
+  }
+  if (fd < 0) {
+    if (err)
+      return luaL_error(L, "pcrun.Connection: cannot receive it from "
+                           "process %d: %s (%s)", (int)w.pid, why,
+                        strerror(err));
+    return luaL_error(L, "pcrun.Connection: cannot receive it from process "
+                         "%d: %s", (int)w.pid, why);
+  }
   lconn *lc = newconn(L);
   if (!pcr__ser_msg) pcr__conn_hold(in, out);
   lc->c.in = in;
@@ -293,9 +509,12 @@ static int l_select(lua_State *L) {
     lua_pop(L, 1);
   }
   for (;;) {
-    int r = pcr__conn_select(cs, n, deadline, spin);
+    sweep();
+    double d = slice_deadline(deadline);
+    int r = pcr__conn_select(cs, n, d, spin);
     if (r >= 0) { lua_pushinteger(L, r + 1); return 1; }
     if (r == -EINTR) { pcr__lua_interrupted(L); continue; }
+    if (r == -ETIMEDOUT && d != deadline) continue;
     if (r == -ETIMEDOUT) return 0;
     return luaL_error(L, "select: %s", strerror(-r));
   }
@@ -311,16 +530,20 @@ static const luaL_Reg conn_methods[] = {
   {"_exclusive", conn_exclusive},
   {"send", conn_send}, {"recv", conn_recv},
   {"send_bytes", conn_send_bytes}, {"recv_bytes", conn_recv_bytes},
+  {"recv_bytes_into", conn_recv_bytes_into},
   {"poll", conn_poll}, {"close", conn_close}, {"closed", conn_closed},
   {"fileno", conn_fileno},
   {NULL, NULL}
 };
 
 static void c_release(pcr_handle *h) {
-  pcr__conn_close(&((lconn *)pcr__handle_extra(h))->c);
+  lconn *lc = pcr__handle_extra(h);
+  conn_release_fd(lc);
+  pcr__conn_close(&lc->c);
 }
 
-/* A forked copy's rings are held by the parent until it reaps it. */
+/* The ring references this end owns: none in a forked copy, whose rings
+** the parent holds until it reaps it. */
 static int c_refs(pcr_handle *h, uint64_t out[2]) {
   pcr_conn *c = &((lconn *)pcr__handle_extra(h))->c;
   int n = 0;
@@ -330,8 +553,13 @@ static int c_refs(pcr_handle *h, uint64_t out[2]) {
   return n;
 }
 
+/* A forked copy's rings are held by the parent until it reaps it; its
+** lend is the parent's, and so are the sockets the parent defers. */
 static void c_forked(pcr_handle *h) {
-  ((lconn *)pcr__handle_extra(h))->c.borrowed = 1;
+  lconn *lc = pcr__handle_extra(h);
+  lc->c.borrowed = 1;
+  lc->lend = NULL;
+  sweep();
 }
 
 static void drop_reader(pcr_obj *o) { pcr__conn_drop((pcr_ring *)o, NULL); }

@@ -307,6 +307,7 @@ void pcr__lhandle_forked(void) {
 
 void pcr__lhandle_exit(void) {
   while (live) pcr__handle_release(live);
+  pcr__lconn_exit();
   pcr__ledger_exit();
 }
 

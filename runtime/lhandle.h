@@ -162,6 +162,7 @@ void pcr__lhandle_open(lua_State *L);
 /* Binding files: each registers its kinds and functions into the core
 ** module's table on top. */
 void pcr__lconn_open(lua_State *L);
+void pcr__lconn_exit(void);  /* drops the references of deferred sockets */
 void pcr__lqueue_open(lua_State *L);
 void pcr__lsync_open(lua_State *L);
 void pcr__larray_open(lua_State *L);

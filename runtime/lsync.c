@@ -50,6 +50,10 @@ static int l_sync(lua_State *L) {
     pcr__obj_ref(lh->o);
     s->cond_lock = (pcr_sync *)lh->o;
   }
+  if (kind == PCR_SYNC_BARRIER && lua_isnumber(L, 4)) {  /* checked */
+    s->timeout = lua_tonumber(L, 4);
+    s->has_timeout = 1;
+  }
   if (action) {
     s->blob = pcr__shm_alloc(n);
     if (!s->blob && pcr__lua_collect(L)) s->blob = pcr__shm_alloc(n);
@@ -286,6 +290,8 @@ static int arriveop(void *ctx, double d, int first) {
 static int b_wait(lua_State *L) {
   pcr_sync *b = tosync(L, K_BARRIER, "wait");
   double deadline = pcr__handle_timeout(L, 2, K_BARRIER, "wait");
+  if (deadline < 0 && b->has_timeout)  /* the barrier's default */
+    deadline = b->timeout <= 0 ? 0 : pcr__now() + b->timeout;
   uint32_t gen;
   arrivectx c = { b, &gen };
   /* arrive waits only while the last round leaves */

@@ -64,7 +64,7 @@ typedef struct pcr_obj {
 
 #define PCR_OBJ_MAGIC 0x6f524350u  /* "PCRo" */
 enum { PCR_OBJ_RING = 1, PCR_OBJ_QUEUE, PCR_OBJ_ARRAY, PCR_OBJ_SYNC,
-       PCR_OBJ_DICT };
+       PCR_OBJ_DICT, PCR_OBJ_LEND };
 
 /* Allocate an object of `size` bytes (header included) with refs = 1 and
 ** the rest zeroed. NULL when the arena is full. */

@@ -29,6 +29,8 @@ typedef struct pcr_sync {
   struct pcr_sync *cond_lock;   /* condition: its lock (one reference) */
   void *blob;                   /* barrier: encoded action (arena block) */
   size_t bloblen;
+  double timeout;               /* barrier: wait's default timeout, when */
+  uint32_t has_timeout;         /* has_timeout */
   pcr_waitq wq;
 } pcr_sync;
 

@@ -213,6 +213,30 @@ describe("pcrun.future", function()
       assert.are.equal(1, after)
     end))
 
+    it("logs a raising done callback the same on a settled future",
+       function()
+      -- settled before the callbacks are added, and after: both go on
+      local r = helpers.run_cli({ "-e", [[
+        local pcrun = require "pcrun"
+        local p = pcrun.pool(1)
+        local f = p:submit(function() return "fine" end)
+        f:result(5)
+        local after = 0
+        f:add_done_callback(function() error("early trouble", 0) end)
+        f:add_done_callback(function() after = after + 1 end)
+        local g = p:submit(function() return "later" end)
+        g:add_done_callback(function() error("late trouble", 0) end)
+        g:add_done_callback(function() after = after + 1 end)
+        assert(g:result(5) == "later")
+        print("after", after)
+        p:close() p:join()
+      ]] })
+      assert.are.equal(0, r.status, r.stderr)
+      assert.are.equal("after\t2\n", r.stdout)
+      has(r.stderr, "pcrun: done callback failed: early trouble\n",
+          "pcrun: done callback failed: late trouble\n")
+    end)
+
     it("lets a done callback submit more work", forked(15, function()
       local p = mkpool(2)
       local follow = {}
@@ -264,7 +288,99 @@ describe("pcrun.future", function()
     end))
   end)
 
+  describe("pcrun.future", function()
+    it("is settled by set_result or set_exception", function()
+      local f = pcrun.future()
+      assert.are.equal(pcrun.Future, getmetatable(f))
+      assert.is_false(f:done())
+      local seen
+      f:add_done_callback(function(g) seen = g end)
+      f:set_result(1, nil, "three")
+      assert.is_true(f:done())
+      assert.are.equal(f, seen)
+      local a, b, c = f:result()
+      assert.are.same({ 1, nil, "three" }, { a, b, c })
+      assert.is_nil(f:error())
+      local e = pcrun.future()
+      local obj = { code = 7 }
+      e:set_exception(obj)
+      assert.are.equal(obj, e:error(0))
+      local ok, err = pcall(e.result, e)
+      assert.is_false(ok)
+      assert.are.equal(obj, err)
+      -- cancelled while pending, as Python's
+      local c = pcrun.future()
+      assert.is_true(c:cancel())
+      error_has("pcrun.Future:set_result: the future is already cancelled",
+                c.set_result, c, 1)
+    end)
+
+    it("raises on misuse, naming the method", forked(10, function()
+      local f = pcrun.future()
+      f:set_result(1)
+      error_has("pcrun.Future:set_result: the future is already settled",
+                f.set_result, f, 2)
+      error_has("pcrun.Future:set_exception: the future is already settled",
+                f.set_exception, f, "x")
+      error_has("pcrun.Future:set_exception: err must not be nil",
+                pcrun.future().set_exception, pcrun.future())
+      local p = mkpool(1)
+      local g = p:submit(function() return 1 end)
+      error_has("pcrun.Future:set_result: only a future made by "
+                .. "pcrun.future() can be settled by hand", g.set_result, g, 2)
+      assert.are.equal(1, g:result(5))
+      -- nothing in flight can ever settle it: an error, not a hang
+      local lone = pcrun.future()
+      error_has("pcrun.Future:result: timeout", lone.result, lone, 0)
+      error_has("nothing can settle this future", lone.result, lone, 5)
+    end))
+
+    it("is settled by a pool future's callback while the caller waits",
+       forked(20, function()
+      local p = mkpool(2)
+      local g = p:submit(function() helpers.sleep(0.2) return 21 end)
+      local f = pcrun.future()
+      g:add_done_callback(function(x) f:set_result(x:result() * 2) end)
+      assert.are.equal(42, f:result(10))
+      -- mixed with pool futures in wait and as_completed
+      local h = pcrun.future()
+      local k = p:submit(function() helpers.sleep(0.2) return "k" end)
+      k:add_done_callback(function() h:set_exception("h failed") end)
+      local done, not_done = pcrun.wait({ h, k }, { timeout = 10 })
+      assert.are.equal(2, #done)
+      assert.are.equal(0, #not_done)
+      assert.are.equal("h failed", h:error())
+      local ready = pcrun.future()
+      ready:set_result("now")
+      local order = {}
+      local slow = p:submit(function() helpers.sleep(0.3) return 1 end)
+      for x in pcrun.as_completed({ slow, ready }, 10) do
+        order[#order + 1] = x
+      end
+      assert.are.same({ ready, slow }, order)
+    end))
+  end)
+
   describe("pcrun.as_completed", function()
+    it("drops its reference to each future it has yielded",
+       forked(15, function()
+      local p = mkpool(2)
+      local fs = {}
+      for i = 1, 8 do fs[i] = p:submit(function(x) return x end, i) end
+      local weak = setmetatable({}, { __mode = "k" })
+      local it = pcrun.as_completed(fs)
+      fs = nil  -- the caller keeps none: only the iterator could
+      for _ = 1, 8 do
+        local f = it()
+        weak[f] = true
+        f = nil  -- luacheck: ignore
+        collectgarbage()
+        collectgarbage()
+        assert.is_nil(next(weak), "a yielded future is still held")
+      end
+      assert.is_nil(it())
+    end))
+
     it("yields each future once, as they finish", forked(15, function()
       local p = mkpool(2)
       local s1 = p:submit(sleeper(0.05, "s1"))

@@ -164,6 +164,62 @@ describe("pcrun.pipe", function()
     b:close()
   end)
 
+  it("sends part of a string or an ffi buffer with send_bytes(buf, "
+     .. "offset, size)", function()
+    local ffi = require "ffi"
+    local a, b = pcrun.pipe()
+    assert.is_true(b:send_bytes("hello world", 6, 5))
+    assert.are.equal("world", a:recv_bytes(5))
+    assert.is_true(b:send_bytes("abc", 3, 0))
+    assert.are.equal("", a:recv_bytes(5))
+    local arr = ffi.new("uint8_t[8]", { 65, 66, 67, 68, 69, 70, 71, 72 })
+    b:send_bytes(arr, 2, 3)
+    assert.are.equal("CDE", a:recv_bytes(5))
+    b:send_bytes(ffi.cast("const char *", arr) + 6, 0, 2, 5)  -- + timeout
+    assert.are.equal("GH", a:recv_bytes(5))
+    error_has("pcrun.Connection:send_bytes: offset + size (4) is past the "
+              .. "end of buf (3 bytes)", b.send_bytes, b, "abc", 1, 3)
+    error_has("past the end of buf (8 bytes)", b.send_bytes, b, arr, 8, 1)
+    error_has("pcrun.Connection:send_bytes: offset must be a non-negative "
+              .. "integer", b.send_bytes, b, "abc", -1, 1)
+    error_has("pcrun.Connection:send_bytes: size must be a non-negative "
+              .. "integer", b.send_bytes, b, "abc", 0, 1.5)
+    error_has("pcrun.Connection:send_bytes: buf must be a string or an ffi "
+              .. "pointer or array, got table", b.send_bytes, b, {}, 0, 1)
+    error_has("buf must be a string or an ffi pointer or array, got cdata",
+              b.send_bytes, b, 1LL, 0, 1)  -- luacheck: ignore
+    error_has("buf must be a string or an ffi pointer or array, got cdata",
+              b.send_bytes, b, ffi.cast("char *", nil), 0, 1)
+    assert.is_false(a:poll())  -- nothing went out for the bad calls
+    a:close() b:close()
+  end)
+
+  it("receives into an ffi buffer with recv_bytes_into", function()
+    local ffi = require "ffi"
+    local a, b = pcrun.pipe()
+    local buf = ffi.new("uint8_t[16]")
+    b:send_bytes("abcdef")
+    assert.are.equal(6, a:recv_bytes_into(buf, 16))
+    assert.are.equal("abcdef", ffi.string(buf, 6))
+    b:send("xy")  -- any message, as its bytes
+    assert.are.equal(2, a:recv_bytes_into(buf + 10, 6))  -- at an offset
+    assert.are.equal("xy", ffi.string(buf + 10, 2))
+    -- too long: nothing is lost, the message comes back whole
+    b:send_bytes(("z"):rep(20))
+    local n, why, msg = a:recv_bytes_into(buf, 16)
+    assert.is_nil(n)
+    assert.are.equal("buffer too short", why)
+    assert.are.equal(("z"):rep(20), msg)
+    assert.are.same({ nil, "timeout" }, { a:recv_bytes_into(buf, 16, 0.05) })
+    error_has("pcrun.Connection:recv_bytes_into: size (17) is larger than "
+              .. "buf (16 bytes)", a.recv_bytes_into, a, buf, 17)
+    error_has("pcrun.Connection:recv_bytes_into: buf must be an ffi pointer "
+              .. "or array, got string", a.recv_bytes_into, a, "s", 1)
+    error_has("pcrun.Connection:recv_bytes_into: size must be a "
+              .. "non-negative integer", a.recv_bytes_into, a, buf)
+    a:close() b:close()
+  end)
+
   it("returns a message sent with send_bytes from recv as a string",
      function()
     local a, b = pcrun.pipe()
@@ -496,6 +552,53 @@ describe("pcrun.pipe", function()
       assert.is_true(p:join(5))
       assert.are.equal(0, p.exitcode)
       a:close()
+    end)
+  end)
+
+  it("delivers a connection its sender closed right after sending it",
+     function()
+    with_timeout(30, function()
+      local a, b = pcrun.pipe()
+      -- the child is forked before r, w exist: it can only copy w's
+      -- socket from this process, which has closed its own w by then
+      local p = pcrun.process(function()
+        local w = a:recv()
+        w:send("through w")
+        w:close()
+        a:send("done")
+      end):start()
+      local r, w = pcrun.pipe()
+      b:send(w)
+      w:close()
+      assert.are.equal("through w", r:recv(10))
+      assert.are.equal("done", b:recv(10))
+      -- every copy of w is closed: end of file, not a hang
+      error_has("recv: end of file: peer closed", r.recv, r, 10)
+      assert.is_true(p:join(5))
+      assert.are.equal(0, p.exitcode)
+      a:close() b:close() r:close()
+    end)
+  end)
+
+  it("says why a connection cannot be received, not blaming inheritance",
+     function()
+    with_timeout(30, function()
+      local a, b = pcrun.pipe()
+      local p = pcrun.process(function()
+        local s = a:recv()
+        local ok, err = pcall(pcrun.decode, s, { trusted = true })
+        a:send(ok and "decoded" or err)
+      end):start()
+      local r, w = pcrun.pipe()
+      local s = pcrun.encode(w)  -- no message: nothing keeps w's socket
+      w:close()
+      b:send(s)
+      local err = b:recv(10)
+      has(err, "pcrun.Connection: cannot receive it from process "
+          .. pcrun.getpid(), "no longer holds its socket")
+      assert.is_nil(err:find("inherit", 1, true), err)
+      assert.is_true(p:join(5))
+      a:close() b:close() r:close()
     end)
   end)
 

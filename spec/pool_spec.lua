@@ -329,6 +329,85 @@ describe("pcrun.pool", function()
     end
   end))
 
+  -- An iterator over 1..n that raises "input broke" when asked for the
+  -- item after n; calls counts how often it was asked.
+  local function breaking(n)
+    local g = { calls = 0 }
+    function g.next()
+      g.calls = g.calls + 1
+      if g.calls > n then error("input broke", 0) end
+      return g.calls
+    end
+    return g
+  end
+
+  it("imap yields the results of the input read, then its error",
+     forked(10, function()
+    local p = mkpool(2)
+    for _, cs in ipairs { 1, 2, 100 } do
+      local g = breaking(3)
+      local it = p:imap(function(x) return x * x end, g.next, cs)
+      local got, ok, err = {}, true, nil
+      while true do
+        local i, r
+        ok, i, r = pcall(it)
+        if not ok then err = i break end
+        if i == nil then break end
+        got[#got + 1] = { i, r }
+      end
+      assert.is_false(ok, "no error at chunksize " .. cs)
+      assert.are.equal("input broke", err)
+      assert.are.same({ { 1, 1 }, { 2, 4 }, { 3, 9 } }, got)
+      assert.is_nil(it())  -- the stream ends at its input's error
+      assert.are.equal(4, g.calls)
+    end
+  end))
+
+  it("imap_unordered yields the results of the input read, then its error",
+     forked(10, function()
+    local p = mkpool(2)
+    local g = breaking(5)
+    local vals, errs, order = drain(p:imap_unordered(function(x)
+      return -x
+    end, g.next, 2))
+    assert.are.same({ "input broke" }, errs)
+    assert.are.same({ -1, -2, -3, -4, -5 }, vals)
+    assert.are.equal(5, #order)
+    assert.are.equal(6, g.calls)
+  end))
+
+  it("an input iterator that raises ends only its own job",
+     forked(15, function()
+    local p = mkpool(2)
+    for _, kind in ipairs { "imap", "imap_unordered" } do
+      local g = breaking(2)
+      local _, errs = drain(p[kind](p, function(x) return x end, g.next))
+      assert.are.same({ "input broke" }, errs)
+      local calls = g.calls
+      -- later calls of every kind run normally and never read it again
+      assert.are.same({ 2, 4, 6 }, p:map(function(x) return 2 * x end,
+                                         { 1, 2, 3 }))
+      assert.are.equal(7, p:submit(function() return 7 end):result(5))
+      local vals = drain(p:imap(function(x) return x + 1 end, { 1, 2 }))
+      assert.are.same({ 2, 3 }, vals)
+      assert.are.equal(calls, g.calls, kind .. " read its input again")
+    end
+  end))
+
+  it("map reads an iterator whole, and raises its error", forked(10, function()
+    local p = mkpool(2)
+    local i = 0
+    local function upto4() i = i + 1 if i <= 4 then return i end end
+    assert.are.same({ 10, 20, 30, 40 },
+                    p:map(function(x) return 10 * x end, upto4))
+    i = 0
+    assert.are.same({ 3, 5 }, p:starmap(function(a, b) return a + b end,
+      function() i = i + 1 if i <= 2 then return { i, i + 1 } end end))
+    error_has("input broke", p.map, p, function(x) return x end,
+              breaking(3).next)
+    assert.are.same({ 1 }, p:map(function(x) return x end, { 1 }))
+  end))
+
   it("fails a task whose result cannot be sent, naming the problem",
      forked(10, function()
     local p = mkpool(2)
@@ -921,6 +1000,121 @@ describe("pcrun.pool", function()
     error_has("the pool is", p.map, p, fn, { 1 })
   end))
 
+  it("close with cancel_futures cancels the futures no worker has yet",
+     forked(20, function()
+    local p = mkpool(1)
+    local first = p:submit(function() sleep(0.5) return "first" end)
+    helpers.sleep(0.1)  -- the only worker has it
+    local queued, cancelled = {}, 0
+    for i = 1, 5 do
+      queued[i] = p:submit(function() return i end)
+      queued[i]:add_done_callback(function(f)
+        if f:cancelled() then cancelled = cancelled + 1 end
+      end)
+    end
+    assert.are.equal(5, p:close({ cancel_futures = true }))
+    assert.are.equal(5, cancelled)
+    for _, f in ipairs(queued) do
+      assert.is_true(f:cancelled())
+      error_has("pcrun.Future:result: the future was cancelled", f.result, f)
+    end
+    assert.are.equal("first", first:result(5))  -- running: not cancelled
+    p:join()
+    assert.are.equal(0, p:close({ cancel_futures = true }))  -- nothing left
+    error_has("pcrun.Pool:close: cancel_futures must be a boolean",
+              p.close, p, { cancel_futures = 1 })
+    error_has("pcrun.Pool:close: unknown option 'cancel'", p.close, p,
+              { cancel = true })
+  end))
+
+  it("map_async and starmap_async return a handle to wait on",
+     forked(20, function()
+    local p = mkpool(2)
+    local got, failed
+    local r = p:map_async(function(x) return x * x end, range(20),
+                          { callback = function(v) got = v end,
+                            error_callback = function(e) failed = e end })
+    assert.are.equal(pcrun.AsyncResult, getmetatable(r))
+    assert.is_true(r:wait(10))
+    assert.is_true(r:ready())
+    assert.is_true(r:successful())
+    assert.are.same(range(20, function(i) return i * i end), r:get())
+    assert.are.equal(r:get(), got)
+    assert.is_nil(failed)
+    local s = p:starmap_async(function(a, b) return a .. b end,
+                              { { "a", 1 }, { "b", 2 } }, { chunksize = 1 })
+    assert.are.same({ "a1", "b2" }, s:get(10))
+    local z = p:map_async(function(x) return x end, {})
+    assert.is_true(z:ready())
+    assert.are.same({}, z:get(0))
+    -- from an iterator, read whole as map does
+    local k = 0
+    local it = p:map_async(function(x) return -x end, function()
+      k = k + 1 if k <= 3 then return k end end)
+    assert.are.same({ -1, -2, -3 }, it:get(10))
+  end))
+
+  it("map_async reports a failed task through get, successful and "
+     .. "error_callback", forked(20, function()
+    local p = mkpool(2)
+    local got, failed
+    local r = p:map_async(function(x)
+      if x % 3 == 0 then error("no multiples of three") end
+      return x
+    end, range(10), { callback = function(v) got = v end,
+                      error_callback = function(e) failed = e end })
+    assert.is_true(r:wait(10))
+    assert.is_false(r:successful())
+    error_has({ "task 3:", "no multiples of three" }, r.get, r)
+    has(failed, "task 3:", "no multiples of three")
+    assert.is_nil(got)
+    -- a callback that raises is logged, and the pool goes on
+    local q = p:map_async(function(x) return x end, { 1 },
+                          { callback = function() error("cb trouble") end })
+    assert.are.same({ 1 }, q:get(10))
+    assert.are.same({ 2 }, p:map(function(x) return x end, { 2 }))
+  end))
+
+  it("map_async times out in get and wait, and raises in successful "
+     .. "before it is ready", forked(20, function()
+    local p = mkpool(1)
+    local r = p:map_async(function() sleep(0.5) return 1 end, { 1 })
+    assert.is_false(r:wait(0.05))
+    assert.is_false(r:ready())
+    error_has("pcrun.AsyncResult:get: timeout", r.get, r, 0.05)
+    error_has("pcrun.AsyncResult:successful: the result is not ready",
+              r.successful, r)
+    assert.are.same({ 1 }, r:get(10))
+    -- a terminated pool fails what it had not finished
+    local t = p:map_async(function() sleep(10) end, { 1, 2 })
+    p:terminate()
+    error_has("the pool was terminated", t.get, t, 5)
+  end))
+
+  it("checks the arguments of map_async and its handle", forked(10, function()
+    local p = mkpool(1)
+    local fn = function(x) return x end
+    error_has("pcrun.Pool:map_async: list must be a table", p.map_async, p,
+              fn, 5)
+    error_has("pcrun.Pool:map_async: fn must be a function", p.map_async, p,
+              5, {})
+    error_has("pcrun.Pool:map_async: callback must be a function",
+              p.map_async, p, fn, {}, { callback = 1 })
+    error_has("pcrun.Pool:map_async: unknown option 'chunk_size'",
+              p.map_async, p, fn, {}, { chunk_size = 1 })
+    error_has("pcrun.Pool:starmap_async: item 1 is not a table of "
+              .. "arguments", p.starmap_async, p, fn, { 1 })
+    local r = p:map_async(fn, { 1 })
+    error_has("pcrun.AsyncResult:get: timeout must be a non-negative number",
+              r.get, r, -1)
+    error_has("pcrun.AsyncResult:wait: call it as r:wait()", r.wait, {})
+    assert.are.same({ 1 }, r:get(10))
+    p:close()
+    error_has("pcrun.Pool:map_async: the pool is closed", p.map_async, p,
+              fn, { 1 })
+    p:join()
+  end))
+
   it("terminate stops the workers and fails unsettled futures",
      forked(20, function()
     local p = mkpool(2)
@@ -1105,7 +1299,8 @@ describe("pcrun.pool", function()
   -- Each misuse of a method: { method, args, substrings of the message }.
   local fn = function(x) return x end
   local MISUSE = {
-    { "map", { fn, 5 }, { "pcrun.Pool:map: ", "list must be a table" } },
+    { "map", { fn, 5 }, { "pcrun.Pool:map: ",
+      "list must be a table or an iterator function, got number" } },
     { "map", { fn, "ab" }, { "pcrun.Pool:map: ", "list must be a table" } },
     { "map", { 42, { 1 } }, { "pcrun.Pool:map: ", "fn must be" } },
     { "map", { nil, { 1 } }, { "pcrun.Pool:map: ", "fn must be" } },

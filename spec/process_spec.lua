@@ -209,12 +209,95 @@ describe("pcrun.process", function()
     error_has("can only be started once", function() p:start() end)
   end)
 
+  it("lists the children that still run in active_children", function()
+    helpers.with_timeout(20, function()
+      local base = #pcrun.active_children()
+      local a = pcrun.process(sleep_forever):start()
+      local b = pcrun.process(function() end):start()
+      assert.is_true(helpers.wait_dead(b.pid, 5))
+      local kids = pcrun.active_children()  -- reaps b
+      assert.are.equal(base + 1, #kids)
+      local found = false
+      for _, k in ipairs(kids) do if k == a then found = true end end
+      assert.is_true(found)
+      assert.are.equal(0, b.exitcode)
+      a:kill()
+      assert.is_true(a:join(5))
+      assert.are.equal(base, #pcrun.active_children())
+    end)
+  end)
+
+  it("names the current and parent processes", function()
+    helpers.with_timeout(20, function()
+      local me = pcrun.current_process()
+      assert.are.equal(pcrun.Process, getmetatable(me))
+      assert.are.equal(pcrun.getpid(), me.pid)
+      assert.is_true(me:is_alive())
+      error_has("pcrun.Process:join: not a child of this process",
+                me.join, me)
+      local q = pcrun.queue()
+      local p = pcrun.process(function()
+        local c, par = pcrun.current_process(), pcrun.parent_process()
+        q:put({ c.name, c.pid, par.name, par.pid, par:is_alive(),
+                #pcrun.active_children() })
+      end)
+      p.name = "worker-a"
+      p:start()
+      assert.are.same({ "worker-a", p.pid, me.name, pcrun.getpid(), true, 0 },
+                      q:get(10))
+      assert.is_true(p:join(5))
+      assert.is_truthy(pcrun.process(function() end).name:find("^Process%-%d+$"))
+      -- pool workers: name, pid and worker index
+      local pool = pcrun.pool(2)
+      local got = pool:map(function()
+        local c = pcrun.current_process()
+        return { c.name, c.worker, c.pid, pcrun.parent_process().pid }
+      end, { 1, 2, 3, 4 }, 1)
+      local pids = {}
+      for _, pid in ipairs(pool:pids()) do pids[pid] = true end
+      for _, g in ipairs(got) do
+        assert.are.equal("PoolWorker-" .. g[2], g[1])
+        assert.is_true(pids[g[3]])
+        assert.are.equal(pcrun.getpid(), g[4])
+      end
+      pool:close()
+      pool:join()
+    end)
+  end)
+
+  it("close releases an ended process; its methods then raise", function()
+    helpers.with_timeout(20, function()
+      local p = pcrun.process(sleep_forever):start()
+      error_has("pcrun.Process:close: the process is still running",
+                p.close, p)
+      p:kill()
+      assert.is_true(p:join(5))
+      p:close()
+      error_has("pcrun.Process:join: the process is closed", p.join, p)
+      error_has("pcrun.Process:is_alive: the process is closed",
+                p.is_alive, p)
+      error_has("pcrun.Process:kill: the process is closed", p.kill, p)
+      local q = pcrun.process(function() end)
+      q:close()  -- never started: allowed, as in Python
+      error_has("pcrun.Process:start: the process is closed", q.start, q)
+      error_has("pcrun.Process:close: call it as p:close()", p.close, {})
+    end)
+  end)
+
+  it("is not alive before start, as in Python", function()
+    local p = pcrun.process(function() end)
+    assert.is_false(p:is_alive())
+    p:start()
+    assert.is_true(p:join(5))
+    assert.is_false(p:is_alive())
+    error_has("pcrun.Process:is_alive: call it as p:is_alive()",
+              p.is_alive, {})
+  end)
+
   it("raises when joined, tested or signalled before start", function()
     local p = pcrun.process(function() end)
     error_has("pcrun.Process:join: process not started",
               function() p:join() end)
-    error_has("pcrun.Process:is_alive: process not started",
-              function() p:is_alive() end)
     error_has("pcrun.Process:terminate: process not started",
               function() p:terminate() end)
     error_has("pcrun.Process:kill: process not started",

@@ -102,6 +102,43 @@ describe("pcrun.queue", function()
     error_has("closed and empty", q.get, q, 1)
   end)
 
+  it("shutdown() closes; shutdown(true) also drops what waits", function()
+    local q = pcrun.queue()
+    q:put(1) q:put("two") q:put({ 3 })
+    assert.equal(0, q:shutdown())  -- as close: the items stay
+    error_has("pcrun.Queue:put: queue is closed", q.put, q, 4)
+    assert.equal(1, q:get())
+    assert.equal(2, q:shutdown(true))
+    error_has("pcrun.Queue:get: queue is closed and empty", q.get, q, 1)
+    assert.equal(0, q:shutdown(true))  -- again: nothing left
+    collectgarbage() collectgarbage()
+    local used = pcrun.arena().used
+    local r = pcrun.queue()
+    r:put(pcrun.lock()) r:put(("x"):rep(100000))
+    assert.equal(2, r:shutdown(true))
+    collectgarbage() collectgarbage()
+    r = nil  -- luacheck: ignore
+    collectgarbage() collectgarbage()
+    assert.equal(used, pcrun.arena().used)
+    error_has("pcrun.Queue:shutdown: immediate must be a boolean, got number",
+              q.shutdown, q, 1)
+    error_has("pcrun.Queue:shutdown: call it as q:shutdown()",
+              q.shutdown, {})
+  end)
+
+  it("wakes a consumer blocked in another process on shutdown(true)",
+     run(20, function()
+    local q = pcrun.queue()
+    local p = pcrun.process(function()
+      local ok, err = pcall(q.get, q, 10)
+      os.exit((not ok and err:find("closed and empty", 1, true)) and 0 or 1)
+    end):start()
+    helpers.sleep(0.2)
+    q:shutdown(true)
+    assert.is_true(p:join(10))
+    assert.equal(0, p.exitcode)
+  end))
+
   it("iterates with iter() until closed and drained", function()
     local q = pcrun.queue()
     for i = 1, 5 do q:put(i) end
@@ -364,6 +401,20 @@ describe("pcrun.joinable_queue", function()
     error_has("pcrun.JoinableQueue:task_done: called more times than there "
               .. "were items", q.task_done, q)
   end))
+
+  it("shutdown(true) counts the dropped items done, so join returns",
+     function()
+    local q = pcrun.joinable_queue()
+    for i = 1, 5 do q:put(i) end
+    assert.equal(1, q:get())
+    assert.is_false(q:join(0.05))
+    assert.equal(4, q:shutdown(true))
+    assert.is_false(q:join(0.05))  -- the item taken is not done yet
+    q:task_done()
+    assert.is_true(q:join(1))
+    error_has("pcrun.JoinableQueue:shutdown: immediate must be a boolean",
+              q.shutdown, q, "yes")
+  end)
 
   it("has the queue's methods", function()
     local q = pcrun.joinable_queue(1)

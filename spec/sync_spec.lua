@@ -354,6 +354,40 @@ describe("pcrun.barrier", function()
     assert.equal(0, b:n_waiting())
   end))
 
+  it("uses its default timeout in wait, in every process", run(20,
+     function()
+    local b = pcrun.barrier(2, nil, 0.2)
+    local t0 = helpers.now()
+    error_has("pcrun.Barrier:wait: the barrier is broken", b.wait, b)
+    local dt = helpers.now() - t0
+    assert.is_true(dt >= 0.15 and dt < 5, "waited " .. dt)
+    b:reset()
+    -- a child that received it by message has the same default
+    local q = pcrun.queue()
+    q:put(b)
+    local p = pcrun.process(function()
+      local bb = q:get(5)
+      local ok = pcall(bb.wait, bb)
+      os.exit(ok and 1 or 0)
+    end):start()
+    assert.is_true(p:join(10))
+    assert.are.equal(0, p.exitcode)
+    b:reset()
+    -- a timeout given to wait wins; both parties arriving pass
+    local c = pcrun.barrier(2, nil, 0.05)
+    local p2 = pcrun.process(function()
+      helpers.sleep(0.3)
+      c:wait(10)
+    end):start()
+    assert.is_number(c:wait(10))
+    assert.is_true(p2:join(10))
+    assert.are.equal(0, p2.exitcode)
+    error_has("pcrun.barrier: timeout must be a non-negative number, got -1",
+              pcrun.barrier, 2, nil, -1)
+    error_has("pcrun.barrier: timeout must be a non-negative number, got "
+              .. "string", pcrun.barrier, 2, nil, "1")
+  end))
+
   it("breaks on a timeout, for every waiter, until reset", run(20, function()
     local b = pcrun.barrier(3)
     local out = pcrun.queue()

@@ -34,39 +34,62 @@ local function settled(f)
   return f.state == "done" or f.state == "cancelled"
 end
 
+-- A done callback that raises is reported on stderr and the others still
+-- run, whether the future settled before or after it was added (Python
+-- logs it the same way).
+local function callback(cb, f)
+  local cok, cerr = pcall(cb, f)
+  if not cok then
+    io.stderr:write("pcrun: done callback failed: ", tostring(cerr), "\n")
+  end
+end
+
+local function runcallbacks(f)
+  local cbs = f.callbacks
+  f.callbacks = nil
+  for _, cb in ipairs(cbs or {}) do callback(cb, f) end
+end
+
 -- Called by the pool: ok, packed values or error text.
 function M.settle(f, ok, v)
   if settled(f) then return end
   f.state, f.job, f.idx = "done", nil, nil  -- the job can go now
   if ok then f.values = v else f.err = v end
-  for _, cb in ipairs(f.callbacks or NONE) do
-    local cok, cerr = pcall(cb, f)
-    if not cok then
-      io.stderr:write("pcrun: done callback failed: ", tostring(cerr), "\n")
-    end
-  end
-  f.callbacks = nil
+  runcallbacks(f)
 end
 
+-- A stand-alone future (pcrun.future) is settled by the caller's code,
+-- run from some pool's callbacks while it waits: waiting on one drives
+-- every live pool.
 local function poolsof(fs)
-  local pools, seen = {}, {}
+  local pools, seen, alone = {}, {}, false
+  local function add(p)
+    if not seen[p] then seen[p] = true pools[#pools + 1] = p end
+  end
   for _, f in ipairs(fs) do
-    if f.pool and not seen[f.pool] then
-      seen[f.pool] = true
-      pools[#pools + 1] = f.pool
+    if f.pool then add(f.pool) else alone = true end
+  end
+  if alone then
+    local me = core.getpid()
+    for p, pid in pairs(require("pcrun.pool").live) do
+      if pid == me and (p.state == "run" or p.state == "closed")
+          and not p.broken then
+        add(p)
+      end
     end
   end
-  return pools
+  return pools, alone
 end
 
 -- Drive pools until pred() or the deadline. Returns pred(). pred must
 -- cost O(1): it runs once per event.
-local function drive(pools, pred, deadline)
+local function drive(pools, pred, deadline, alone)
   while not pred() do
     local left = deadline and deadline - core.now()
     if left and left <= 0 then return pred() end
     if not require("pcrun.pool").pump(pools, left) and not pred() then
-      error("pcrun: the pool of this future is gone", 3)
+      error(alone and "pcrun: nothing can settle this future: no pool has "
+            .. "work in flight" or "pcrun: the pool of this future is gone", 3)
     end
   end
   return true
@@ -77,7 +100,17 @@ local function await(self, who, timeout)
   checktimeout("pcrun.Future:" .. who, timeout)
   local deadline = timeout and core.now() + timeout
   if settled(self) then return true end
-  return drive({ self.pool }, function() return settled(self) end, deadline)
+  local pools, alone = poolsof({ self })
+  return drive(pools, function() return settled(self) end, deadline, alone)
+end
+
+-- Wait until f settles or timeout seconds pass; whether it settled. For
+-- other handles built on a future (pool:map_async's AsyncResult).
+function M.await(f, timeout)
+  local deadline = timeout and core.now() + timeout
+  if settled(f) then return true end
+  local pools, alone = poolsof({ f })
+  return drive(pools, function() return settled(f) end, deadline, alone)
 end
 
 --- Return the task's return values, waiting at most timeout seconds.
@@ -124,12 +157,12 @@ end
 function Future:cancel()
   check(self, "cancel")
   if self.state == "cancelled" then return true end
-  if self.state ~= "pending" or not self.pool:_unqueue(self) then
+  if self.state ~= "pending"
+      or (self.pool and not self.pool:_unqueue(self)) then
     return false
   end
   self.state, self.job, self.idx = "cancelled", nil, nil
-  for _, cb in ipairs(self.callbacks or NONE) do pcall(cb, self) end
-  self.callbacks = nil
+  runcallbacks(self)
   return true
 end
 
@@ -139,9 +172,43 @@ function Future:add_done_callback(cb)
   if type(cb) ~= "function" then
     error("pcrun.Future:add_done_callback: cb must be a function", 2)
   end
-  if settled(self) then cb(self) return end
+  if settled(self) then callback(cb, self) return end
   self.callbacks = self.callbacks or {}  -- made on demand: one per future
   table.insert(self.callbacks, cb)
+end
+
+--- pcrun.future(): a future settled by the caller with set_result or
+-- set_exception (Python's Future() used by hand), to combine pool futures
+-- with other work in as_completed and wait.
+function M.standalone()
+  return setmetatable({ state = "pending", alone = true }, Future)
+end
+
+local function checkalone(self, who)
+  check(self, who)
+  if not self.alone then
+    error("pcrun.Future:" .. who .. ": only a future made by pcrun.future() "
+          .. "can be settled by hand", 3)
+  end
+  if settled(self) then
+    error("pcrun.Future:" .. who .. ": the future is already "
+          .. (self.state == "cancelled" and "cancelled" or "settled"), 3)
+  end
+end
+
+--- Settle a stand-alone future with these values.
+function Future:set_result(...)
+  checkalone(self, "set_result")
+  M.settle(self, true, { n = select("#", ...), ... })
+end
+
+--- Settle a stand-alone future with this error (any value but nil).
+function Future:set_exception(err)
+  checkalone(self, "set_exception")
+  if err == nil then
+    error("pcrun.Future:set_exception: err must not be nil", 2)
+  end
+  M.settle(self, false, err)
 end
 
 function Future:__tostring()
@@ -194,7 +261,7 @@ function M.as_completed(fs, timeout)
   local deadline = timeout and core.now() + timeout
   local ready, head, tail = {}, 1, 0
   local left = watch(fs, function(f) tail = tail + 1 ready[tail] = f end)
-  local pools = poolsof(fs)
+  local pools, alone = poolsof(fs)
   local function any() return head <= tail end
   local bar = label and progress.new(label == true and "as_completed"
                                      or label, left)
@@ -205,8 +272,8 @@ function M.as_completed(fs, timeout)
       return nil
     end
     local ok, got = true, nil
-    if bar then ok, got = pcall(drive, pools, any, deadline)
-    else got = drive(pools, any, deadline) end
+    if bar then ok, got = pcall(drive, pools, any, deadline, alone)
+    else got = drive(pools, any, deadline, alone) end
     if not (ok and got) then progress.finish(bar, false) end
     if not ok then error(got, 0) end
     if not got then error("pcrun.as_completed: timeout", 2) end
@@ -240,10 +307,11 @@ function M.wait(fs, opts)
     if f.err ~= nil then failed = true end
   end
   local n = watch(fs, onsettle)
-  local ok, err = pcall(drive, poolsof(fs), function()
+  local pools, alone = poolsof(fs)
+  local ok, err = pcall(drive, pools, function()
     return ndone == n or (ndone > 0 and when == "FIRST_COMPLETED")
            or (failed and when == "FIRST_EXCEPTION")
-  end, deadline)
+  end, deadline, alone)
   for _, f in ipairs(fs) do  -- wait again later must not pile them up
     local cbs = f.callbacks
     for i = cbs and #cbs or 0, 1, -1 do

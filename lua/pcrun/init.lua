@@ -88,14 +88,19 @@ M.dict, M.Dict = require("pcrun.dict").dict, core.Dict
 M.native = require "pcrun.native"
 
 M.process = process.new
+M.active_children = process.active_children
+M.current_process = process.current_process
+M.parent_process = process.parent_process
 M.pool = pool.new
 M.with_pool = pool.with_pool
 M.worker = pool.worker
 M.Pool = pool.Pool
 M.TaskError = pool.TaskError
+M.AsyncResult = pool.AsyncResult
 M.Future = future.Future
 M.as_completed = future.as_completed
 M.wait = future.wait
+M.future = future.standalone
 M.Process = process.Process
 M.Connection = core.Connection
 

@@ -252,6 +252,7 @@ end
 -- Nothing may unwind out of here: below is the parent's stack, which the
 -- fork copied. Out of memory, even the report can raise: protected too.
 local function worker_main(pool, w)
+  process._forked({ name = "PoolWorker-" .. w.index, worker = w.index })
   local ok, err = xpcall(worker_loop, debug.traceback, pool, w)
   if err == "not enough memory" then core.child_exit(EXIT_NOMEM) end
   if not ok then pcall(say_failed, w.index, err) end
@@ -275,6 +276,7 @@ local function spawn(self, i)
               fns = {}, nfns = 0, done = 0, queued = 0,
               nitems = 0 }
   self.workers[i] = w
+  process.current_process()  -- the worker's parent_process()
   local pid = core.fork()
   if pid == 0 then
     local _, err = pcall(worker_main, self, w)  -- returns on an escape
@@ -348,6 +350,16 @@ local function sizefor(self, job)
   return max(1, min(size, 1000000))
 end
 
+-- Read up to size items; returns how many, and true at the end.
+local function readiter(iter, items, size)
+  for n = 1, size do
+    local v = iter()
+    if v == nil then return n - 1, true end
+    items[n] = v
+  end
+  return size, false
+end
+
 -- Cut the next chunk of job's input, or nil when none is ready.
 local function cut(self, job)
   if job.window and job.produced - job.consumed >= job.window then
@@ -362,11 +374,15 @@ local function cut(self, job)
     for i = first, last do items[i - first + 1] = list[i] end
     n = last - first + 1
   elseif job.iter then
-    while n < size do
-      local v = job.iter()
-      if v == nil then job.exhausted = true break end
-      n = n + 1
-      items[n] = v
+    -- The iterator runs in whichever call drives the pool: its error ends
+    -- this job's input only, and its reader raises it after the results
+    -- of the items read before it.
+    local ok, got, ended = pcall(readiter, job.iter, items, size)
+    if ok then
+      n, job.exhausted = got, ended or nil
+    else
+      n, job.exhausted = #items, true  -- items holds no holes
+      job.inerr = got == nil and "nil error" or got
     end
   end
   job.pos = first + n
@@ -434,6 +450,16 @@ end
 
 local deliver1, requeue
 
+-- Count k more tasks of job done; a job with onend (map_async) ends there.
+local function advance(job, k)
+  job.completed = job.completed + k
+  if job.onend and job.completed >= job.total then
+    local f = job.onend
+    job.onend = nil
+    f(job)
+  end
+end
+
 -- A batch that cannot be encoded: find the tasks whose arguments cannot
 -- cross, fail those here in the parent, hand the others out again. A
 -- worker that is gone shows up as end of file on its pipe instead.
@@ -454,7 +480,7 @@ local function sendbatch(self, w, batch)
         deliver1(self, job, c.first + k - 1, nil, ("task %d: cannot send "
           .. "its function: %s"):format(c.first + k - 1, tostring(ferr)))
       end
-      job.completed = job.completed + c.n
+      advance(job, c.n)
       from = c.n + 2  -- nothing to requeue
     end
     for k = from, c.n + 1 do
@@ -472,7 +498,7 @@ local function sendbatch(self, w, batch)
         local idx = c.first + k - 1
         deliver1(self, job, idx, nil, ("task %d: cannot send its "
           .. "arguments: %s"):format(idx, tostring(bad)))
-        job.completed = job.completed + 1
+        advance(job, 1)
       end
     end
   end
@@ -580,7 +606,7 @@ local function deliver(self, w, c, res, errs)
       deliver1(self, job, first + k, res[k], err and taskerr(w, first + k, err))
     end
   end
-  job.completed = job.completed + c.n
+  advance(job, c.n)
   if job.bar then
     progress.update(job.bar, job.completed, job.exhausted and job.produced)
   end
@@ -665,7 +691,7 @@ local function died(self, w)
       local idx = c.first + at - 1
       deliver1(self, c.job, idx, nil, ("worker %d (pid %d) died running "
         .. "task %d: %s"):format(w.index, pid, idx, why))
-      c.job.completed = c.job.completed + 1
+      advance(c.job, 1)
       requeue(self, c, at + 1, c.n)
     else
       requeue(self, c, 1, c.n)
@@ -688,7 +714,11 @@ end
 
 -- -- Ctrl-C -------------------------------------------------------------
 
-local live = setmetatable({}, { __mode = "k" })  -- every pool not ended
+-- Every pool not ended, with the pid of the process that made it (a forked
+-- copy's inherited pools are not its own): Ctrl-C cancels them all, and a
+-- stand-alone future drives them while it waits.
+local live = setmetatable({}, { __mode = "k" })
+M.live = live
 local handled = 0  -- the SIGINTs the pools have acted on (core.interrupt)
 
 local function stopjob(job, why)
@@ -884,7 +914,7 @@ function M.new(n, opts)
   getmetatable(proxy).__gc = function() shutdown(ws, box) end
   self.gc = proxy
   for i = 1, self.n do spawn(self, i) end
-  live[self] = true
+  live[self] = core.getpid()
   return self
 end
 
@@ -931,17 +961,42 @@ local function firsterr(job)
   return lo and job.errs[lo]
 end
 
-local function listjob(self, who, fn, list, cs, mode)
+-- map over an iterator reads it whole first, as Python's map does with
+-- an iterable that has no length (imap streams it instead).
+local function collect(iter)
+  local t, n = {}, 0
+  for v in iter do n = n + 1 t[n] = v end
+  return t
+end
+
+local settleasync
+
+local function listjob(self, who, fn, list, cs, mode, async)
   checkusable(self, who, 4)
   checkfn(who, fn, 4)
   checksend(self, who, fn, 4)
+  if type(list) == "function" then list = collect(list) end
   if type(list) ~= "table" then
-    error(who .. ": list must be a table, got " .. type(list), 3)
+    error(who .. ": list must be a table or an iterator function, got "
+          .. type(list), 3)
+  end
+  if mode == STAR then
+    for i = 1, #list do
+      if type(list[i]) ~= "table" then
+        error(("%s: item %d is not a table of arguments"):format(who, i), 3)
+      end
+    end
   end
   local bar
   cs, bar = checkchunk(who, cs, 4)
   local job = newjob(self, "map", fn, mode, cs or self.chunksize)
   job.list, job.total = list, #list
+  if async then
+    job.future = future.new(self)
+    job.onend = settleasync
+    if job.total == 0 then settleasync(job) else addjob(self, job, false) end
+    return job
+  end
   if job.total == 0 then return {} end
   addjob(self, job, bar, who)
   local ok, e = true, nil
@@ -953,7 +1008,8 @@ local function listjob(self, who, fn, list, cs, mode)
   return job.results
 end
 
---- Apply fn to every item of list; results in input order.
+--- Apply fn to every item of list (or of an iterator, read whole first);
+-- results in input order.
 function Pool:map(fn, list, chunksize)
   local r = listjob(self, "pcrun.Pool:map", fn, list, chunksize, MAP)
   return r  -- not a tail call: errors point at the caller
@@ -961,16 +1017,105 @@ end
 
 --- Like map, with each item a list of arguments: fn(unpack(item)).
 function Pool:starmap(fn, list, chunksize)
-  if type(list) == "table" then
-    for i = 1, #list do
-      if type(list[i]) ~= "table" then
-        error(("pcrun.Pool:starmap: item %d is not a table of arguments")
-              :format(i), 2)
-      end
-    end
-  end
   local r = listjob(self, "pcrun.Pool:starmap", fn, list, chunksize, STAR)
   return r
+end
+
+-- -- map_async, starmap_async -------------------------------------------
+
+--- The handle map_async and starmap_async return (Python's AsyncResult).
+local AsyncResult = { __name = "pcrun.AsyncResult" }
+AsyncResult.__index = AsyncResult
+M.AsyncResult = AsyncResult
+
+function settleasync(job)
+  local err = firsterr(job)
+  if err ~= nil then future.settle(job.future, false, err)
+  else future.settle(job.future, true, { n = 1, job.results }) end
+end
+
+local ASYNCOPTS = options.spec { chunksize = "positive integer",
+  callback = "function", error_callback = "function" }
+
+local function asyncjob(self, who, fn, list, opts, mode)
+  opts = options.check(who, opts, ASYNCOPTS, 4)
+  local job = listjob(self, who, fn, list, opts.chunksize, mode, true)
+  local cb, ecb = opts.callback, opts.error_callback
+  if cb or ecb then  -- run by the future: an error is logged, not raised
+    job.future:add_done_callback(function(f)
+      if f.err ~= nil then
+        if ecb then ecb(f.err) end
+      elseif cb then
+        cb(f.values[1])
+      end
+    end)
+  end
+  return setmetatable({ f = job.future }, AsyncResult)
+end
+
+--- Start map without waiting: returns an AsyncResult. opts: chunksize,
+-- callback (called with the results), error_callback (with the error).
+function Pool:map_async(fn, list, opts)
+  local r = asyncjob(self, "pcrun.Pool:map_async", fn, list, opts, MAP)
+  return r
+end
+
+function Pool:starmap_async(fn, list, opts)
+  local r = asyncjob(self, "pcrun.Pool:starmap_async", fn, list, opts, STAR)
+  return r
+end
+
+local function checkasync(self, who)
+  if getmetatable(self) ~= AsyncResult then
+    error("pcrun.AsyncResult:" .. who .. ": call it as r:" .. who .. "()", 3)
+  end
+end
+
+local function checkwait(who, t)
+  if t ~= nil and (type(t) ~= "number" or t ~= t or t < 0) then
+    error("pcrun.AsyncResult:" .. who .. ": timeout must be a non-negative "
+          .. "number", 3)
+  end
+end
+
+--- The results list, waiting at most timeout seconds; raises the error of
+-- the lowest-numbered failed task, or "pcrun.AsyncResult:get: timeout".
+function AsyncResult:get(timeout)
+  checkasync(self, "get")
+  checkwait("get", timeout)
+  if not future.await(self.f, timeout) then
+    error("pcrun.AsyncResult:get: timeout", 2)
+  end
+  local f = self.f
+  if f.err ~= nil then error(f.err, 0) end
+  return f.values[1]
+end
+
+--- Wait until the results are ready; false if timeout seconds pass first.
+function AsyncResult:wait(timeout)
+  checkasync(self, "wait")
+  checkwait("wait", timeout)
+  return future.await(self.f, timeout)
+end
+
+--- Whether every task has finished (does not wait).
+function AsyncResult:ready()
+  checkasync(self, "ready")
+  return self.f:done()
+end
+
+--- Whether every task succeeded; raises while not ready, as Python does.
+function AsyncResult:successful()
+  checkasync(self, "successful")
+  if not self.f:done() then
+    error("pcrun.AsyncResult:successful: the result is not ready", 2)
+  end
+  return self.f.err == nil
+end
+
+function AsyncResult:__tostring()
+  return ("pcrun.AsyncResult(%s)"):format(self.f:done() and "ready"
+                                          or "pending")
 end
 
 --- Run fn(...) in a worker and return its results (a future otherwise).
@@ -1073,7 +1218,10 @@ function Pool:imap(fn, src, chunksize)
         return i, r
       end
       if job.exhausted and nexti > job.produced then
-        progress.finish(job.bar, true)
+        local e = job.inerr
+        job.inerr = nil  -- raised once; the stream ends there
+        progress.finish(job.bar, e == nil)
+        if e ~= nil then error(e, 0) end
         return nil
       end
       if job.cancelled then raise(job, job.cancelled) end
@@ -1097,7 +1245,10 @@ function Pool:imap_unordered(fn, src, chunksize)
         return r[1], r[2]
       end
       if job.exhausted and job.consumed >= job.produced then
-        progress.finish(job.bar, true)
+        local e = job.inerr
+        job.inerr = nil
+        progress.finish(job.bar, e == nil)
+        if e ~= nil then error(e, 0) end
         return nil
       end
       if job.cancelled then raise(job, job.cancelled) end
@@ -1107,11 +1258,26 @@ function Pool:imap_unordered(fn, src, chunksize)
 end
 
 --- No more tasks; workers exit once the queued ones are done (join).
-function Pool:close()
+-- opts.cancel_futures: cancel the futures no worker has yet (Python's
+-- shutdown(cancel_futures=True)); returns how many were cancelled.
+local CLOSEOPTS = options.spec { cancel_futures = "boolean" }
+
+function Pool:close(opts)
   if getmetatable(self) ~= Pool then
     error("pcrun.Pool:close: call it as pool:close()", 2)
   end
+  opts = options.check("pcrun.Pool:close", opts, CLOSEOPTS, 2)
   if self.state == "run" then self.state = "closed" end
+  local n = 0
+  if opts.cancel_futures and self.state == "closed" then
+    local job = self.jhead
+    while job do
+      local nxt = job.next
+      if job.kind == "submit" and job.future:cancel() then n = n + 1 end
+      job = nxt
+    end
+  end
+  return n
 end
 
 --- Wait for queued work and the workers' exit. Call close() first.

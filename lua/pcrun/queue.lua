@@ -43,6 +43,33 @@ function core.Queue.__index.iter(q)
 end
 core.JoinableQueue.__index.iter = core.Queue.__index.iter
 
+--- q:shutdown([immediate]): Python 3.13's Queue.shutdown. As close();
+-- with immediate, the items waiting are dropped too (each counted done in
+-- a joinable queue, so join returns), and get raises at once. Returns how
+-- many were dropped.
+function core.Queue.__index.shutdown(q, immediate)
+  local mt = getmetatable(q)
+  if mt ~= core.Queue and mt ~= core.JoinableQueue then
+    error("pcrun.Queue:shutdown: call it as q:shutdown()", 2)
+  end
+  local who = mt == core.Queue and "pcrun.Queue" or "pcrun.JoinableQueue"
+  if immediate ~= nil and type(immediate) ~= "boolean" then
+    error(who .. ":shutdown: immediate must be a boolean, got "
+          .. type(immediate), 2)
+  end
+  q:close()
+  local n = 0
+  while immediate do
+    -- An item that fails to decode is taken all the same: go on.
+    local ok, err = pcall(q.get_nowait, q)
+    if not ok and tostring(err):find("empty", 1, true) then break end
+    n = n + 1
+    if mt == core.JoinableQueue then q:task_done() end
+  end
+  return n
+end
+core.JoinableQueue.__index.shutdown = core.Queue.__index.shutdown
+
 -- Numbers go through ffi function pointers when nothing needs waiting: an
 -- ffi call compiles into the caller's trace, a lua_CFunction ends it.
 local ffi = require "ffi"

@@ -51,16 +51,23 @@ function M.condition(lock)
   return core.sync(SYNC.condition, 0, lock)
 end
 
---- pcrun.barrier(parties [, action]): wait() returns once parties
--- processes wait; the last one runs action() first.
-function M.barrier(parties, action)
+--- pcrun.barrier(parties [, action [, timeout]]): wait() returns once
+-- parties processes wait; the last one runs action() first. timeout:
+-- the default of wait() (Python's Barrier(timeout=)).
+function M.barrier(parties, action, timeout)
   if not posint(parties) or parties > 2^31 then
     error("pcrun.barrier: parties must be a positive integer", 2)
   end
   if action ~= nil and type(action) ~= "function" then
     error("pcrun.barrier: action must be a function, got " .. type(action), 2)
   end
-  return core.sync(SYNC.barrier, parties, action)
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout
+                         or timeout < 0) then
+    error("pcrun.barrier: timeout must be a non-negative number, got "
+          .. (type(timeout) == "number" and tostring(timeout)
+              or type(timeout)), 2)
+  end
+  return core.sync(SYNC.barrier, parties, action, timeout)
 end
 
 --- cond:wait_for(predicate [, timeout]): wait until predicate() is true;
