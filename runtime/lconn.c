@@ -20,9 +20,17 @@
 
 #define CONN_MT "pcrun.Connection"
 
+/* The sender's reference to a lend object, recorded in this process's
+** ledger (frame.h) so that whoever reaps a killed sender drops it; malloc'd
+** because the ledger keeps a pointer to lidx. */
+typedef struct lendref {
+  pcr_obj *o;
+  long lidx;
+} lendref;
+
 typedef struct lconn {
   pcr_conn c;
-  pcr_obj *lend;  /* see "Lent sockets" below; NULL until first sent */
+  lendref *lend;  /* see "Lent sockets" below; NULL until first sent */
 } lconn;
 
 static int K_CONN;
@@ -39,14 +47,33 @@ static int K_CONN;
 ** the next pipe operation closes those whose messages were all taken. */
 typedef struct deferred {
   int fd;
-  pcr_obj *lend;
+  lendref *lend;
 } deferred;
 
 static deferred *defer_list;
 static int ndefer, capdefer;
 static pid_t defer_owner;
 
-static int lend_count(pcr_obj *o) { return (int)atomic_load(&o->refs); }
+static int lend_count(lendref *r) { return (int)atomic_load(&r->o->refs); }
+
+static lendref *lend_new(void) {
+  lendref *r = malloc(sizeof *r);
+  if (!r) return NULL;
+  r->o = pcr__obj_new(sizeof(pcr_obj), PCR_OBJ_LEND);
+  if (!r->o) {
+    free(r);
+    return NULL;
+  }
+  pcr__ledger_add(pcr__shm_offset(r->o), &r->lidx);
+  return r;
+}
+
+/* Drop the sender's reference: unrecorded before it is dropped. */
+static void lend_drop(lendref *r) {
+  pcr__ledger_remove(&r->lidx);
+  pcr__obj_unref(r->o);
+  free(r);
+}
 
 static void sweep(void) {
   if (ndefer == 0) return;
@@ -57,25 +84,25 @@ static void sweep(void) {
     if (forked) { close(d.fd); continue; }
     if (lend_count(d.lend) > 1) { defer_list[keep++] = d; continue; }
     close(d.fd);
-    pcr__obj_unref(d.lend);
+    lend_drop(d.lend);
   }
   ndefer = keep;
 }
 
 /* Close lc's socket now, or once its messages in flight are taken. */
 static void conn_release_fd(lconn *lc) {
-  pcr_obj *lend = lc->lend;
+  lendref *lend = lc->lend;
   lc->lend = NULL;
   if (!lend) return;
   sweep();
   if (lc->c.fd < 0 || lend_count(lend) <= 1) {
-    pcr__obj_unref(lend);
+    lend_drop(lend);
     return;
   }
   if (ndefer == capdefer) {
     int cap = capdefer ? 2 * capdefer : 8;
     deferred *p = realloc(defer_list, sizeof *p * (size_t)cap);
-    if (!p) { pcr__obj_unref(lend); return; }  /* closes now, as before */
+    if (!p) { lend_drop(lend); return; }  /* closes now, as before */
     defer_list = p;
     capdefer = cap;
   }
@@ -87,7 +114,7 @@ static void conn_release_fd(lconn *lc) {
 /* At exit the descriptors close with the process; the references go. */
 void pcr__lconn_exit(void) {
   if (defer_owner == getpid())
-    for (int i = 0; i < ndefer; i++) pcr__obj_unref(defer_list[i].lend);
+    for (int i = 0; i < ndefer; i++) lend_drop(defer_list[i].lend);
   ndefer = 0;
 }
 
@@ -400,11 +427,12 @@ static int conn_serialize(lua_State *L) {
                 (uint64_t)st.st_ino, 0, (int32_t)getpid(), lc->c.fd};
   if (pcr__ser_msg) {
     if (!lc->lend) {
-      lc->lend = pcr__obj_new(sizeof(pcr_obj), PCR_OBJ_LEND);
+      lc->lend = lend_new();
       if (!lc->lend) return luaL_error(L, "out of shared arena space");
     }
-    if (pcr__msg_ref(lc->lend, PCR_REF_PLAIN) < 0) return luaL_error(L, "out of memory");
-    w.lend = pcr__shm_offset(lc->lend);
+    if (pcr__msg_ref(lc->lend->o, PCR_REF_PLAIN) < 0)
+      return luaL_error(L, "out of memory");
+    w.lend = pcr__shm_offset(lc->lend->o);
   }
   /* In a message the receiver adopts a hold; pcrun.encode's output may be
   ** decoded many times or never, so each decode takes its own. */

@@ -724,6 +724,7 @@ local handled = 0  -- the SIGINTs the pools have acted on (core.interrupt)
 local function stopjob(job, why)
   job.cancelled = why
   for _, f in pairs(job.futures or {}) do future.settle(f, false, why) end
+  if job.future then future.settle(job.future, false, why) end  -- async
 end
 
 -- Cancel everything the pool has queued and kill the workers running its
@@ -1273,7 +1274,9 @@ function Pool:close(opts)
     local job = self.jhead
     while job do
       local nxt = job.next
-      if job.kind == "submit" and job.future:cancel() then n = n + 1 end
+      for _, f in pairs(job.kind == "submit" and job.futures or {}) do
+        if f:cancel() then n = n + 1 end
+      end
       job = nxt
     end
   end
@@ -1309,6 +1312,9 @@ function Pool:terminate()
   local function fail(job)
     for _, f in pairs(job.futures or {}) do
       future.settle(f, false, "pcrun.pool: the pool was terminated")
+    end
+    if job.future then  -- map_async, starmap_async
+      future.settle(job.future, false, "pcrun.pool: the pool was terminated")
     end
   end
   local job = self.jhead
