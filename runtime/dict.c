@@ -53,9 +53,12 @@ void pcr__dict_key(pcr_dkey *k) {
 }
 
 /* Pointer to n bytes at off, or NULL if they do not lie in the arena. */
+/* A lock-free reader may load an offset from memory being freed or reused:
+** it must lie in the arena and be aligned as every block is. */
 static inline void *at(uint64_t off, size_t n) {
   size_t sz = pcr__shm_size();
-  return off && off < sz && n <= sz - off ? pcr__shm_base() + off : NULL;
+  return off && !(off & 7) && off < sz && n <= sz - off ? pcr__shm_base() + off
+                                                         : NULL;
 }
 
 static inline uint64_t offof(const void *p) { return pcr__shm_offset(p); }
