@@ -48,6 +48,25 @@ static pid_t defer_owner;
 
 static int lend_count(pcr_obj *o) { return (int)atomic_load(&o->refs); }
 
+/* The sender's own reference is in its ledger (a killed sender's reaper
+** drops it); the entry's index lives in the object, whose address does
+** not move as the reference goes from the handle to the deferred list. */
+typedef struct lendobj {
+  pcr_obj hdr;
+  long lidx;
+} lendobj;
+
+static pcr_obj *lend_new(void) {
+  lendobj *l = (lendobj *)pcr__obj_new(sizeof(lendobj), PCR_OBJ_LEND);
+  if (l) pcr__ledger_add(pcr__shm_offset(l) | PCR_REF_PLAIN, &l->lidx);
+  return l ? &l->hdr : NULL;
+}
+
+static void lend_drop(pcr_obj *o) {
+  pcr__ledger_remove(&((lendobj *)o)->lidx);  /* unrecorded, then dropped */
+  pcr__obj_unref(o);
+}
+
 static void sweep(void) {
   if (ndefer == 0) return;
   int keep = 0;
@@ -57,7 +76,7 @@ static void sweep(void) {
     if (forked) { close(d.fd); continue; }
     if (lend_count(d.lend) > 1) { defer_list[keep++] = d; continue; }
     close(d.fd);
-    pcr__obj_unref(d.lend);
+    lend_drop(d.lend);
   }
   ndefer = keep;
 }
@@ -69,13 +88,13 @@ static void conn_release_fd(lconn *lc) {
   if (!lend) return;
   sweep();
   if (lc->c.fd < 0 || lend_count(lend) <= 1) {
-    pcr__obj_unref(lend);
+    lend_drop(lend);
     return;
   }
   if (ndefer == capdefer) {
     int cap = capdefer ? 2 * capdefer : 8;
     deferred *p = realloc(defer_list, sizeof *p * (size_t)cap);
-    if (!p) { pcr__obj_unref(lend); return; }  /* closes now, as before */
+    if (!p) { lend_drop(lend); return; }  /* closes now, as before */
     defer_list = p;
     capdefer = cap;
   }
@@ -87,7 +106,7 @@ static void conn_release_fd(lconn *lc) {
 /* At exit the descriptors close with the process; the references go. */
 void pcr__lconn_exit(void) {
   if (defer_owner == getpid())
-    for (int i = 0; i < ndefer; i++) pcr__obj_unref(defer_list[i].lend);
+    for (int i = 0; i < ndefer; i++) lend_drop(defer_list[i].lend);
   ndefer = 0;
 }
 
@@ -400,7 +419,7 @@ static int conn_serialize(lua_State *L) {
                 (uint64_t)st.st_ino, 0, (int32_t)getpid(), lc->c.fd};
   if (pcr__ser_msg) {
     if (!lc->lend) {
-      lc->lend = pcr__obj_new(sizeof(pcr_obj), PCR_OBJ_LEND);
+      lc->lend = lend_new();
       if (!lc->lend) return luaL_error(L, "out of shared arena space");
     }
     if (pcr__msg_ref(lc->lend, PCR_REF_PLAIN) < 0) return luaL_error(L, "out of memory");
