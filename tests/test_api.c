@@ -75,10 +75,10 @@ static void test_forged_offsets(void) {
     "  local ok, e = pcall(pcrun.decode, ext('pcrun.ObjRef',\n"
     "    ffi.string(w, 16)), { trusted = true })\n"
     "  assert(not ok and e:find('no longer exists'), e)\n"
-    "  local c = ffi.new('struct { uint64_t i, o, ino; int32_t pid, fd; }',\n"
-    "                    off, off + 8, 0, 0, -1)\n"
+    "  local c = ffi.new('struct { uint64_t i, o, ino, lend; int32_t pid, fd; }',\n"
+    "                    off, off + 8, 0, 0, 0, -1)\n"
     "  ok, e = pcall(pcrun.decode, ext('pcrun.Connection',\n"
-    "    ffi.string(c, 32)), { trusted = true })\n"
+    "    ffi.string(c, 40)), { trusted = true })\n"
     "  assert(not ok and e:find('buffers are gone'), e)\n"
     "end", "=forged") == PCR_OK);
   if (*pcr_last_error(rt)) fprintf(stderr, "%s\n", pcr_last_error(rt));
