@@ -1273,7 +1273,11 @@ function Pool:close(opts)
     local job = self.jhead
     while job do
       local nxt = job.next
-      if job.kind == "submit" and job.future:cancel() then n = n + 1 end
+      if job.kind == "submit" then  -- submits in a row share one job
+        for _, f in pairs(job.futures) do
+          if f:cancel() then n = n + 1 end
+        end
+      end
       job = nxt
     end
   end
@@ -1309,6 +1313,9 @@ function Pool:terminate()
   local function fail(job)
     for _, f in pairs(job.futures or {}) do
       future.settle(f, false, "pcrun.pool: the pool was terminated")
+    end
+    if job.future then  -- map_async's one future
+      future.settle(job.future, false, "pcrun.pool: the pool was terminated")
     end
   end
   local job = self.jhead
