@@ -42,6 +42,8 @@ static uint32_t me;
 static _Atomic uint64_t *slot;  /* our ledger's offset, in the arena */
 static ledger *mine;
 static long **back;             /* back[i]: where entry i's index lives */
+static long *pidx;              /* the pending references' ledger indices */
+static size_t npidx, cappidx;
 
 void pcr__ledger_forked(void) {
   recording = 1;
@@ -49,6 +51,7 @@ void pcr__ledger_forked(void) {
   slot = NULL;
   mine = NULL;  /* the parent's, and the parent's to free */
   back = NULL;  /* a copy of the parent's heap: leave it */
+  npidx = 0;    /* the parent's pending message is the parent's */
 }
 
 /* A process forked by other means (an embedding's zygote) holds a copy
@@ -108,6 +111,26 @@ void pcr__ledger_remove(long *idx) {
   }
   mine->n = last;
   *idx = -1;
+}
+
+void pcr__ledger_pend(uint64_t ref) {
+  if (stale()) return;
+  if (npidx == cappidx) {
+    size_t cap = cappidx ? 2 * cappidx : 16;
+    long *p = realloc(pidx, sizeof *p * cap);
+    if (!p) return;  /* unrecorded: a death before the publish leaks it */
+    pidx = p;
+    cappidx = cap;
+    for (size_t j = 0; j < npidx; j++)  /* back[] points into pidx */
+      if (pidx[j] >= 0) back[pidx[j]] = &pidx[j];
+  }
+  pcr__ledger_add(ref, &pidx[npidx]);
+  npidx++;
+}
+
+void pcr__ledger_unpend(void) {
+  for (size_t j = 0; j < npidx; j++) pcr__ledger_remove(&pidx[j]);
+  npidx = 0;
 }
 
 void pcr__ledger_exit(void) {

@@ -34,4 +34,12 @@ void pcr__ledger_remove(long *idx);
 void pcr__ledger_exit(void);
 void pcr__frame_reap(uint32_t pid);
 
+/* The references of the message being encoded (pcr__msg_ref) are the
+** sender's until its frame is published: pend records one in the ledger;
+** unpend unrecords them all, right before the store that publishes the
+** frame (or before a rolled-back message drops them). A death between
+** the two leaks them, never frees twice. */
+void pcr__ledger_pend(uint64_t ref);
+void pcr__ledger_unpend(void);
+
 #endif

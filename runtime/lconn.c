@@ -20,17 +20,9 @@
 
 #define CONN_MT "pcrun.Connection"
 
-/* The sender's reference to a lend object, recorded in this process's
-** ledger (frame.h) so that whoever reaps a killed sender drops it; malloc'd
-** because the ledger keeps a pointer to lidx. */
-typedef struct lendref {
-  pcr_obj *o;
-  long lidx;
-} lendref;
-
 typedef struct lconn {
   pcr_conn c;
-  lendref *lend;  /* see "Lent sockets" below; NULL until first sent */
+  pcr_obj *lend;  /* see "Lent sockets" below; NULL until first sent */
 } lconn;
 
 static int K_CONN;
@@ -47,32 +39,32 @@ static int K_CONN;
 ** the next pipe operation closes those whose messages were all taken. */
 typedef struct deferred {
   int fd;
-  lendref *lend;
+  pcr_obj *lend;
 } deferred;
 
 static deferred *defer_list;
 static int ndefer, capdefer;
 static pid_t defer_owner;
 
-static int lend_count(lendref *r) { return (int)atomic_load(&r->o->refs); }
+static int lend_count(pcr_obj *o) { return (int)atomic_load(&o->refs); }
 
-static lendref *lend_new(void) {
-  lendref *r = malloc(sizeof *r);
-  if (!r) return NULL;
-  r->o = pcr__obj_new(sizeof(pcr_obj), PCR_OBJ_LEND);
-  if (!r->o) {
-    free(r);
-    return NULL;
-  }
-  pcr__ledger_add(pcr__shm_offset(r->o), &r->lidx);
-  return r;
+/* The sender's own reference is in its ledger (a killed sender's reaper
+** drops it); the entry's index lives in the object, whose address does
+** not move as the reference goes from the handle to the deferred list. */
+typedef struct lendobj {
+  pcr_obj hdr;
+  long lidx;
+} lendobj;
+
+static pcr_obj *lend_new(void) {
+  lendobj *l = (lendobj *)pcr__obj_new(sizeof(lendobj), PCR_OBJ_LEND);
+  if (l) pcr__ledger_add(pcr__shm_offset(l) | PCR_REF_PLAIN, &l->lidx);
+  return l ? &l->hdr : NULL;
 }
 
-/* Drop the sender's reference: unrecorded before it is dropped. */
-static void lend_drop(lendref *r) {
-  pcr__ledger_remove(&r->lidx);
-  pcr__obj_unref(r->o);
-  free(r);
+static void lend_drop(pcr_obj *o) {
+  pcr__ledger_remove(&((lendobj *)o)->lidx);  /* unrecorded, then dropped */
+  pcr__obj_unref(o);
 }
 
 static void sweep(void) {
@@ -91,7 +83,7 @@ static void sweep(void) {
 
 /* Close lc's socket now, or once its messages in flight are taken. */
 static void conn_release_fd(lconn *lc) {
-  lendref *lend = lc->lend;
+  pcr_obj *lend = lc->lend;
   lc->lend = NULL;
   if (!lend) return;
   sweep();
@@ -430,9 +422,8 @@ static int conn_serialize(lua_State *L) {
       lc->lend = lend_new();
       if (!lc->lend) return luaL_error(L, "out of shared arena space");
     }
-    if (pcr__msg_ref(lc->lend->o, PCR_REF_PLAIN) < 0)
-      return luaL_error(L, "out of memory");
-    w.lend = pcr__shm_offset(lc->lend->o);
+    if (pcr__msg_ref(lc->lend, PCR_REF_PLAIN) < 0) return luaL_error(L, "out of memory");
+    w.lend = pcr__shm_offset(lc->lend);
   }
   /* In a message the receiver adopts a hold; pcrun.encode's output may be
   ** decoded many times or never, so each decode takes its own. */

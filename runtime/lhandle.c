@@ -186,6 +186,7 @@ static uint64_t *pend;
 static size_t npend, cappend;
 
 void pcr__msg_end(int sent) {
+  pcr__ledger_unpend();  /* a transport that published did it already */
   if (!sent)
     for (size_t i = 0; i < npend; i++) pcr__frame_drop(pend[i]);
   npend = 0;
@@ -235,7 +236,8 @@ int pcr__msg_ref(pcr_obj *o, unsigned role) {
     pend = p;
     cappend = cap;
   }
-  pend[npend++] = pcr__frame_take(o, role);
+  pend[npend] = pcr__frame_take(o, role);
+  pcr__ledger_pend(pend[npend++]);  /* ours until the frame is published */
   return 0;
 }
 

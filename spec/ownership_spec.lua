@@ -253,4 +253,35 @@ describe("ownership", function()
     assert.are.equal(0, r.status, r.stderr)
     assert.are.equal("1\t0\n2\t0\n3\t0\n", r.stdout)
   end)
+  -- A message's references are its sender's until the frame is published:
+  -- a sender killed while its send or put waits for room (after encoding)
+  -- left the references the message took to nobody.
+  it("drops the handles of a message whose sender was killed before it "
+     .. "was sent", function()
+    local r = run([[
+      local pcrun = require "pcrun"
+      collectgarbage()
+      local base = pcrun.arena().used
+      for round = 1, 2 do
+        local a, b = pcrun.pipe(true, { buffer = 4096 })
+        local q, ready = pcrun.queue(1), pcrun.queue()
+        local p = pcrun.process(function()
+          local c, d = pcrun.pipe()
+          b:send(("x"):rep(4000))  -- the ring is full from here
+          q:put("x")               -- and so is the queue
+          ready:put(true)
+          if round == 1 then b:send({ c }) else q:put({ d }) end
+        end):start()
+        ready:get(5)
+        pcrun.sleep(0.3)           -- blocked, its message encoded
+        p:kill()
+        p:join(5)
+        a:close() b:close() q = nil ready = nil
+        collectgarbage() collectgarbage()
+        print(round, pcrun.arena().used - base)
+      end
+    ]], nil, 60)
+    assert.are.equal(0, r.status, r.stderr)
+    assert.are.equal("1\t0\n2\t0\n", r.stdout)
+  end)
 end)

@@ -724,7 +724,6 @@ local handled = 0  -- the SIGINTs the pools have acted on (core.interrupt)
 local function stopjob(job, why)
   job.cancelled = why
   for _, f in pairs(job.futures or {}) do future.settle(f, false, why) end
-  if job.future then future.settle(job.future, false, why) end  -- async
 end
 
 -- Cancel everything the pool has queued and kill the workers running its
@@ -1274,8 +1273,10 @@ function Pool:close(opts)
     local job = self.jhead
     while job do
       local nxt = job.next
-      for _, f in pairs(job.kind == "submit" and job.futures or {}) do
-        if f:cancel() then n = n + 1 end
+      if job.kind == "submit" then  -- submits in a row share one job
+        for _, f in pairs(job.futures) do
+          if f:cancel() then n = n + 1 end
+        end
       end
       job = nxt
     end
@@ -1313,7 +1314,7 @@ function Pool:terminate()
     for _, f in pairs(job.futures or {}) do
       future.settle(f, false, "pcrun.pool: the pool was terminated")
     end
-    if job.future then  -- map_async, starmap_async
+    if job.future then  -- map_async's one future
       future.settle(job.future, false, "pcrun.pool: the pool was terminated")
     end
   end
