@@ -7,6 +7,7 @@
 #include "testlib.h"
 
 #include <signal.h>
+#include <sys/prctl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -17,6 +18,17 @@
 /* Writers SIGKILLed; each kill may cost a lock probe (50 ms) and, under
 ** ASan, a slow fork. */
 #define KILLS 80
+
+/* fork, with the child killed if this test process dies first (a test
+** that aborts or times out must not leave a writer spinning). */
+static pid_t forkchild(void) {
+  pid_t parent = getpid(), pid = fork();
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(0);
+  }
+  return pid;
+}
 
 static pcr_dkey skey(const char *s) {
   pcr_dkey k = { PCR_DK_STRING, s, strlen(s), 0 };
@@ -112,7 +124,7 @@ static void dead_writer(void) {
   pcr_dval v = sval("first");
   CHECK(pcr__dict_put(d, &k, &v, PCR_DC_ANY, NULL, 0, 0) == 1);
   size_t before = pcr__shm_used();
-  pid_t pid = fork();
+  pid_t pid = forkchild();
   if (pid == 0) {
     pcr__self_reset();
     pcr_dstripe *s = &d->s[5];
@@ -146,7 +158,7 @@ static void killed_writers(void) {
   pcr_dict *d = pcr__dict_new();
   srand(11);
   for (int round = 0; round < KILLS; round++) {
-    pid_t pid = fork();
+    pid_t pid = forkchild();
     if (pid == 0) {
       pcr__self_reset();
       char kb[32], vb[600];
@@ -202,7 +214,7 @@ static void killed_writers(void) {
 ** whatever was freed and reused under the reader. */
 static void readers_vs_writer(void) {
   pcr_dict *d = pcr__dict_new();
-  pid_t pid = fork();
+  pid_t pid = forkchild();
   if (pid == 0) {
     pcr__self_reset();
     char kb[32], vb[2100];
