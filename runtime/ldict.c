@@ -441,6 +441,21 @@ static pcr_dict *fastdict(void *ud) {
   return (pcr_dict *)h->o;
 }
 
+/* The key of an ffi call: a string (kp, kn) or the number *kx, which k
+** points at (-0 as 0); -1 for NaN (the C method raises). */
+static int fastkey(pcr_dkey *k, int kkind, const char *kp, size_t kn,
+                   double *kx) {
+  *k = (pcr_dkey){ (unsigned)kkind, kp, kn, 0 };
+  if (kkind == PCR_DK_NUMBER) {
+    if (*kx != *kx) return -1;
+    if (*kx == 0) *kx = 0;
+    k->p = kx;
+    k->n = sizeof *kx;
+  }
+  pcr__dict_key(k);
+  return 0;
+}
+
 /* Called through ffi function pointers (lua/pcrun/dict.lua) for string
 ** and number keys: returns the value's kind with a number in *num, or a
 ** string's length (>= 0, bytes in *str until the next call) as kind
@@ -449,14 +464,8 @@ static int f_get(void *ud, int kkind, const char *kp, size_t kn, double kx,
                  double *num, const char **str, size_t *slen) {
   pcr_dict *d = fastdict(ud);
   if (!d) return -1;
-  pcr_dkey k = { (unsigned)kkind, kp, kn, 0 };
-  if (kkind == PCR_DK_NUMBER) {
-    if (kx != kx) return -1;
-    if (kx == 0) kx = 0;
-    k.p = &kx;
-    k.n = sizeof kx;
-  }
-  pcr__dict_key(&k);
+  pcr_dkey k;
+  if (fastkey(&k, kkind, kp, kn, &kx) < 0) return -1;
   int r = pcr__dict_get(d, &k, &out);
   if (r <= 0) return r;
   if (out.kind == PCR_DV_VALUE) return -1;
@@ -471,14 +480,8 @@ static int f_setnum(void *ud, int kkind, const char *kp, size_t kn,
                     double kx, double v, int add, double *res) {
   pcr_dict *d = fastdict(ud);
   if (!d) return -1;
-  pcr_dkey k = { (unsigned)kkind, kp, kn, 0 };
-  if (kkind == PCR_DK_NUMBER) {
-    if (kx != kx) return -1;
-    if (kx == 0) kx = 0;
-    k.p = &kx;
-    k.n = sizeof kx;
-  }
-  pcr__dict_key(&k);
+  pcr_dkey k;
+  if (fastkey(&k, kkind, kp, kn, &kx) < 0) return -1;
   if (add) {
     unsigned kind;
     return pcr__dict_add(d, &k, v, res, &kind) < 0 ? -1 : 0;

@@ -1203,6 +1203,16 @@ local function raise(job, err)
   error(err, 0)
 end
 
+-- The end of an imap stream: the input's error, if reading it raised, is
+-- raised once, where the stream ends; else the loop ends.
+local function endstream(job)
+  local e = job.inerr
+  job.inerr = nil
+  progress.finish(job.bar, e == nil)
+  if e ~= nil then error(e, 0) end
+  return nil
+end
+
 --- Iterate (index, result) in input order, streaming the input.
 function Pool:imap(fn, src, chunksize)
   local job = streamjob(self, "pcrun.Pool:imap", fn, src, chunksize,
@@ -1217,13 +1227,7 @@ function Pool:imap(fn, src, chunksize)
         if e then raise(job, e) end
         return i, r
       end
-      if job.exhausted and nexti > job.produced then
-        local e = job.inerr
-        job.inerr = nil  -- raised once; the stream ends there
-        progress.finish(job.bar, e == nil)
-        if e ~= nil then error(e, 0) end
-        return nil
-      end
+      if job.exhausted and nexti > job.produced then return endstream(job) end
       if job.cancelled then raise(job, job.cancelled) end
       barstep(self, job)
     end
@@ -1245,11 +1249,7 @@ function Pool:imap_unordered(fn, src, chunksize)
         return r[1], r[2]
       end
       if job.exhausted and job.consumed >= job.produced then
-        local e = job.inerr
-        job.inerr = nil
-        progress.finish(job.bar, e == nil)
-        if e ~= nil then error(e, 0) end
-        return nil
+        return endstream(job)
       end
       if job.cancelled then raise(job, job.cancelled) end
       barstep(self, job)
