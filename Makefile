@@ -4,7 +4,7 @@ JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBS := luajit libluajit-5.1-dev libffi-dev lua-busted cmake gcc make pkg-config clang \
-  lua5.1 luarocks
+  lua5.1 luarocks openmpi-bin libopenmpi-dev python3-mpi4py
 
 .PHONY: all deps configure build run test test-repeat bench soak install rock clean asan fuzz
 

@@ -23,6 +23,7 @@
 typedef struct lconn {
   pcr_conn c;
   pcr_obj *lend;  /* see "Lent sockets" below; NULL until first sent */
+  int remote;     /* values sent are for another node (cluster agents) */
 } lconn;
 
 static int K_CONN;
@@ -204,7 +205,10 @@ static int conn_send(lua_State *L) {
   if (lua_type(L, 2) == LUA_TSTRING) {  /* strings go raw: no copy */
     p = lua_tolstring(L, 2, &n);
   } else {
+    int saved = pcr__ser_remote;
+    pcr__ser_remote = lc->remote;
     p = pcr__msg_encode(L, 2, &n, "message");
+    pcr__ser_remote = saved;
     kind = PCR_FRAME_VALUE;
   }
   int r = sendframe(L, lc, kind, p, n, deadline, "send");
@@ -294,6 +298,8 @@ static int conn_send_bytes(lua_State *L) {
   return 1;
 }
 
+static unsigned lastkind;  /* the kind of the frame recvframe received */
+
 /* Receive one frame; pushes it (decoded unless raw) or nil, "timeout". */
 static int recvframe(lua_State *L, int raw, const char *who) {
   lconn *lc = toconn(L);
@@ -318,6 +324,7 @@ static int recvframe(lua_State *L, int raw, const char *who) {
     if (e == -EBADF) return luaL_error(L, "%s: connection is not readable", who);
     return luaL_error(L, "%s: %s", who, strerror(-e));
   }
+  lastkind = kind;
   if (raw || kind != PCR_FRAME_VALUE) lua_pushlstring(L, p, n);
   else pcr__ser_decode(L, p, n, PCR_SER_TRUSTED | PCR_SER_MSG);
   pcr__conn_done(&lc->c);
@@ -539,6 +546,38 @@ static int l_select(lua_State *L) {
   }
 }
 
+/* Raw frames, for a cluster agent that relays its workers' messages over
+** MPI without decoding them: _recv_raw([timeout]) gives the payload and
+** its frame kind (nil, "timeout" on timeout); _send_raw(kind, payload)
+** sends a frame carrying no references. _remote(on): values this end
+** sends are for another node, so arena handles are refused. */
+static int conn_recv_raw(lua_State *L) {
+  int r = recvframe(L, 1, "recv");
+  if (r == 2) return 2;
+  lua_pushinteger(L, lastkind);
+  return 2;
+}
+
+static int conn_send_raw(lua_State *L) {
+  lconn *lc = toconn(L);
+  lua_Integer kind = luaL_checkinteger(L, 2);
+  size_t n;
+  const char *p = luaL_checklstring(L, 3, &n);
+  luaL_argcheck(L, kind == PCR_FRAME_VALUE || kind == PCR_FRAME_BYTES ||
+                kind == PCR_FRAME_STRING, 2, "not a frame kind");
+  pcr__msg_begin();
+  int r = sendframe(L, lc, (unsigned)kind, p, n, deadline_arg(L, 4),
+                    "send");
+  if (r) return r;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int conn_remote(lua_State *L) {
+  toconn(L)->remote = lua_toboolean(L, 2);
+  return 0;
+}
+
 /* Mark a connection as used by one process per end (pools' channels). */
 static int conn_exclusive(lua_State *L) {
   toconn(L)->c.exclusive = lua_toboolean(L, 2);
@@ -546,7 +585,8 @@ static int conn_exclusive(lua_State *L) {
 }
 
 static const luaL_Reg conn_methods[] = {
-  {"_exclusive", conn_exclusive},
+  {"_exclusive", conn_exclusive}, {"_recv_raw", conn_recv_raw},
+  {"_send_raw", conn_send_raw}, {"_remote", conn_remote},
   {"send", conn_send}, {"recv", conn_recv},
   {"send_bytes", conn_send_bytes}, {"recv_bytes", conn_recv_bytes},
   {"recv_bytes_into", conn_recv_bytes_into},

@@ -174,6 +174,10 @@ static const luaL_Reg core_funcs[] = {
   {NULL, NULL}
 };
 
+#ifdef PCR_MPI
+void pcr__mpi_lopen(lua_State *L);  /* mpi.c: core.mpi */
+#endif
+
 PCR_API int luaopen_pcrun_core(lua_State *L) {
   int e = pcr__shm_attach(0);
   if (e < 0 && pcr__shm_env_error())
@@ -190,6 +194,9 @@ PCR_API int luaopen_pcrun_core(lua_State *L) {
   pcr__lsync_open(L);
   pcr__larray_open(L);
   pcr__ldict_open(L);
+#ifdef PCR_MPI
+  pcr__mpi_lopen(L);
+#endif
   lua_pushliteral(L, PCR_VERSION_STRING);
   lua_setfield(L, -2, "version");
   return 1;

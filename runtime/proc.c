@@ -102,6 +102,8 @@ static int remember(pid_t pid) {
   return 0;
 }
 
+void (*pcr__fork_hook)(void);
+
 pid_t pcr__proc_spawn(void (*onreap)(void *), void *arg) {
   pid_t parent = getpid();
   if (owner != parent) {  /* first spawn here, or we are a child ourselves */
@@ -124,6 +126,7 @@ pid_t pcr__proc_spawn(void (*onreap)(void *), void *arg) {
     signal(SIGINT, SIG_IGN);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) _exit(137);  /* parent died before prctl */
+    if (pcr__fork_hook) pcr__fork_hook();
     return 0;
   }
   remember(pid);

@@ -13,6 +13,10 @@
 ** runs in the parent once the child is reaped (whoever reaps it). */
 pid_t pcr__proc_spawn(void (*onreap)(void *), void *arg);
 
+/* Run in every child pcr__proc_spawn forks, if set (mpi.c: reset the
+** crash handlers MPI installed). */
+extern void (*pcr__fork_hook)(void);
+
 /* Wait for child pid until deadline (pcr__now() seconds, < 0 forever).
 ** Returns 1 with *status set (as waitpid) once reaped, 0 on timeout, or a
 ** negative errno (-EINTR on a signal, -ECHILD if not ours). */

@@ -18,6 +18,9 @@
 ** pcr__ser_trusted is 1 when the decode trusts its input. Every encode and
 ** decode sets them on entry and restores them on return. */
 extern int pcr__ser_msg, pcr__ser_trusted;
+/* Set while encoding a message for another node (pcrun.cluster): values
+** of capability types (arena handles, processes) are refused. */
+extern int pcr__ser_remote;
 
 /* Encodes the value at stack index idx. Returns a buffer owned by the
    encoder state of L (a userdata in the registry, reused): it stays valid

@@ -858,6 +858,7 @@ void pcr__ser_decode_state(lua_State *L, const flayout *fl,
 }
 
 int pcr__ser_msg, pcr__ser_trusted;
+int pcr__ser_remote;  /* encoding for another node: no arena handles */
 
 void pcr__ser_decode(lua_State *L, const char *buf, size_t len, int flags)
 {

@@ -446,6 +446,18 @@ static void encext(enc *e, int obj, int mt)
   name = lua_tolstring(L, -1, &n);
   if (lua_type(L, -1) != LUA_TSTRING)
     fail(e, "__serialize without __name (use pcrun.register_type)");
+  if (pcr__ser_remote) {  /* a message for another node (cluster) */
+    lua_rawgeti(L, getenv_e(e), E_CAPS);
+    lua_pushvalue(L, mt);
+    lua_rawget(L, -2);
+    int cap = lua_toboolean(L, -1);
+    lua_pop(L, 2);
+    if (cap) {
+      char m[160];
+      snprintf(m, sizeof m, "cannot send a %.100s to another node", name);
+      fail(e, m);
+    }
+  }
   uint32_t ord = newid(e);
   put1(e, T_EXT);
   putstr(e, name, n);

@@ -1,0 +1,355 @@
+/* MPI: the binding pcrun.cluster's transport uses (core.mpi), compiled
+** against the mpi.h found at build time (Open MPI and MPICH differ in
+** their binary interface, so no hand-written FFI). MPI is initialised only
+** when a launcher started this process (mpirun, srun) and PCRUN_MPI is not
+** 0. Nothing here blocks: sends are MPI_Isend from pooled buffers,
+** completed by MPI_Testsome; receives are MPI_Improbe then MPI_Mrecv into
+** a buffer that only grows. Only the process that initialised MPI may call
+** it: forked workers get an error, not a corrupted rank. */
+#include "futex.h"
+#include "lhandle.h"
+#include "proc.h"
+#include "ser.h"
+
+#include <mpi.h>
+
+#include <dlfcn.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int inited, finalized, rank_, size_ = 1;
+static pid_t owner;  /* the process that ran MPI_Init */
+static char host[MPI_MAX_PROCESSOR_NAME + 1];
+
+/* Sends in flight and the buffers they use; a finished send's buffer goes
+** back to the pool (at most POOLED kept). */
+typedef struct sbuf { char *p; size_t cap; } sbuf;
+#define POOLED 16
+static sbuf pool[POOLED];
+static int npool;
+static MPI_Request *reqs;
+static sbuf *busy;
+static int nreq, capreq;
+static int *doneidx;
+
+static char *rbuf;  /* the receive buffer: only grows */
+static size_t rcap;
+
+static int launched(void) {
+  const char *v = getenv("PCRUN_MPI");
+  if (v && strcmp(v, "0") == 0) return 0;
+  return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") ||
+         getenv("PMIX_RANK") || getenv("PMI_RANK") || getenv("MPI_LOCALNRANKS");
+}
+
+/* Workers are forked children: MPI's and UCX's crash handlers would
+** turn a crashing task into a hung or aborted rank. */
+static void forked(void) {
+  static const int sigs[] = { SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT };
+  for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++)
+    signal(sigs[i], SIG_DFL);
+}
+
+static void reap(int all);
+
+static void finish(void) {
+  if (!inited || finalized || getpid() != owner) return;
+  /* Sends still in flight get a few seconds (a dead peer never takes
+     them), then are cancelled: finalize must not hang. */
+  double end = pcr__now() + 5;
+  while (nreq > 0 && pcr__now() < end) {
+    reap(0);
+    if (nreq) usleep(1000);
+  }
+  reap(1);
+  finalized = 1;
+  MPI_Finalize();
+}
+
+/* Keep this module and libmpi mapped until exit: UCX crashes at exit if
+** libmpi is unloaded after MPI_Finalize, and Open MPI's plugins need its
+** symbols global. */
+static void pin(void) {
+  Dl_info di;
+  if (dladdr((void *)&MPI_Init, &di) && di.dli_fname)
+    dlopen(di.dli_fname, RTLD_NOW | RTLD_GLOBAL | RTLD_NODELETE);
+  if (dladdr((void *)&pin, &di) && di.dli_fname)
+    dlopen(di.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
+/* Called when the core module opens: initialise when launched. */
+void pcr__mpi_open(void) {
+  if (inited || !launched()) return;
+  pin();
+  int provided, ok = 0;
+  MPI_Initialized(&ok);
+  if (!ok && MPI_Init_thread(NULL, NULL, MPI_THREAD_SINGLE, &provided)
+             != MPI_SUCCESS)
+    return;
+  inited = 1;
+  owner = getpid();
+  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
+  MPI_Comm_size(MPI_COMM_WORLD, &size_);
+  int n = 0;
+  MPI_Get_processor_name(host, &n);
+  host[n < 0 ? 0 : n] = 0;
+  pcr__fork_hook = forked;
+  atexit(finish);
+}
+
+static void check(lua_State *L, const char *who) {
+  if (!inited) luaL_error(L, "pcrun.mpi.%s: MPI is not initialised (not "
+                             "started by mpirun or srun, or PCRUN_MPI=0)", who);
+  if (finalized) luaL_error(L, "pcrun.mpi.%s: MPI was finalized", who);
+  if (getpid() != owner)
+    luaL_error(L, "pcrun.mpi.%s: MPI belongs to process %d (rank %d); a "
+                  "forked process (%d) cannot call it", who, (int)owner,
+               rank_, (int)getpid());
+}
+
+static int mpierr(lua_State *L, const char *who, int code) {
+  char s[MPI_MAX_ERROR_STRING];
+  int n = 0;
+  MPI_Error_string(code, s, &n);
+  return luaL_error(L, "pcrun.mpi.%s: %s", who, s);
+}
+
+/* Retire finished sends (all: cancel the rest, at exit). */
+static void reap(int all) {
+  if (nreq == 0) return;
+  int nd = 0;
+  if (all) {
+    for (int i = 0; i < nreq; i++) {
+      int f = 0;
+      MPI_Test(&reqs[i], &f, MPI_STATUS_IGNORE);
+      if (!f) {
+        MPI_Cancel(&reqs[i]);
+        MPI_Request_free(&reqs[i]);
+      }
+      doneidx[nd++] = i;
+    }
+  } else if (MPI_Testsome(nreq, reqs, &nd, doneidx, MPI_STATUSES_IGNORE)
+             != MPI_SUCCESS || nd == MPI_UNDEFINED) {
+    nd = 0;
+  }
+  if (nd == 0) return;
+  for (int k = 0; k < nd; k++) {
+    sbuf *b = &busy[doneidx[k]];
+    if (npool < POOLED) pool[npool++] = *b;
+    else free(b->p);
+    b->p = NULL;
+  }
+  int j = 0;  /* compact: done requests are MPI_REQUEST_NULL now */
+  for (int i = 0; i < nreq; i++)
+    if (busy[i].p) { reqs[j] = reqs[i]; busy[j] = busy[i]; j++; }
+  nreq = j;
+}
+
+/* A pooled buffer of at least n bytes. */
+static int getbuf(sbuf *out, size_t n) {
+  int best = -1;
+  for (int i = 0; i < npool; i++)
+    if (pool[i].cap >= n && (best < 0 || pool[i].cap < pool[best].cap))
+      best = i;
+  if (best >= 0) {
+    *out = pool[best];
+    pool[best] = pool[--npool];
+    return 0;
+  }
+  size_t cap = n < 4096 ? 4096 : n;
+  out->p = malloc(cap);
+  out->cap = cap;
+  return out->p ? 0 : -1;
+}
+
+static int growreqs(void) {
+  if (nreq < capreq) return 0;
+  int cap = capreq ? 2 * capreq : 32;
+  void *a = realloc(reqs, sizeof *reqs * (size_t)cap);
+  if (a) reqs = a;
+  void *b = realloc(busy, sizeof *busy * (size_t)cap);
+  if (b) busy = b;
+  void *c = realloc(doneidx, sizeof *doneidx * (size_t)cap);
+  if (c) doneidx = c;
+  if (!a || !b || !c) return -1;
+  capreq = cap;
+  return 0;
+}
+
+typedef struct encargs {
+  const char *root, *p;
+  size_t n;
+} encargs;
+
+/* Arena handles refuse to encode while pcr__ser_remote is set, so a
+** remote message takes no references. */
+static int encode_p(lua_State *L) {
+  encargs *a = lua_touserdata(L, 1);
+  a->p = pcr__ser_encode_named(L, 2, &a->n, a->root);
+  return 0;
+}
+
+static int destarg(lua_State *L, int idx, const char *who) {
+  lua_Integer d = luaL_checkinteger(L, idx);
+  if (d < 0 || d >= size_ || d == rank_)
+    luaL_error(L, "pcrun.mpi.%s: no rank %d to send to", who, (int)d);
+  return (int)d;
+}
+
+/* mpi.send(dest, tag, kind, value): send kind (a byte) and value without
+** waiting: a string goes as it is; anything else is encoded for another
+** node (arena handles refused, with the path: root names it). */
+static int l_send(lua_State *L) {
+  check(L, "send");
+  int dest = destarg(L, 1, "send");
+  int tag = (int)luaL_checkinteger(L, 2);
+  int kind = (int)luaL_checkinteger(L, 3);
+  luaL_checkany(L, 4);
+  const char *root = luaL_optstring(L, 5, "message");
+  size_t n;
+  const char *p;
+  if (lua_type(L, 4) == LUA_TSTRING) {
+    p = lua_tolstring(L, 4, &n);
+  } else {
+    encargs a = { root, NULL, 0 };
+    int saved = pcr__ser_remote;
+    pcr__ser_remote = 1;
+    lua_pushcfunction(L, encode_p);
+    lua_pushlightuserdata(L, &a);
+    lua_pushvalue(L, 4);
+    int r = lua_pcall(L, 2, 0, 0);
+    pcr__ser_remote = saved;
+    if (r) return lua_error(L);  /* the message names the path */
+    p = a.p;
+    n = a.n;
+  }
+  if (n + 1 > (size_t)INT32_MAX)
+    return luaL_error(L, "pcrun.mpi.send: message of %f bytes is over "
+                         "MPI's 2 GiB limit", (double)n);
+  reap(0);
+  sbuf b;
+  if (growreqs() < 0 || getbuf(&b, n + 1) < 0)
+    return luaL_error(L, "pcrun.mpi.send: out of memory");
+  b.p[0] = (char)kind;
+  memcpy(b.p + 1, p, n);
+  int e = MPI_Isend(b.p, (int)(n + 1), MPI_BYTE, dest, tag, MPI_COMM_WORLD,
+                    &reqs[nreq]);
+  if (e != MPI_SUCCESS) {
+    free(b.p);
+    return mpierr(L, "send", e);
+  }
+  busy[nreq++] = b;
+  lua_pushinteger(L, (lua_Integer)n);
+  return 1;
+}
+
+/* mpi.recv([decode]): one message if any has arrived (never waits):
+** source, tag, kind, payload (a string, or the value decoded in place
+** when decode is true). Nothing: nil. */
+static int l_recv(lua_State *L) {
+  check(L, "recv");
+  int decode = lua_toboolean(L, 1);
+  reap(0);
+  int flag = 0;
+  MPI_Message m;
+  MPI_Status st;
+  int e = MPI_Improbe(MPI_ANY_SOURCE, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, &m,
+                      &st);
+  if (e != MPI_SUCCESS) return mpierr(L, "recv", e);
+  if (!flag) return 0;
+  int count = 0;
+  MPI_Get_count(&st, MPI_BYTE, &count);
+  if ((size_t)count > rcap) {
+    size_t cap = rcap ? rcap : 65536;
+    while (cap < (size_t)count) cap *= 2;
+    char *p = realloc(rbuf, cap);
+    if (!p) {  /* the message is still matched: take it somewhere */
+      char c[1];
+      MPI_Mrecv(c, 0, MPI_BYTE, &m, MPI_STATUS_IGNORE);
+      return luaL_error(L, "pcrun.mpi.recv: out of memory for a message of "
+                           "%d bytes", count);
+    }
+    rbuf = p;
+    rcap = cap;
+  }
+  e = MPI_Mrecv(rbuf, count, MPI_BYTE, &m, MPI_STATUS_IGNORE);
+  if (e != MPI_SUCCESS) return mpierr(L, "recv", e);
+  if (count < 1) return luaL_error(L, "pcrun.mpi.recv: empty message");
+  lua_pushinteger(L, st.MPI_SOURCE);
+  lua_pushinteger(L, st.MPI_TAG);
+  lua_pushinteger(L, (unsigned char)rbuf[0]);
+  if (decode) pcr__ser_decode(L, rbuf + 1, (size_t)count - 1, PCR_SER_TRUSTED);
+  else lua_pushlstring(L, rbuf + 1, (size_t)count - 1);
+  return 4;
+}
+
+/* mpi.pending(): sends not yet complete (after retiring finished ones). */
+static int l_pending(lua_State *L) {
+  check(L, "pending");
+  reap(0);
+  lua_pushinteger(L, nreq);
+  return 1;
+}
+
+/* mpi.abort(code): end every rank of the job now. */
+static int l_abort(lua_State *L) {
+  check(L, "abort");
+  fflush(NULL);
+  MPI_Abort(MPI_COMM_WORLD, (int)luaL_optinteger(L, 1, 1));
+  return 0;
+}
+
+/* mpi.finalize(): end MPI in this process (exit does it otherwise). */
+static int l_finalize(lua_State *L) {
+  check(L, "finalize");
+  finish();
+  return 0;
+}
+
+static int l_info(lua_State *L) {
+  lua_createtable(L, 0, 5);
+  lua_pushboolean(L, inited && !finalized);
+  lua_setfield(L, -2, "active");
+  lua_pushinteger(L, rank_);
+  lua_setfield(L, -2, "rank");
+  lua_pushinteger(L, size_);
+  lua_setfield(L, -2, "size");
+  lua_pushstring(L, host);
+  lua_setfield(L, -2, "host");
+  lua_pushinteger(L, owner);
+  lua_setfield(L, -2, "owner");
+  char lib[MPI_MAX_LIBRARY_VERSION_STRING];
+  int n = 0;
+  MPI_Get_library_version(lib, &n);
+  lua_pushlstring(L, lib, n > 0 ? (size_t)n : 0);
+  lua_setfield(L, -2, "library");
+  return 1;
+}
+
+static int l_rank(lua_State *L) {
+  lua_pushinteger(L, rank_);
+  return 1;
+}
+
+static int l_size(lua_State *L) {
+  lua_pushinteger(L, size_);
+  return 1;
+}
+
+void pcr__mpi_lopen(lua_State *L) {
+  static const luaL_Reg fns[] = {
+    {"send", l_send}, {"recv", l_recv}, {"pending", l_pending},
+    {"abort", l_abort}, {"finalize", l_finalize}, {"info", l_info},
+    {"rank", l_rank}, {"size", l_size}, {NULL, NULL}
+  };
+  pcr__mpi_open();
+  lua_newtable(L);
+  luaL_register(L, NULL, fns);
+  lua_setfield(L, -2, "mpi");
+}
