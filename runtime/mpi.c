@@ -56,9 +56,25 @@ static void forked(void) {
 }
 
 static void reap(int all);
+static int growreqs(void);
+
+/* Rank 0 while agents serve a cluster: an exit without pool:close()
+** tells them to stop (kind 9, "bye"), or their MPI_Finalize never comes
+** and ours waits for it. */
+static int serving;
 
 static void finish(void) {
   if (!inited || finalized || getpid() != owner) return;
+  if (serving) {
+    static char bye = 9;
+    serving = 0;
+    for (int r = 0; r < size_; r++) {
+      if (r == rank_ || growreqs() < 0) continue;
+      if (MPI_Isend(&bye, 1, MPI_BYTE, r, 0, MPI_COMM_WORLD, &reqs[nreq])
+          == MPI_SUCCESS)
+        busy[nreq++] = (sbuf){ NULL, 0 };
+    }
+  }
   /* Sends still in flight get a few seconds (a dead peer never takes
      them), then are cancelled: finalize must not hang. */
   double end = pcr__now() + 5;
@@ -141,13 +157,14 @@ static void reap(int all) {
   if (nd == 0) return;
   for (int k = 0; k < nd; k++) {
     sbuf *b = &busy[doneidx[k]];
-    if (npool < POOLED) pool[npool++] = *b;
+    if (b->p && npool < POOLED) pool[npool++] = *b;
     else free(b->p);
     b->p = NULL;
+    b->cap = SIZE_MAX;  /* done */
   }
-  int j = 0;  /* compact: done requests are MPI_REQUEST_NULL now */
+  int j = 0;
   for (int i = 0; i < nreq; i++)
-    if (busy[i].p) { reqs[j] = reqs[i]; busy[j] = busy[i]; j++; }
+    if (busy[i].cap != SIZE_MAX) { reqs[j] = reqs[i]; busy[j] = busy[i]; j++; }
   nreq = j;
 }
 
@@ -195,6 +212,28 @@ static int encode_p(lua_State *L) {
   return 0;
 }
 
+/* Encode the value at idx for another node into a.p/a.n; raises (with
+** the path under root) when it holds an arena handle. */
+static void remote_encode(lua_State *L, int idx, encargs *a) {
+  int saved = pcr__ser_remote;
+  pcr__ser_remote = 1;
+  lua_pushcfunction(L, encode_p);
+  lua_pushlightuserdata(L, a);
+  lua_pushvalue(L, idx);
+  int r = lua_pcall(L, 2, 0, 0);
+  pcr__ser_remote = saved;
+  if (r) lua_error(L);
+}
+
+/* mpi.encode(v [, root]): pcrun.encode's bytes, as for another node. */
+static int l_encode(lua_State *L) {
+  luaL_checkany(L, 1);
+  encargs a = { luaL_optstring(L, 2, "value"), NULL, 0 };
+  remote_encode(L, 1, &a);
+  lua_pushlstring(L, a.p, a.n);
+  return 1;
+}
+
 static int destarg(lua_State *L, int idx, const char *who) {
   lua_Integer d = luaL_checkinteger(L, idx);
   if (d < 0 || d >= size_ || d == rank_)
@@ -218,14 +257,7 @@ static int l_send(lua_State *L) {
     p = lua_tolstring(L, 4, &n);
   } else {
     encargs a = { root, NULL, 0 };
-    int saved = pcr__ser_remote;
-    pcr__ser_remote = 1;
-    lua_pushcfunction(L, encode_p);
-    lua_pushlightuserdata(L, &a);
-    lua_pushvalue(L, 4);
-    int r = lua_pcall(L, 2, 0, 0);
-    pcr__ser_remote = saved;
-    if (r) return lua_error(L);  /* the message names the path */
+    remote_encode(L, 4, &a);  /* raises naming the path */
     p = a.p;
     n = a.n;
   }
@@ -312,6 +344,12 @@ static int l_finalize(lua_State *L) {
   return 0;
 }
 
+/* mpi.serving(on): agents are serving this rank's cluster. */
+static int l_serving(lua_State *L) {
+  serving = lua_toboolean(L, 1);
+  return 0;
+}
+
 static int l_info(lua_State *L) {
   lua_createtable(L, 0, 5);
   lua_pushboolean(L, inited && !finalized);
@@ -344,7 +382,7 @@ static int l_size(lua_State *L) {
 
 void pcr__mpi_lopen(lua_State *L) {
   static const luaL_Reg fns[] = {
-    {"send", l_send}, {"recv", l_recv}, {"pending", l_pending},
+    {"send", l_send}, {"encode", l_encode}, {"serving", l_serving}, {"recv", l_recv}, {"pending", l_pending},
     {"abort", l_abort}, {"finalize", l_finalize}, {"info", l_info},
     {"rank", l_rank}, {"size", l_size}, {NULL, NULL}
   };

@@ -92,6 +92,11 @@ M.active_children = process.active_children
 M.current_process = process.current_process
 M.parent_process = process.parent_process
 M.pool = pool.new
+local cluster = require "pcrun.cluster"
+M.cluster = cluster.cluster
+--- This process's MPI rank and the job's size (0 and 1 without MPI; in
+-- a worker, the rank that forked it).
+M.rank, M.size = cluster.rank, cluster.size
 M.with_pool = pool.with_pool
 M.worker = pool.worker
 M.Pool = pool.Pool
