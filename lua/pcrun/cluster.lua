@@ -93,7 +93,8 @@ local function agent(o, tm)
     T:spawn(slots[k])
     pids[k] = slots[k].pid
   end
-  tm.control(0, { op = "ready", workers = n, pids = pids, host = host() })
+  tm.control(0, { op = "ready", workers = n, pids = pids, host = host(),
+                  pid = core.getpid() })
   local function serve()
     local idle, last = 1e-3, now()
     while true do
@@ -218,12 +219,13 @@ function M.cluster(opts)
   for r = 1, mpi.size() - 1 do
     local v = readies[r]
     ranks[r] = { rank = r, host = v.host, workers = v.workers,
-                 pids = v.pids }
+                 pids = v.pids, pid = v.pid }
   end
   local p = pool._new_cluster(o.workers, popts, tm, ranks)
   local n0 = p.n
   for _, r in ipairs(ranks) do n0 = n0 - r.workers end
-  table.insert(ranks, 1, { rank = 0, host = host(), workers = n0 })
+  table.insert(ranks, 1, { rank = 0, host = host(), workers = n0,
+                          pid = core.getpid() })
   p._ranks = ranks
   return p
 end
