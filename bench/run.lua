@@ -15,7 +15,7 @@ local H = require "harness"
 H.dir = here
 
 local GROUPS = { "serializer", "pipe", "process", "pool", "queue", "sync",
-                 "array", "dict", "embed" }
+                 "array", "dict", "embed", "cluster" }
 local GROUP_TIMEOUT = 600  -- seconds; a hung group is killed and reported
                            -- (pool takes 2-4 min on a loaded 2-core box)
 
@@ -41,13 +41,17 @@ local function cell(r)
   if r.limit and type(r.pcrun) == "number" then
     result = r.pcrun <= r.limit and "PASS" or "MISS"
   end
+  if r.least and type(r.pcrun) == "number" then
+    result = r.pcrun >= r.least and "PASS" or "MISS"
+  end
   local function clip(s) return #s > 28 and s:sub(1, 25) .. "..." or s end
   return {
     r.measure, r.unit, tostring(r.reps),
     type(r.pcrun) == "number" and H.format(r.fmt, r.pcrun) or "error",
     r.vs_name, clip(H.format(r.fmt, r.vs)),
     ratio, r.target and (">= %gx"):format(r.target)
-           or r.limit and ("pcrun <= %g"):format(r.limit) or "-", result,
+           or r.limit and ("pcrun <= %g"):format(r.limit)
+           or r.least and ("pcrun >= %g"):format(r.least) or "-", result,
   }
 end
 
