@@ -27,8 +27,10 @@ static pid_t owner;  /* the process that ran MPI_Init */
 static char host[MPI_MAX_PROCESSOR_NAME + 1];
 
 /* Sends in flight and the buffers they use; a finished send's buffer goes
-** back to the pool (at most POOLED kept). */
-typedef struct sbuf { char *p; size_t cap; } sbuf;
+** back to the pool (at most POOLED kept). A string is sent from its own
+** bytes, anchored in the registry (ref) until the send completes.
+** On the wire the MPI tag is tag * 4 + kind; "bye" is an empty message. */
+typedef struct sbuf { char *p; size_t cap; int ref; } sbuf;
 #define POOLED 16
 static sbuf pool[POOLED];
 static int npool;
@@ -55,34 +57,34 @@ static void forked(void) {
     signal(sigs[i], SIG_DFL);
 }
 
-static void reap(int all);
+static void reap(lua_State *L, int all);
 static int growreqs(void);
 
 /* Rank 0 while agents serve a cluster: an exit without pool:close()
-** tells them to stop (kind 9, "bye"), or their MPI_Finalize never comes
+** tells them to stop ("bye", kind 9 in Lua), or their MPI_Finalize never comes
 ** and ours waits for it. */
 static int serving;
 
 static void finish(void) {
   if (!inited || finalized || getpid() != owner) return;
   if (serving) {
-    static char bye = 9;
+    static char bye;
     serving = 0;
     for (int r = 0; r < size_; r++) {
       if (r == rank_ || growreqs() < 0) continue;
-      if (MPI_Isend(&bye, 1, MPI_BYTE, r, 0, MPI_COMM_WORLD, &reqs[nreq])
+      if (MPI_Isend(&bye, 0, MPI_BYTE, r, 0, MPI_COMM_WORLD, &reqs[nreq])
           == MPI_SUCCESS)
-        busy[nreq++] = (sbuf){ NULL, 0 };
+        busy[nreq++] = (sbuf){ NULL, 0, LUA_NOREF };
     }
   }
   /* Sends still in flight get a few seconds (a dead peer never takes
      them), then are cancelled: finalize must not hang. */
   double end = pcr__now() + 5;
   while (nreq > 0 && pcr__now() < end) {
-    reap(0);
+    reap(NULL, 0);
     if (nreq) usleep(1000);
   }
-  reap(1);
+  reap(NULL, 1);
   finalized = 1;
   MPI_Finalize();
 }
@@ -136,8 +138,9 @@ static int mpierr(lua_State *L, const char *who, int code) {
   return luaL_error(L, "pcrun.mpi.%s: %s", who, s);
 }
 
-/* Retire finished sends (all: cancel the rest, at exit). */
-static void reap(int all) {
+/* Retire finished sends (all: cancel the rest, at exit). L: where the
+** anchored strings are (NULL at exit: they go with the process). */
+static void reap(lua_State *L, int all) {
   if (nreq == 0) return;
   int nd = 0;
   if (all) {
@@ -157,8 +160,13 @@ static void reap(int all) {
   if (nd == 0) return;
   for (int k = 0; k < nd; k++) {
     sbuf *b = &busy[doneidx[k]];
-    if (b->p && npool < POOLED) pool[npool++] = *b;
-    else free(b->p);
+    if (b->ref != LUA_NOREF) {
+      if (L) luaL_unref(L, LUA_REGISTRYINDEX, b->ref);
+    } else if (b->p && npool < POOLED) {
+      pool[npool++] = *b;
+    } else {
+      free(b->p);
+    }
     b->p = NULL;
     b->cap = SIZE_MAX;  /* done */
   }
@@ -182,6 +190,7 @@ static int getbuf(sbuf *out, size_t n) {
   size_t cap = n < 4096 ? 4096 : n;
   out->p = malloc(cap);
   out->cap = cap;
+  out->ref = LUA_NOREF;
   return out->p ? 0 : -1;
 }
 
@@ -241,39 +250,47 @@ static int destarg(lua_State *L, int idx, const char *who) {
   return (int)d;
 }
 
-/* mpi.send(dest, tag, kind, value): send kind (a byte) and value without
-** waiting: a string goes as it is; anything else is encoded for another
-** node (arena handles refused, with the path: root names it). */
+/* mpi.send(dest, tag, kind, value [, root]): send value to dest without
+** waiting; kind (0-3) travels in the MPI tag. A string goes as it is,
+** from its own bytes; anything else is encoded for another node (arena
+** handles refused, with the path under root) into a pooled buffer. */
 static int l_send(lua_State *L) {
   check(L, "send");
   int dest = destarg(L, 1, "send");
-  int tag = (int)luaL_checkinteger(L, 2);
-  int kind = (int)luaL_checkinteger(L, 3);
+  lua_Integer tag = luaL_checkinteger(L, 2);
+  lua_Integer kind = luaL_checkinteger(L, 3);
+  luaL_argcheck(L, kind >= 0 && kind <= 3, 3, "kind must be 0 to 3");
+  luaL_argcheck(L, tag >= 0 && tag < (1 << 20), 2, "tag out of range");
   luaL_checkany(L, 4);
   const char *root = luaL_optstring(L, 5, "message");
+  reap(L, 0);
+  if (growreqs() < 0) return luaL_error(L, "pcrun.mpi.send: out of memory");
   size_t n;
-  const char *p;
+  sbuf b;
   if (lua_type(L, 4) == LUA_TSTRING) {
-    p = lua_tolstring(L, 4, &n);
+    b.p = (char *)lua_tolstring(L, 4, &n);
+    b.cap = n;
+    lua_pushvalue(L, 4);
+    b.ref = luaL_ref(L, LUA_REGISTRYINDEX);
   } else {
     encargs a = { root, NULL, 0 };
     remote_encode(L, 4, &a);  /* raises naming the path */
-    p = a.p;
     n = a.n;
+    if (getbuf(&b, n) < 0)
+      return luaL_error(L, "pcrun.mpi.send: out of memory");
+    memcpy(b.p, a.p, n);
   }
-  if (n + 1 > (size_t)INT32_MAX)
+  if (n > (size_t)INT32_MAX) {
+    if (b.ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, b.ref);
+    else free(b.p);
     return luaL_error(L, "pcrun.mpi.send: message of %f bytes is over "
                          "MPI's 2 GiB limit", (double)n);
-  reap(0);
-  sbuf b;
-  if (growreqs() < 0 || getbuf(&b, n + 1) < 0)
-    return luaL_error(L, "pcrun.mpi.send: out of memory");
-  b.p[0] = (char)kind;
-  memcpy(b.p + 1, p, n);
-  int e = MPI_Isend(b.p, (int)(n + 1), MPI_BYTE, dest, tag, MPI_COMM_WORLD,
-                    &reqs[nreq]);
+  }
+  int e = MPI_Isend(b.p, (int)n, MPI_BYTE, dest, (int)(tag * 4 + kind),
+                    MPI_COMM_WORLD, &reqs[nreq]);
   if (e != MPI_SUCCESS) {
-    free(b.p);
+    if (b.ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, b.ref);
+    else free(b.p);
     return mpierr(L, "send", e);
   }
   busy[nreq++] = b;
@@ -287,7 +304,7 @@ static int l_send(lua_State *L) {
 static int l_recv(lua_State *L) {
   check(L, "recv");
   int decode = lua_toboolean(L, 1);
-  reap(0);
+  reap(L, 0);
   int flag = 0;
   MPI_Message m;
   MPI_Status st;
@@ -312,19 +329,24 @@ static int l_recv(lua_State *L) {
   }
   e = MPI_Mrecv(rbuf, count, MPI_BYTE, &m, MPI_STATUS_IGNORE);
   if (e != MPI_SUCCESS) return mpierr(L, "recv", e);
-  if (count < 1) return luaL_error(L, "pcrun.mpi.recv: empty message");
+  int kind = st.MPI_TAG & 3;
   lua_pushinteger(L, st.MPI_SOURCE);
-  lua_pushinteger(L, st.MPI_TAG);
-  lua_pushinteger(L, (unsigned char)rbuf[0]);
-  if (decode) pcr__ser_decode(L, rbuf + 1, (size_t)count - 1, PCR_SER_TRUSTED);
-  else lua_pushlstring(L, rbuf + 1, (size_t)count - 1);
+  lua_pushinteger(L, st.MPI_TAG >> 2);
+  if (count == 0 && st.MPI_TAG == 0) {  /* bye */
+    lua_pushinteger(L, 9);
+    lua_pushliteral(L, "");
+    return 4;
+  }
+  lua_pushinteger(L, kind);
+  if (decode && kind <= 1) pcr__ser_decode(L, rbuf, (size_t)count, PCR_SER_TRUSTED);
+  else lua_pushlstring(L, rbuf, (size_t)count);
   return 4;
 }
 
 /* mpi.pending(): sends not yet complete (after retiring finished ones). */
 static int l_pending(lua_State *L) {
   check(L, "pending");
-  reap(0);
+  reap(L, 0);
   lua_pushinteger(L, nreq);
   return 1;
 }
