@@ -1,13 +1,14 @@
--- pcrun.pool: a pool of forked workers with map, imap, starmap, apply and
--- futures. The parent drives everything while it waits (no threads): it
--- hands out chunks, collects results, notices dead or late workers and
--- forks replacements. Each worker talks to the parent over its own pipe.
+-- pcrun.pool: a pool of workers with map, imap, starmap, apply and
+-- futures. This is the scheduler: the parent drives everything while it
+-- waits (no threads): it hands out chunks, collects results, notices dead
+-- or late workers and has them replaced. It reaches workers only through
+-- a transport (docs/transport.md): transport_local.lua forks them and
+-- talks over one pipe each.
 local core = require "pcrun.core"
-local ffi = require "ffi"
 local future = require "pcrun.future"
-local process = require "pcrun.process"
 local options = require "pcrun.opts"
 local progress = require "pcrun.progress"
+local transport = require "pcrun.transport_local"
 
 local M = {}
 local Pool = {}
@@ -25,12 +26,9 @@ local TARGET = 0.004  -- seconds of work per chunk once an item's cost is known
 -- much that one worker sits on queued work at the end while others idle.
 local QUEUE = 0.001
 local MAXDEPTH = 256
-local FLUSH = 0.001   -- a worker reports at least this often
 local FNCACHE = 256   -- functions a worker keeps before starting afresh
 local SPINFOR = 100e-6  -- the parent polls this long for a reply due soon
--- A worker that ran out of memory where it could not even reply exits
--- with this status; the parent fails the task with "not enough memory".
-local EXIT_NOMEM = 86
+local EXIT_NOMEM = transport.EXIT_NOMEM
 local MAP, STAR, CALL = 1, 2, 3
 local SIGNAMES = { [1] = "SIGHUP", [2] = "SIGINT", [3] = "SIGQUIT",
   [4] = "SIGILL", [6] = "SIGABRT", [7] = "SIGBUS", [8] = "SIGFPE",
@@ -53,25 +51,6 @@ local function qpop(q)
   if v == nil then return nil end
   q[q.tail], q.tail = nil, q.tail - 1
   return v
-end
-
--- -- The worker side -----------------------------------------------------
-
--- The worker's frames below the task (the pool's loop, and the parent's
--- stack it inherited through fork) say nothing to the user: cut them.
--- A string error travels as its text and traceback; any other value as
--- { e = value, tb = traceback }, rebuilt as a TaskError in the parent.
-local function traceback(e)
-  local str = type(e) == "string"
-  if str and e:find("global '[%w_]+' %(a nil value%)") then
-    e = e .. " (the workers were forked when the pool was created: a "
-        .. "global defined later does not exist in them)"
-  end
-  local tb = debug.traceback(str and e or "", 2)
-  local cut = tb:find("\n%s*%[C%]: in function 'xpcall'")
-  tb = cut and tb:sub(1, cut - 1) or tb
-  if str then return tb end
-  return { e = e, tb = (tb:gsub("^\n", "")) }
 end
 
 --- The error of a task that raised a value other than a string: value
@@ -101,216 +80,26 @@ function TaskError.__deserialize(t)
                         traceback = t[4] }, TaskError)
 end
 
--- One protected run over items[k..n]; progress[at + 1] names the running
--- item so the parent can tell which task killed a worker.
-local function runmap(fn, items, res, k, n, progress, at)
-  for i = k, n do
-    progress[at] = i
-    res[i] = fn(items[i])
-  end
-end
-
-local function runstar(fn, items, res, k, n, progress, at)
-  for i = k, n do
-    progress[at] = i
-    local a = items[i]
-    res[i] = fn(unpack(a, 1, a.n or #a))
-  end
-end
-
-local function runcall(fn, items, res, k, n, progress, at)
-  for i = k, n do
-    progress[at] = i
-    local a = items[i]
-    if a then res[i] = pack(fn(unpack(a, 1, a.n))) end  -- false: cancelled
-  end
-end
-
-local RUNNERS = { runmap, runstar, runcall }
-
--- Run a chunk; only an error costs a new pcall, not every item.
-local function runchunk(fn, mode, items, n, progress, at)
-  local res, errs, k = {}, nil, 1
-  local run = RUNNERS[mode]
-  while k <= n do
-    local ok, err = xpcall(run, traceback, fn, items, res, k, n, progress, at)
-    if ok then break end
-    local i = progress[at]
-    -- LuaJIT does not collect when an allocation fails: free the task's
-    -- garbage now, or the reply could run out of memory too.
-    if err == "not enough memory" then collectgarbage() end
-    errs = errs or {}
-    errs[i] = err
-    k = i + 1
-  end
-  return res, errs
-end
-
--- Run one chunk message {id, fnid, items, n, mode [, fn]}; the reply is
--- {id, results, errors, seconds}.
-local function runtask(t, fns, progress, slot)
-  local id, fnid, items, n = t[1], t[2], t[3], t[4]
-  local fn, why = fns[fnid], "function not available"
-  if fn == nil and t[6] ~= nil then
-    local ok, f = pcall(process.resolve, t[6])
-    if ok then fns[fnid], fn = f, f else why = f end
-  end
-  progress[2 * slot] = id
-  progress[2 * slot + 1] = 0
-  local t0 = now()
-  local res, errs = {}, {}
-  if fn then
-    res, errs = runchunk(fn, t[5], items, n, progress, 2 * slot + 1)
-  else
-    for k = 1, n do errs[k] = why end
-  end
-  return { id, res, errs, now() - t0 }
-end
-
--- Send the replies; a result that cannot cross becomes that task's
--- error, an error value that cannot cross its text.
-local function reply(conn, out)
-  local ok, err = pcall(conn.send, conn, out)
-  if ok then return end
-  if core.errcode(err) == "closed" then core.child_exit(0) end
-  for _, r in ipairs(out) do
-    local res, errs = r[2], r[3] or {}
-    for k, v in pairs(errs) do
-      if type(v) == "table" and not pcall(core.encode, v.e) then
-        local _, why = pcall(core.encode, v.e, "error value")
-        errs[k] = ("%s (%s)\n%s"):format(tostring(v.e), tostring(why), v.tb)
-      end
-    end
-    for k, v in pairs(res) do
-      local eok, eerr = pcall(core.encode, v, "result")
-      if not eok then res[k], errs[k] = nil, eerr end
-    end
-    r[3] = errs
-  end
-  conn:send(out)
-end
-
-local me  -- this worker's identity, for pcrun.worker()
-
---- In a pool's worker: { index = 1 .. n, n = the pool's size, pool = an
--- id of the pool, unique in the process that created it }; else nil.
-function M.worker()
-  return me and { index = me.index, n = me.n, pool = me.pool }
-end
-
-local function worker_loop(pool, w)
-  me = { index = w.index, n = pool.n, pool = pool.id }
-  for _, o in ipairs(pool.workers) do
-    if o.conn then o.conn:close() end  -- the parent's ends, not ours
-  end
-  local conn = w.wconn
-  conn:_exclusive(true)
-  if pool.initializer then
-    local ok, err = xpcall(pool.initializer, traceback,
-                           unpack(pool.initargs, 1, pool.initargs.n))
-    if not ok then
-      if type(err) == "table" then err = tostring(err.e) .. "\n" .. err.tb end
-      pcall(conn.send, conn, { "init", err })
-      core.child_exit(1)
-    end
-  end
-  local progress = ffi.cast("uint32_t *", pool.mem)
-  require("pcrun.progress").worker(progress + 2 * pool.n)
-  local slot, fns = w.slot, {}
-  while true do
-    local ok, batch = pcall(conn.recv, conn)
-    if not ok or batch == "exit" then core.child_exit(0) end
-    if batch.flush then fns = {} end
-    local out, last = {}, now()
-    local nid, nat  -- a task that ran out of memory, blamed if reply fails
-    for i = 1, #batch do
-      local r = runtask(batch[i], fns, progress, slot)
-      out[#out + 1] = r
-      if r[3] then
-        for k, e in pairs(r[3]) do
-          if e == "not enough memory" then nid, nat = r[1], k end
-        end
-      end
-      if i < #batch and now() - last > FLUSH then
-        if nid then progress[2 * slot], progress[2 * slot + 1] = nid, nat end
-        reply(conn, out)  -- long batch: report what is done
-        out, last, nid = {}, now(), nil
-      end
-    end
-    progress[2 * slot] = 0
-    if nid then progress[2 * slot], progress[2 * slot + 1] = nid, nat end
-    reply(conn, out)
-    progress[2 * slot] = 0
-  end
-end
-
-local function say_failed(index, err)
-  io.stderr:write(("pcrun: worker %d (pid %d) failed: %s\n")
-                  :format(index, core.getpid(), tostring(err)))
-end
-
--- Nothing may unwind out of here: below is the parent's stack, which the
--- fork copied. Out of memory, even the report can raise: protected too.
-local function worker_main(pool, w)
-  process._forked({ name = "PoolWorker-" .. w.index, worker = w.index })
-  local ok, err = xpcall(worker_loop, debug.traceback, pool, w)
-  if err == "not enough memory" then core.child_exit(EXIT_NOMEM) end
-  if not ok then pcall(say_failed, w.index, err) end
-  core.child_exit(ok and 0 or 70)
-end
+--- In a pool's worker: { index, n, pool }; else nil (see transport_local).
+M.worker = transport.worker
 
 -- -- Workers -----------------------------------------------------------
 
--- Each worker's channel: 1 MiB rings, smaller in a small arena so that
--- the channels take at most 1/8 of it (PCRUN_ARENA=8M still runs pool(2)).
-local function ringsize(n)
-  local r = 2^20
-  while r > 4096 and 4 * r * n > core.arena().size / 8 do r = r / 2 end
-  return r
+-- A slot's scheduler state, fresh for each worker it gets.
+local function resetslot(w)
+  w.inflight, w.fns, w.nfns, w.done, w.queued, w.nitems = qnew(), {}, 0, 0,
+    0, 0
+  w.retiring, w.timedout = nil, nil
 end
 
-local function spawn(self, i)
-  local a, b = core.pipe(true, self.ring)
-  a:_exclusive(true)
-  local w = { index = i, slot = i - 1, conn = a, wconn = b, inflight = qnew(),
-              fns = {}, nfns = 0, done = 0, queued = 0,
-              nitems = 0 }
-  self.workers[i] = w
-  process.current_process()  -- the worker's parent_process()
-  local pid = core.fork()
-  if pid == 0 then
-    local _, err = pcall(worker_main, self, w)  -- returns on an escape
-    core.child_exit(err == "not enough memory" and EXIT_NOMEM or 70)
-  end
-  b:close()  -- now the worker's death closes its end: we see end of file
-  w.wconn, w.pid = nil, pid
-  core.set_daemon(pid, true)  -- an exit without lua_close must not wait
-  return w
+-- (Re)start the slot's worker through its transport.
+local function spawn(w)
+  resetslot(w)
+  w.t:spawn(w)
 end
 
-local function stopworker(w, sig)
-  if not w.pid then return end
-  if w.conn and not w.conn:closed() then
-    if not sig then pcall(w.conn.send, w.conn, "exit", 0) end
-    w.conn:close()
-  end
-  if sig then core.signal(w.pid, sig) end
-  if not core.wait(w.pid, sig and 5 or 30) then
-    core.signal(w.pid, 9)
-    core.wait(w.pid)
-  end
-  w.pid = nil
-end
-
--- Runs from __gc or at exit: the pool object itself may be gone. box
--- holds the progress slots' handle, released once, and the pid of the
--- process that owns the pool: a worker forked later inherits this
--- finalizer and must not act on its parent's pool.
-local function shutdown(ws, box)
-  if core.getpid() ~= box.pid then return end
-  for _, w in ipairs(ws) do pcall(stopworker, w, 15) end
-  if box[2] then progress.unshare(box[2]) box[2] = nil end
-  if box[1] then core.release(box[1]) box[1] = nil end
+local function shutdown(ts)
+  for _, t in ipairs(ts) do pcall(t.close, t) end
 end
 
 -- -- Jobs and chunks ----------------------------------------------------
@@ -462,10 +251,10 @@ end
 
 -- A batch that cannot be encoded: find the tasks whose arguments cannot
 -- cross, fail those here in the parent, hand the others out again. A
--- worker that is gone shows up as end of file on its pipe instead.
+-- worker that is gone is reported by its transport as dead instead.
 local function sendbatch(self, w, batch)
-  local ok, err = pcall(w.conn.send, w.conn, batch, nil)
-  if ok or core.errcode(err) == "closed" then return end
+  local t = w.t
+  if t:send(w, batch) ~= nil then return end
   w.fns, w.nfns = {}, 0  -- the functions of this batch never arrived
   for b = #batch, 1, -1 do
     local c = qpop(w.inflight)
@@ -473,7 +262,7 @@ local function sendbatch(self, w, batch)
     local job, from = c.job, 1
     -- Its function stopped crossing (an upvalue changed since checked).
     local fok, ferr = true, nil
-    if batch[b][6] ~= nil then fok, ferr = pcall(core.encode, job.fn, "fn") end
+    if batch[b][6] ~= nil then fok, ferr = pcall(t.check, t, job.fn, "fn") end
     if not fok then
       self.fnids[job.fn] = nil
       for k = 1, c.n do
@@ -487,7 +276,7 @@ local function sendbatch(self, w, batch)
       local bad
       if k <= c.n then
         local args = job.mode == MAP and { c.items[k] } or c.items[k]
-        local eok, e = pcall(core.encode, args, "args")
+        local eok, e = pcall(t.check, t, args, "args")
         bad = not eok and e
       end
       if bad or k > c.n then
@@ -519,7 +308,7 @@ end
 
 -- Give each worker chunks until it holds one, or QUEUE seconds
 -- of work (by the measured cost), all in one message. A send that fails
--- means the worker died; the end of file on its pipe reports it.
+-- means the worker died; its transport reports it.
 local function feed(self)
   if self.state == "terminated" or self.broken then return end
   self.unfed = 0
@@ -614,16 +403,11 @@ end
 
 local function retire(self, w)
   w.retiring = true
-  stopworker(w)
-  if self.state ~= "terminated" then spawn(self, w.index) end
+  w.t:stop(w)
+  if self.state ~= "terminated" then spawn(w) end
 end
 
 local function complete(self, w, msg)
-  if msg[1] == "init" then
-    self.broken = "pcrun.pool: initializer failed in worker " .. w.index
-                  .. ": " .. tostring(msg[2])
-    return
-  end
   for i = 1, #msg do
     local r = msg[i]
     local c = qshift(w.inflight)
@@ -660,14 +444,11 @@ function requeue(self, c, from, to)
                       items = slice(c.items, from, to) })
 end
 
--- A worker's pipe hit end of file: it died. Fail the task it was running,
--- hand its other tasks out again and fork a replacement.
-local function died(self, w)
-  local done, code = core.wait(w.pid, 2)
-  if not done then
-    core.signal(w.pid, 9)
-    code = select(2, core.wait(w.pid))
-  end
+-- A worker died (info from its transport: pid, exit code, the chunk and
+-- item it was running). Fail the task it was running, hand its other tasks
+-- out again and have it replaced.
+local function died(self, w, info)
+  local code, pid = info.code, info.pid
   local why
   if w.timedout then
     why = ("timed out after %gs"):format(self.timeout)
@@ -678,12 +459,7 @@ local function died(self, w)
   else
     why = ("exited with status %s"):format(tostring(code))
   end
-  local progress = ffi.cast("uint32_t *", self.mem)
-  local running, at = progress[2 * w.slot], progress[2 * w.slot + 1]
-  progress[2 * w.slot], progress[2 * w.slot + 1] = 0, 0
-  local pid = w.pid
-  w.conn:close()
-  w.pid = nil
+  local running, at = info.running, info.at
   for i = w.inflight.head, w.inflight.tail do
     local c = w.inflight[i]
     if c.id == running and at >= 1 and at <= c.n then
@@ -698,7 +474,7 @@ local function died(self, w)
     end
   end
   w.inflight = qnew()
-  if self.state ~= "terminated" then spawn(self, w.index) end
+  if self.state ~= "terminated" then spawn(w) end
 end
 
 local function checklate(self)
@@ -707,7 +483,7 @@ local function checklate(self)
     local c = w.inflight[w.inflight.head]
     if w.pid and c and c.deadline and c.deadline <= t and not w.timedout then
       w.timedout = true
-      core.signal(w.pid, 9)
+      w.t:kill(w)
     end
   end
 end
@@ -740,19 +516,13 @@ local function cancel(self, why)
   end
   for i = self.retry.head, self.retry.tail do stopjob(self.retry[i].job, why) end
   self.retry = qnew()
-  local progress = ffi.cast("uint32_t *", self.mem)
   for _, w in ipairs(self.workers) do
     if w.pid and qlen(w.inflight) > 0 then
       for i = w.inflight.head, w.inflight.tail do
         stopjob(w.inflight[i].job, why)
       end
-      w.inflight, w.queued, w.nitems = qnew(), 0, 0
-      core.signal(w.pid, 9)
-      core.wait(w.pid)
-      w.conn:close()
-      w.pid = nil
-      progress[2 * w.slot], progress[2 * w.slot + 1] = 0, 0
-      spawn(self, w.index)
+      w.t:stop(w, 9)
+      spawn(w)
     end
   end
 end
@@ -774,14 +544,14 @@ M.checkint = checkint
 function M.pump(pools, timeout)
   checkint()
   local deadline = timeout and now() + timeout
-  local conns, owners, soonest = {}, {}, math.huge
+  local busy, owners, soonest = {}, {}, math.huge
   for _, p in ipairs(pools) do
     if p.broken then error(p.broken, 0) end
     feed(p)
     for _, w in ipairs(p.workers) do
       if w.pid and qlen(w.inflight) > 0 then
-        conns[#conns + 1] = w.conn
-        owners[#owners + 1] = { p, w }
+        busy[#busy + 1] = w
+        owners[#busy] = p
         soonest = min(soonest, w.queued)
         local d = w.inflight[w.inflight.head].deadline
         if d and not w.timedout and (not deadline or d < deadline) then
@@ -790,11 +560,11 @@ function M.pump(pools, timeout)
       end
     end
   end
-  if #conns == 0 then return false end
+  if #busy == 0 then return false end
   -- Spin before sleeping only when a reply is due soon: a parent spinning
   -- through long tasks would take a core from its own workers.
   local spin = soonest < SPINFOR and SPINFOR or 0
-  local ok, i = pcall(core.select, conns,
+  local ok, i = pcall(transport.wait, busy,
                       deadline and max(0, deadline - now()), spin)
   if not ok then
     checkint()  -- Ctrl-C in the wait: cancel at once, and raise
@@ -804,13 +574,22 @@ function M.pump(pools, timeout)
     for _, p in ipairs(pools) do checklate(p) end
     return true
   end
-  local p, w, conn = owners[i][1], owners[i][2], conns[i]
+  local p, w = owners[i], busy[i]
+  local t = w.t
   repeat
-    local ok, msg = pcall(conn.recv, conn, 0)
-    if not ok then died(p, w) break end
-    if msg == nil then break end
-    complete(p, w, msg)
-  until qlen(w.inflight) == 0 or w.conn ~= conn or not conn:poll()
+    local ev, msg = t:recv(w)
+    if ev == "reply" then
+      complete(p, w, msg)
+    elseif ev == "dead" then
+      died(p, w, msg)
+      break
+    elseif ev == "init" then
+      p.broken = "pcrun.pool: initializer failed in worker " .. w.index
+                 .. ": " .. tostring(msg)
+    elseif ev == nil then
+      break
+    end
+  until qlen(w.inflight) == 0 or not t:poll(w)
   return true
 end
 
@@ -826,10 +605,12 @@ local function checkfn(who, fn, lvl)
 end
 
 -- A function that cannot cross would fail every batch it joins: check it
--- once per pool, in the caller, before it joins one.
+-- once per pool, in the caller, before it joins one, with the strictest
+-- transport's check (a remote one refuses arena handles).
 local function checksend(self, who, fn, lvl)
   if type(fn) ~= "function" or self.fnids[fn] then return end
-  local ok, err = pcall(core.encode, fn, "fn")
+  local t = self.checker
+  local ok, err = pcall(t.check, t, fn, "fn")
   if not ok then
     err = tostring(err):gsub("^pcrun%.encode: ", "")
                        :gsub("<upvalue ([^>]*)>", ": upvalue '%1'")
@@ -888,7 +669,6 @@ function M.new(n, opts)
   local t = opts.timeout
   local self = setmetatable({}, Pool)
   self.n = n or core.default_workers()
-  self.ring = ringsize(self.n)
   self.initializer = opts.initializer
   local ia = opts.initargs or {}
   self.initargs = pack(unpack(ia, 1, ia.n or #ia))
@@ -896,24 +676,25 @@ function M.new(n, opts)
   self.chunksize = opts.chunksize  -- for calls that give none
   local env = os.getenv("PCRUN_PROGRESS")
   self.progress = opts.progress or (env ~= nil and env ~= "" and env ~= "0")
-  -- per worker: running chunk id, item; then the bar-on-screen word
-  local ref, mem = core.array_new("uint32_t", 4, 2 * self.n + 2, "pcrun.pool")
-  self.mem = mem
-  local flag = ffi.cast("uint32_t *", mem) + 2 * self.n
-  progress.share(flag)
-  self.membox = { ref, flag, pid = core.getpid() }
   self.workers, self.retry = {}, qnew()
   self.fnids = setmetatable({}, { __mode = "k" })
   self.costs = {}  -- seconds per task, by function id
   self.nextfn, self.nextid, self.state, self.unfed = 0, 0, "run", 0
   npools = npools + 1
   self.id = npools
-  -- The finalizer holds the workers, not the pool, so the pool can die.
-  local ws, box = self.workers, self.membox
+  local lt = transport.new{ n = self.n, size = self.n, id = self.id,
+    initializer = self.initializer, initargs = self.initargs }
+  self.transports, self.checker = { lt }, lt
+  -- The finalizer holds the transports, not the pool, so the pool can die.
+  local ts = self.transports
   local proxy = newproxy(true)
-  getmetatable(proxy).__gc = function() shutdown(ws, box) end
+  getmetatable(proxy).__gc = function() shutdown(ts) end
   self.gc = proxy
-  for i = 1, self.n do spawn(self, i) end
+  for i = 1, self.n do
+    local w = { index = i, t = lt }
+    self.workers[i] = w
+    spawn(w)
+  end
   live[self] = core.getpid()
   return self
 end
@@ -1294,11 +1075,11 @@ function Pool:join()
   end
   if self.state == "closed" then
     while M.pump({ self }) do end
-    for _, w in ipairs(self.workers) do stopworker(w) end
+    for _, w in ipairs(self.workers) do w.t:stop(w) end
     self.state = "joined"
     live[self] = nil
   end
-  shutdown(self.workers, self.membox)
+  shutdown(self.transports)
 end
 
 --- Stop the workers now; unfinished futures fail.
@@ -1309,7 +1090,7 @@ function Pool:terminate()
   if self.state == "terminated" then return end
   self.state = "terminated"
   live[self] = nil
-  shutdown(self.workers, self.membox)
+  shutdown(self.transports)
   local function fail(job)
     for _, f in pairs(job.futures or {}) do
       future.settle(f, false, "pcrun.pool: the pool was terminated")
