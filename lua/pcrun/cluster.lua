@@ -50,7 +50,7 @@ local function identity()
     local r, text = fake:match("^(%d+):(.*)$")
     if tonumber(r) == M.rank() then v = text end
   end
-  return { version = v, format = core.format_version(),
+  return { version = v, format = core.format_version,
            jit = jit.version, gc64 = ffi.abi("gc64"), arch = jit.arch }
 end
 

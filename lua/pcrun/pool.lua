@@ -322,7 +322,7 @@ local function feed(self)
         local inf, picked, last = w.inflight, {}, nil
         local held = qlen(inf)
         local quota = self.maxtasks and self.maxtasks - w.done or math.huge
-        while held < limit and (held < 1 or w.queued < QUEUE)
+        while held < limit and (held < 1 or w.queued < (w.t.queue or QUEUE))
               and w.nitems < quota do
           local c = nextchunk(self)
           if not c then break end
@@ -375,7 +375,8 @@ local function taskerr(w, idx, err)
                           traceback = err.tb }, TaskError)
   end
   if not w then return ("task %d: %s"):format(idx, tostring(err)) end
-  return ("worker %d: task %d: %s"):format(w.index, idx, tostring(err))
+  return ("%s: task %d: %s"):format(w.label or "worker " .. w.index, idx,
+                                    tostring(err))
 end
 
 local function deliver(self, w, c, res, errs)
@@ -465,8 +466,9 @@ local function died(self, w, info)
     if c.id == running and at >= 1 and at <= c.n then
       requeue(self, c, 1, at - 1)  -- done, but their results died with it
       local idx = c.first + at - 1
-      deliver1(self, c.job, idx, nil, ("worker %d (pid %d) died running "
-        .. "task %d: %s"):format(w.index, pid, idx, why))
+      deliver1(self, c.job, idx, nil, ("%s (pid %d) died running "
+        .. "task %d: %s"):format(w.label or "worker " .. w.index, pid, idx,
+                                 why))
       advance(c.job, 1)
       requeue(self, c, at + 1, c.n)
     else
@@ -549,7 +551,10 @@ function M.pump(pools, timeout)
     if p.broken then error(p.broken, 0) end
     feed(p)
     for _, w in ipairs(p.workers) do
-      if w.pid and qlen(w.inflight) > 0 then
+      if w.starting then  -- a replacement on its way (remote): its "up"
+        busy[#busy + 1] = w
+        owners[#busy] = p
+      elseif w.pid and qlen(w.inflight) > 0 then
         busy[#busy + 1] = w
         owners[#busy] = p
         soonest = min(soonest, w.queued)
@@ -584,8 +589,8 @@ function M.pump(pools, timeout)
       died(p, w, msg)
       break
     elseif ev == "init" then
-      p.broken = "pcrun.pool: initializer failed in worker " .. w.index
-                 .. ": " .. tostring(msg)
+      p.broken = "pcrun.pool: initializer failed in "
+                 .. (w.label or "worker " .. w.index) .. ": " .. tostring(msg)
     elseif ev == nil then
       break
     end
@@ -660,7 +665,7 @@ local POOLHINTS = { processes = "the number of workers is the first "
 --- pcrun.pool([n] [, opts]): fork n workers (default: pcrun -n, else the
 -- CPU count). opts: initializer, initargs, maxtasksperchild, timeout,
 -- progress, chunksize.
-function M.new(n, opts)
+function M.new(n, opts, remote)
   if type(n) == "table" and opts == nil then n, opts = nil, n end
   if n ~= nil and not (isint(n) and n <= 1024) then
     error("pcrun.pool: n must be an integer from 1 to 1024", 2)
@@ -682,21 +687,36 @@ function M.new(n, opts)
   self.nextfn, self.nextid, self.state, self.unfed = 0, 0, "run", 0
   npools = npools + 1
   self.id = npools
-  local lt = transport.new{ n = self.n, size = self.n, id = self.id,
-    initializer = self.initializer, initargs = self.initargs }
-  self.transports, self.checker = { lt }, lt
+  -- remote: pcrun.cluster's MPI transport module and the agents'
+  -- ranks; its slots follow the local ones, and every slot refuses arena
+  -- handles so that a call behaves the same wherever it runs.
+  local nlocal = self.n
+  local rt = remote and remote.mod.new({ id = self.id }, remote.ranks)
+  if rt then
+    for _, r in ipairs(remote.ranks) do self.n = self.n + r.workers end
+  end
+  local lt = transport.new{ n = nlocal, size = self.n, id = self.id,
+    initializer = self.initializer, initargs = self.initargs,
+    nohandles = rt ~= nil }
+  self.transports, self.checker = { lt, rt }, rt or lt
   -- The finalizer holds the transports, not the pool, so the pool can die.
   local ts = self.transports
   local proxy = newproxy(true)
   getmetatable(proxy).__gc = function() shutdown(ts) end
   self.gc = proxy
   for i = 1, self.n do
-    local w = { index = i, t = lt }
+    local w = { index = i, t = i <= nlocal and lt or rt }
     self.workers[i] = w
     spawn(w)
   end
   live[self] = core.getpid()
   return self
+end
+
+--- pcrun.cluster's pool on rank 0: n local workers plus the remote ones
+-- of ranks ({ rank, host, workers, pids }) through transport module tm.
+function M._new_cluster(n, opts, tm, ranks)
+  return M.new(n, opts, { mod = tm, ranks = ranks })
 end
 
 -- A submit is handed out at once while a worker is idle (the single round
@@ -1135,6 +1155,25 @@ function M.with_pool(...)
   end
   pool:terminate()
   error(res[2], 0)
+end
+
+--- The ranks this pool runs on: { {rank, host, workers, pids, pid}, ... }
+-- (a local pool, or a cluster without MPI: one entry, rank 0).
+function Pool:ranks()
+  if getmetatable(self) ~= Pool then
+    error("pcrun.Pool:ranks: call it as pool:ranks()", 2)
+  end
+  local out, at = {}, 1
+  local list = self._ranks or { { rank = 0, host = require("pcrun.cluster")
+                                  .host(), workers = self.n } }
+  for i, r in ipairs(list) do
+    local pids = {}
+    for k = 1, r.workers do pids[k] = self.workers[at + k - 1].pid end
+    at = at + r.workers
+    out[i] = { rank = r.rank, host = r.host, workers = r.workers,
+               pids = pids, pid = r.pid or (r.rank == 0 and core.getpid()) }
+  end
+  return out
 end
 
 --- Worker pids, for monitoring and tests.

@@ -134,20 +134,21 @@ end
 
 -- Send the replies; a result that cannot cross becomes that task's
 -- error, an error value that cannot cross its text.
-local function reply(conn, out)
+local function reply(conn, out, encode)
   local ok, err = pcall(conn.send, conn, out)
   if ok then return end
   if core.errcode(err) == "closed" then core.child_exit(0) end
+  encode = encode or core.encode
   for _, r in ipairs(out) do
     local res, errs = r[2], r[3] or {}
     for k, v in pairs(errs) do
-      if type(v) == "table" and not pcall(core.encode, v.e) then
-        local _, why = pcall(core.encode, v.e, "error value")
+      if type(v) == "table" and not pcall(encode, v.e) then
+        local _, why = pcall(encode, v.e, "error value")
         errs[k] = ("%s (%s)\n%s"):format(tostring(v.e), tostring(why), v.tb)
       end
     end
     for k, v in pairs(res) do
-      local eok, eerr = pcall(core.encode, v, "result")
+      local eok, eerr = pcall(encode, v, "result")
       if not eok then res[k], errs[k] = nil, eerr end
     end
     r[3] = errs
@@ -170,6 +171,10 @@ local function worker_loop(T, w)
   end
   local conn = w.wconn
   conn:_exclusive(true)
+  -- A cluster agent's worker: its replies go to another node, so arena
+  -- handles in them fail their task (the rule of core.mpi.encode).
+  local encode = T.remote and core.mpi and core.mpi.encode
+  if encode then conn:_remote(true) end
   if T.initializer then
     local ok, err = xpcall(T.initializer, traceback,
                            unpack(T.initargs, 1, T.initargs.n))
@@ -198,13 +203,13 @@ local function worker_loop(T, w)
       end
       if i < #batch and now() - last > FLUSH then
         if nid then words[2 * slot], words[2 * slot + 1] = nid, nat end
-        reply(conn, out)  -- long batch: report what is done
+        reply(conn, out, encode)  -- long batch: report what is done
         out, last, nid = {}, now(), nil
       end
     end
     words[2 * slot] = 0
     if nid then words[2 * slot], words[2 * slot + 1] = nid, nat end
-    reply(conn, out)
+    reply(conn, out, encode)
     words[2 * slot] = 0
   end
 end
@@ -242,6 +247,7 @@ function M.new(cfg)
   local n = cfg.n
   local T = setmetatable({ class = M, n = n, size = cfg.size, id = cfg.id,
     initializer = cfg.initializer, initargs = cfg.initargs,
+    remote = cfg.remote, nohandles = cfg.nohandles and core.mpi ~= nil,
     ring = ringsize(n), slots = {}, ntslots = 0, pid = core.getpid() },
     Local)
   local ref, mem = core.array_new("uint32_t", 4, 2 * n + 2, "pcrun.pool")
@@ -260,6 +266,7 @@ function Local:spawn(w)
   end
   local a, b = core.pipe(true, self.ring)
   a:_exclusive(true)
+  if self.nohandles then a:_remote(true) end  -- a cluster's: no handles
   w.conn, w.wconn = a, b
   process.current_process()  -- the worker's parent_process()
   local pid = core.fork()
@@ -281,6 +288,7 @@ function Local:send(w, batch)
 end
 
 function Local:check(v, what)
+  if self.nohandles then return core.mpi.encode(v, what) end
   core.encode(v, what)
 end
 
@@ -308,6 +316,23 @@ function Local:recv(w)
   if msg == nil then return nil end
   if msg[1] == "init" then return "init", msg[2] end
   return "reply", msg
+end
+
+-- A cluster agent relays its workers' frames undecoded: a reply is
+-- "reply", payload, frame kind; "dead" as recv. send_raw as send.
+function Local:recv_raw(w)
+  local conn = w.conn
+  local ok, msg, kind = pcall(conn._recv_raw, conn, 0)
+  if not ok then return "dead", reap(self, w) end
+  if msg == nil then return nil end
+  return "reply", msg, kind
+end
+
+function Local:send_raw(w, kind, payload)
+  local ok, err = pcall(w.conn._send_raw, w.conn, kind, payload)
+  if ok then return true end
+  if core.errcode(err) == "closed" then return false end
+  error(err, 0)
 end
 
 function Local:poll(w)

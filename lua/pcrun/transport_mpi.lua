@@ -37,9 +37,9 @@ local function dispatch(src, tag, kind, v)
       slot.down = true
       push(slot, { "dead", v.info })
       return
-    elseif slot and v.op == "up" then
+    elseif slot and v.op == "up" then  -- up now: the scheduler may feed it
       slot.starting, slot.down = nil, nil
-      slot.newpid = v.pid
+      slot.pid, slot.remote.pid = v.pid, v.pid
       push(slot, { "up" })
       return
     end
@@ -130,7 +130,7 @@ end
 --- A transport over the remote workers the agents announced: ranks is a
 -- list of { rank =, host =, workers =, pids = }.
 function M.new(cfg, ranks)
-  local T = setmetatable({ class = M, slots = {}, ranks = ranks,
+  local T = setmetatable({ class = M, slots = {}, ranks = { unpack(ranks) },
                            owner = core.getpid(), queue = 0.012 }, M)
   local list = {}
   for _, r in ipairs(ranks) do
@@ -176,13 +176,13 @@ function M:recv(slot)
   local ev = q[q.head]
   if not ev then return nil end
   q[q.head], q.head = nil, q.head + 1
-  if ev[1] == "dead" then
-    slot.pid = nil
-  elseif ev[1] == "up" then
-    slot.pid, slot.newpid = slot.newpid, nil
-    slot.remote.pid = slot.pid
-  end
+  if ev[1] == "dead" then slot.pid = nil end
   return ev[1], ev[2]
+end
+
+function M:poll(slot)
+  local q = slot.tq
+  return q.head <= q.tail
 end
 
 function M:kill(slot)
