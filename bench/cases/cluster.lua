@@ -24,7 +24,7 @@ local function lines(cmd)
   for line in f:lines() do
     local k, v = line:match("^(%S+)%s+(%S+)")
     if k == "status" then status = tonumber(v)
-    elseif k == "python" then H.python_version = line:match("^python%s+(.*)")
+    elseif k == "python" then  -- the system python3 mpi4py needs: not the column's
     elseif k and tonumber(v) then
       t[k] = t[k] or {}
       table.insert(t[k], tonumber(v))
@@ -57,16 +57,24 @@ function M.run()
   end
   local py, pwhy = nil, "python3-mpi4py missing"
   local pym
-  if have_mpi and ok(os.execute("python3 -c 'import mpi4py' 2>/dev/null"))
-  then
+  -- Debian's python3-mpi4py is for the system's python3, which may not be
+  -- the first on PATH (pyenv).
+  local python
+  for _, p in ipairs { "python3", "/usr/bin/python3" } do
+    if not python and have_mpi
+       and ok(os.execute(p .. " -c 'import mpi4py' 2>/dev/null")) then
+      python = p
+    end
+  end
+  if python then
     local pyargs = ("--reps %d --n5 %d --ms %s --nexp %d --tiny %d "
                     .. "--big-n %d --msg-mib %d"):format(P.reps, P.n5, P.ms,
                     P.nexp, P.tiny, P.big_n, P.msg_mib)
     local script = sh(H.dir .. "/py/cluster.py")
-    py, pwhy = lines(MPIRUN .. "-n " .. (W + 1) .. " python3 -B -m "
+    py, pwhy = lines(MPIRUN .. "-n " .. (W + 1) .. " " .. python .. " -B -m "
                      .. "mpi4py.futures " .. script .. " --part pool "
                      .. pyargs)
-    pym = lines(MPIRUN .. "-n 2 python3 -B " .. script .. " --part msg "
+    pym = lines(MPIRUN .. "-n 2 " .. python .. " -B " .. script .. " --part msg "
                 .. pyargs)
   end
   local rows = {}

@@ -54,6 +54,40 @@ local function identity()
            jit = jit.version, gc64 = ffi.abi("gc64"), arch = jit.arch }
 end
 
+-- Workers are forked after MPI_Init. Over InfiniBand that is safe only
+-- where the kernel copies pinned pages at fork (Linux 5.13 on) or the
+-- verbs library was told to care (RDMAV_FORK_SAFE / IBV_FORK_SAFE): else
+-- the reason to warn, naming the host.
+local function ibcheck()
+  pcall(ffi.cdef, "void *opendir(const char *); int closedir(void *);"
+                  .. "struct pcr_dirent { unsigned long ino; long off; "
+                  .. "unsigned short reclen; unsigned char type; "
+                  .. "char name[256]; };"
+                  .. "struct pcr_dirent *readdir(void *);")
+  local d = ffi.C.opendir("/sys/class/infiniband")
+  if d == nil then return nil end
+  local any = false
+  while true do
+    local e = ffi.C.readdir(d)
+    if e == nil then break end
+    if ffi.string(e.name):sub(1, 1) ~= "." then any = true end
+  end
+  ffi.C.closedir(d)
+  if not any then return nil end
+  if os.getenv("RDMAV_FORK_SAFE") or os.getenv("IBV_FORK_SAFE") then
+    return nil
+  end
+  local r = io.open("/proc/sys/kernel/osrelease")
+  local rel = r and r:read("*l") or "0.0"
+  if r then r:close() end
+  local maj, min = rel:match("^(%d+)%.(%d+)")
+  maj, min = tonumber(maj) or 0, tonumber(min) or 0
+  if maj > 5 or (maj == 5 and min >= 13) then return nil end
+  return ("pcrun.cluster: warning: %s has InfiniBand and Linux %s (before "
+          .. "5.13): forking workers after MPI_Init is safe there only with "
+          .. "RDMAV_FORK_SAFE=1 (see docs/cluster.md)"):format(host(), rel)
+end
+
 local FIELDS = { { "version", "pcrun version" },
                  { "format", "serializer format" },
                  { "jit", "LuaJIT version" }, { "gc64", "GC64 mode" },
@@ -94,7 +128,7 @@ local function agent(o, tm)
     pids[k] = slots[k].pid
   end
   tm.control(0, { op = "ready", workers = n, pids = pids, host = host(),
-                  pid = core.getpid() })
+                  pid = core.getpid(), ib = ibcheck() })
   -- The slots that are up, rebuilt only when one goes down or up.
   local busy, owner
   local function rebuild()
@@ -227,8 +261,11 @@ function M.cluster(opts)
   for r = 1, mpi.size() - 1 do tm.control(r, { op = "go" }) end
   local readies = gather(tm, "ready", "start its workers")
   local ranks = {}
+  local warn = ibcheck()
+  if warn then io.stderr:write(warn, "\n") end
   for r = 1, mpi.size() - 1 do
     local v = readies[r]
+    if v.ib then io.stderr:write(v.ib, "\n") end
     ranks[r] = { rank = r, host = v.host, workers = v.workers,
                  pids = v.pids, pid = v.pid }
   end
