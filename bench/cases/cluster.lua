@@ -43,7 +43,11 @@ end
 local M = {}
 
 function M.run()
-  local bin = arg and arg[-1] or "pcrun"
+  local ffi = require "ffi"
+  pcall(ffi.cdef, "long readlink(const char *, char *, size_t);")
+  local buf = ffi.new("char[4096]")
+  local n = ffi.C.readlink("/proc/self/exe", buf, 4096)
+  local bin = n > 0 and ffi.string(buf, n) or "pcrun"  -- this pcrun
   local job = sh(H.dir .. "/cluster_job.lua")
   local args = table.concat({ P.reps, P.n5, P.ms, P.nexp, P.tiny, P.big_n,
                               P.msg_mib }, " ")
@@ -67,8 +71,9 @@ function M.run()
     end
   end
   if python then
-    local pyargs = ("--reps %d --n5 %d --ms %s --nexp %d --tiny %d "
-                    .. "--big-n %d --msg-mib %d"):format(P.reps, P.n5, P.ms,
+    local pyargs = ("--workers %d --reps %d --n5 %d --ms %s --nexp %d "
+                    .. "--tiny %d --big-n %d --msg-mib %d"):format(W,
+                    P.reps, P.n5, P.ms,
                     P.nexp, P.tiny, P.big_n, P.msg_mib)
     local script = sh(H.dir .. "/py/cluster.py")
     py, pwhy = lines(MPIRUN .. "-n " .. (W + 1) .. " " .. python .. " -B -m "
@@ -87,7 +92,8 @@ function M.run()
       target = target_local }
     rows[#rows + 1] = { measure = "cluster " .. what, unit = "s",
       fmt = "f3", reps = reps, pcrun = c, lower = true,
-      vs_name = ("mpi4py.futures (%d)"):format(W), vs = med(py, key, pwhy),
+      vs_name = ("mpi4py.futures (%d)"):format(W) .. (key == "tiny" and
+        " cs n/4W" or ""), vs = med(py, key, pwhy),
       target = target_py }
   end
   pair("five", ("%d x %g ms"):format(P.n5, P.ms), 0.9)

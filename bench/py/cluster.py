@@ -54,7 +54,7 @@ def message(p):
 
 
 def main():
-    p = params(part="pool", reps=3, n5=200, ms=5.0, nexp=200, tiny=200000,
+    p = params(part="pool", workers=2, reps=3, n5=200, ms=5.0, nexp=200, tiny=200000,
                big_n=20, msg_mib=64)
     if p.part == "msg":
         return message(p)
@@ -75,7 +75,11 @@ def main():
         for _ in range(p.reps):
             figs["five"].append(time_(lambda: list(ex_.map(spin, five))))
             figs["expo"].append(time_(lambda: list(ex_.map(spin, ex))))
-            figs["tiny"].append(time_(lambda: list(ex_.map(double, tiny))))
+            # chunksize 1 (the default) takes a minute here: give it
+            # multiprocessing's default, n / (4 * workers)
+            cs = -(-len(tiny) // (4 * p.workers))
+            figs["tiny"].append(time_(lambda: list(ex_.map(double, tiny,
+                                                            chunksize=cs))))
             figs["big"].append(time_(lambda: list(ex_.map(echo, bigs))))
     emit(**figs)
 
