@@ -9,6 +9,7 @@ local future = require "pcrun.future"
 local options = require "pcrun.opts"
 local progress = require "pcrun.progress"
 local transport = require "pcrun.transport_local"
+local tnew = require "table.new"
 
 local M = {}
 local Pool = {}
@@ -21,6 +22,13 @@ local now = core.now
 local floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
 
 local TARGET = 0.004  -- seconds of work per chunk once an item's cost is known
+-- Items per chunk (and per merged message) unless the caller gives a
+-- chunksize: LuaJIT's allocator maps a block over 128 KiB (a table of
+-- 16k slots) on its own and unmaps it when freed, so each bigger chunk
+-- would take fresh pages, a fault per 4 KiB, in the parent (the items
+-- cut, the results decoded) and in the worker. A VM with costly faults
+-- made that most of a 1M-item map (2026-12-01: 6,000 faults a map).
+local MAXCHUNK = 8192
 -- A worker holds one chunk, and more while it holds less than QUEUE
 -- seconds of work: enough to hide a round trip through the parent, not so
 -- much that one worker sits on queued work at the end while others idle.
@@ -136,7 +144,7 @@ local function sizefor(self, job)
     local left = job.total - job.pos + 1
     size = min(size, max(1, ceil(left / (4 * self.n))))
   end
-  return max(1, min(size, 1000000))
+  return max(1, min(size, MAXCHUNK))
 end
 
 -- Read up to size items; returns how many, and true at the end.
@@ -156,13 +164,15 @@ local function cut(self, job)
   end
   local size = sizefor(self, job)
   if self.timeout then size = 1 end
-  local items, n, first = {}, 0, job.pos
+  local items, n, first = nil, 0, job.pos
   if job.list then
     local last = min(job.total, first + size - 1)
+    items = tnew(max(0, last - first + 1), 0)
     local list = job.list
     for i = first, last do items[i - first + 1] = list[i] end
     n = last - first + 1
   elseif job.iter then
+    items = {}
     -- The iterator runs in whichever call drives the pool: its error ends
     -- this job's input only, and its reader raises it after the results
     -- of the items read before it.
@@ -295,9 +305,11 @@ end
 
 -- Merge c into prev when it continues it: chunks of one job cut for one
 -- worker in one round travel as one message (with chunksize 1 that saves
--- a message per task; errors and crashes are still told per task).
+-- a message per task; errors and crashes are still told per task), up to
+-- MAXCHUNK items: bigger ones go as separate chunks of the same batch.
 local function merge(prev, c)
-  if not prev or prev.job ~= c.job or prev.first + prev.n ~= c.first then
+  if not prev or prev.job ~= c.job or prev.first + prev.n ~= c.first
+     or prev.n + c.n > MAXCHUNK then
     return false
   end
   local items, n = prev.items, prev.n
@@ -792,6 +804,7 @@ local function listjob(self, who, fn, list, cs, mode, async)
   cs, bar = checkchunk(who, cs, 4)
   local job = newjob(self, "map", fn, mode, cs or self.chunksize)
   job.list, job.total = list, #list
+  job.results = tnew(job.total, 0)  -- filled out of order: no hash part
   if async then
     job.future = future.new(self)
     job.onend = settleasync

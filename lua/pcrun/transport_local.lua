@@ -37,6 +37,7 @@ M.Local = Local
 local unpack = unpack  -- LuaJIT
 local now = core.now
 local min = math.min
+local tnew = require "table.new"
 pcall(ffi.cdef, "int usleep(unsigned int usec);")
 
 local FLUSH = 0.001   -- a worker reports at least this often
@@ -95,7 +96,7 @@ local RUNNERS = { runmap, runstar, runcall }
 
 -- Run a chunk; only an error costs a new pcall, not every item.
 local function runchunk(fn, mode, items, n, words, at)
-  local res, errs, k = {}, nil, 1
+  local res, errs, k = tnew(n, 0), nil, 1
   local run = RUNNERS[mode]
   while k <= n do
     local ok, err = xpcall(run, traceback, fn, items, res, k, n, words, at)
