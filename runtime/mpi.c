@@ -65,6 +65,18 @@ static int growreqs(void);
 ** and ours waits for it. */
 static int serving;
 
+/* MPI_Finalize waits for every rank: one that never gets there (wedged,
+** or a script that never reached pcrun.cluster on rank 0) must not hang
+** the job for ever. */
+static void late(int sig) {
+  static const char msg[] = "pcrun: MPI_Finalize did not return within 60 s "
+                            "(another rank never finalized); exiting\n";
+  ssize_t w = write(2, msg, sizeof msg - 1);
+  (void)w;
+  (void)sig;
+  _exit(1);
+}
+
 static void finish(void) {
   if (!inited || finalized || getpid() != owner) return;
   if (serving) {
@@ -86,7 +98,10 @@ static void finish(void) {
   }
   reap(NULL, 1);
   finalized = 1;
+  signal(SIGALRM, late);
+  alarm(60);
   MPI_Finalize();
+  alarm(0);
 }
 
 /* Keep this module and libmpi mapped until exit: UCX crashes at exit if
