@@ -23,6 +23,10 @@ pcall(ffi.cdef, "int usleep(unsigned int usec);")
 -- k of that rank; control messages no slot takes wait in M.inbox.
 local route = {}
 M.inbox = {}
+-- Messages for workers rank 0 has no slot for yet: an agent's worker can
+-- fail its initializer and be reported dead while rank 0 still gathers
+-- the other ranks. They are handed on once the slot exists.
+local early = {}
 
 local function push(slot, ev)
   local q = slot.tq
@@ -31,6 +35,11 @@ local function push(slot, ev)
 end
 
 local function dispatch(src, tag, kind, v)
+  local w = tag == 0 and kind == M.CONTROL and v.w or tag
+  if w ~= 0 and not (route[src] and route[src][w]) then
+    early[#early + 1] = { src, tag, kind, v }
+    return
+  end
   if tag == 0 and kind == M.CONTROL then
     local slot = route[src] and v.w and route[src][v.w]
     if slot and v.op == "dead" then
@@ -61,6 +70,11 @@ end
 --- Receive every message that has arrived; returns how many.
 function M.drain()
   local n = 0
+  if early[1] then
+    local list = early
+    early = {}
+    for _, e in ipairs(list) do dispatch(e[1], e[2], e[3], e[4]) end
+  end
   while true do
     local src, tag, kind, v = mpi.recv(true)
     if not src then return n end
