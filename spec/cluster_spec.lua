@@ -429,6 +429,25 @@ pool:terminate()
   end)
 end)
 
+describe_mpi("examples/cluster.lua", function()
+  after_each(no_children)
+
+  it("renders the rows on every rank, with the serial checksum", function()
+    local bin = helpers.bin
+    helpers.bin = MPIRUN
+    local env = {}
+    for k, v in pairs(ENV) do env[k] = v end
+    local r = helpers.wait_cli(helpers.spawn_cli({ "-n", "3",
+      "--oversubscribe", "--bind-to", "none", bin,
+      helpers.src .. "/examples/cluster.lua", "200", "50", "1" },
+      { env = env }), 120)
+    helpers.bin = bin
+    assert.are.equal(0, r.status, r.stdout .. r.stderr)
+    has(r.stdout, "200x200, 50 iterations on 3 ranks, 3 workers",
+        "(checksum 807857)", "rank 2 on ")
+  end)
+end)
+
 describe("pcrun.cluster without MPI", function()
   after_each(helpers.assert_no_children)
 

@@ -32,7 +32,7 @@ function M.rank() return mpi and mpi.rank() or 0 end
 function M.size() return mpi and mpi.size() or 1 end
 
 local function host()
-  if mpi then return mpi.info().host end
+  if mpi and mpi.info().active then return mpi.info().host end
   local f = io.open("/proc/sys/kernel/hostname")
   local h = f and f:read("*l") or "localhost"
   if f then f:close() end
