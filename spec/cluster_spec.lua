@@ -336,6 +336,19 @@ printpids(pool)
     assert_gone(r.stdout)
   end)
 
+  it("stops the agents when rank 0's script raises, and exits 1",
+     function()
+    local r = run(PRINTPIDS .. [=[
+local pool = pcrun.cluster { workers = 1 }
+printpids(pool)
+pool:map(function(x) return x end, { 1, 2, 3 })
+error("script failed on purpose")
+]=])
+    assert.are.equal(1, r.status, r.stdout .. r.stderr)
+    has(r.stderr, "script failed on purpose")
+    assert_gone(r.stdout)
+  end)
+
   it("ends with a non-zero exit within seconds when a rank is killed",
      function()
     local h = spawn(PRINTPIDS .. [=[
