@@ -32,6 +32,7 @@ static char host[MPI_MAX_PROCESSOR_NAME + 1];
 ** On the wire the MPI tag is tag * 4 + kind; "bye" is an empty message. */
 typedef struct sbuf { char *p; size_t cap; int ref; } sbuf;
 #define POOLED 16
+#define POOLMAX ((size_t)4 << 20)  /* larger buffers are freed, not kept */
 static sbuf pool[POOLED];
 static int npool;
 static MPI_Request *reqs;
@@ -177,7 +178,7 @@ static void reap(lua_State *L, int all) {
     sbuf *b = &busy[doneidx[k]];
     if (b->ref != LUA_NOREF) {
       if (L) luaL_unref(L, LUA_REGISTRYINDEX, b->ref);
-    } else if (b->p && npool < POOLED) {
+    } else if (b->p && npool < POOLED && b->cap <= POOLMAX) {
       pool[npool++] = *b;
     } else {
       free(b->p);
