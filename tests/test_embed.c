@@ -504,6 +504,68 @@ static void test_export(int zygote) {
   CHECK(descendants() == 0);
 }
 
+/* A worker whose memory is full when a call's arguments are pushed (its
+** string needs room): that call fails with 'not enough memory', the
+** worker collects the garbage and serves the next ones. hog(s, 1) lowers
+** the worker's RLIMIT_AS, stops the collector and fills the heap with
+** garbage; hog(s, 2) restarts the collector. */
+static const char oom_lua[] =
+  "local ffi = require 'ffi'\n"
+  "pcall(ffi.cdef, 'struct pcr_rlimit { unsigned long cur, max; };'\n"
+  "  .. 'int setrlimit(int resource, const struct pcr_rlimit *rl);')\n"
+  "function hog(s, n)\n"
+  "  if n == 1 then\n"
+  "    jit.off()\n"
+  "    collectgarbage('stop')\n"
+  "    local f = assert(io.open('/proc/self/statm'))\n"
+  "    local pages = tonumber(f:read('*a'):match('^(%d+)'))\n"
+  "    f:close()\n"
+  "    local lim = pages * 4096 + 64 * 2 ^ 20\n"
+  "    assert(ffi.C.setrlimit(9, ffi.new('struct pcr_rlimit', lim, lim)) == 0)\n"
+  "    local function fill(size)\n"
+  "      local t = {}\n"
+  "      while true do t = { t, ('y'):rep(size) .. tostring(t) } end\n"
+  "    end\n"
+  "    for _, size in ipairs({ 2 ^ 20, 65536, 1024, 64, 8 }) do\n"
+  "      pcall(fill, size)  -- allocates nothing itself\n"
+  "    end\n"
+  "    return 1\n"
+  "  elseif n == 2 then\n"
+  "    collectgarbage('restart')\n"
+  "    return 2\n"
+  "  end\n"
+  "  return #s\n"
+  "end\n";
+
+static void test_export_oom(void) {
+  pcr_options o;
+  pcr_options_init(&o);
+  o.workers = 1;
+  pcr_runtime *rt;
+  CHECK(pcr_open(&rt, &o) == PCR_OK);
+  lua_ok(rt, oom_lua);
+  int (*hog)(const char *, int);
+  CHECK(pcr_export(rt, "hog", "int(const char *, int)", &hog) == PCR_OK);
+  CHECK(hog("ab", 0) == 2);
+  const char *msg;
+  int r1 = hog("ab", 1);
+  if (pcr_export_status(&msg) != PCR_OK) fprintf(stderr, "  hog: %s\n", msg);
+  CHECK(r1 == 1);
+  char fresh[1500];  /* a string the worker has never seen: it allocates */
+  for (size_t i = 0; i < sizeof fresh - 1; i++) fresh[i] = 'a' + i % 26;
+  fresh[sizeof fresh - 1] = 0;
+  fresh[0] = 'Q';
+  CHECK(hog(fresh, 0) == 0);
+  CHECK(pcr_export_status(&msg) == PCR_ELUA);
+  HAS(msg, "export 'hog': not enough memory");
+  fresh[0] = 'R';
+  CHECK(hog(fresh, 0) == 1499 && pcr_export_status(NULL) == PCR_OK);
+  CHECK(hog("ab", 2) == 2);
+  CHECK(hog(fresh, 0) == 1499);
+  pcr_close(rt);
+  CHECK(descendants() == 0);
+}
+
 /* pcr_close while host threads are inside calls: they return ECLOSED. */
 typedef struct slowjob { double (*f)(double); int code; double r; } slowjob;
 
@@ -911,6 +973,7 @@ int main(void) {
   test_native_array();
   test_export(0);
   test_export(1);
+  test_export_oom();
   test_close_in_flight(0);
   test_close_in_flight(1);
   test_zygote_parentage();
