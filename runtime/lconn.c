@@ -57,8 +57,10 @@ typedef struct lendobj {
 } lendobj;
 
 static pcr_obj *lend_new(void) {
-  lendobj *l = (lendobj *)pcr__obj_new(sizeof(lendobj), PCR_OBJ_LEND);
-  if (l) pcr__ledger_add(pcr__shm_offset(l) | PCR_REF_PLAIN, &l->lidx);
+  long idx;
+  lendobj *l = (lendobj *)pcr__frame_obj_new(sizeof(lendobj), PCR_OBJ_LEND,
+                                             &idx);
+  if (l) l->lidx = idx;  /* the entry's index is ours to keep anywhere */
   return l ? &l->hdr : NULL;
 }
 
@@ -146,15 +148,16 @@ static int l_pipe(lua_State *L) {
   int duplex = lua_isnoneornil(L, 1) ? 1 : lua_toboolean(L, 1);
   size_t cap = (size_t)luaL_optnumber(L, 2, (lua_Number)PCR_RING_DEFAULT);
   lconn *a = newconn(L), *b = newconn(L);
-  int e = pcr__pipe_open(&a->c, &b->c, duplex, cap);
+  /* Recorded from the rings' allocation on, at the handles' entries. */
+  long *ai = ((pcr_handle *)lua_touserdata(L, -2))->lidx;
+  long *bi = ((pcr_handle *)lua_touserdata(L, -1))->lidx;
+  int e = pcr__pipe_open(&a->c, &b->c, duplex, cap, ai, bi);
   if (e == -ENOSPC && pcr__lua_collect(L))
-    e = pcr__pipe_open(&a->c, &b->c, duplex, cap);
+    e = pcr__pipe_open(&a->c, &b->c, duplex, cap, ai, bi);
   if (e == -ENOSPC)
     return pcr__handle_nospace(L, "pcrun.pipe");
   if (e < 0)
     return luaL_error(L, "pcrun.pipe: cannot create pipe: %s", strerror(-e));
-  pcr__handle_own(lua_touserdata(L, -2));
-  pcr__handle_own(lua_touserdata(L, -1));
   return 2;
 }
 
@@ -558,7 +561,7 @@ static const luaL_Reg conn_methods[] = {
 static void c_release(pcr_handle *h) {
   lconn *lc = pcr__handle_extra(h);
   conn_release_fd(lc);
-  pcr__conn_close(&lc->c);
+  pcr__conn_close(&lc->c, h->lidx);
 }
 
 /* The ring references this end owns: none in a forked copy, whose rings

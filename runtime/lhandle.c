@@ -114,12 +114,15 @@ void pcr__handle_release(pcr_handle *h) {
   if (!h->open) return;
   h->open = 0;
   unlink_h(h);
-  pcr__ledger_remove(&h->lidx[0]);  /* unrecorded before dropped */
-  pcr__ledger_remove(&h->lidx[1]);
+  /* A kind with references of its own (a connection) unrecords each right
+  ** before it drops it; then h->o's, unrecorded right before it goes. */
   if (kinds[h->kind].release) kinds[h->kind].release(h);
+  pcr__ledger_remove(&h->lidx[1]);
   /* A forked copy holds no reference of its own: its parent took one for
   ** it and drops it when it reaps the copy. */
-  if (h->o && pcr__handle_owned(h)) pcr__obj_unref(h->o);
+  if (h->o && h->lidx[0] >= 0) pcr__ledger_drop(&h->lidx[0]);
+  else if (h->o && pcr__handle_owned(h)) pcr__obj_unref(h->o);
+  pcr__ledger_remove(&h->lidx[0]);
   h->o = NULL;
 }
 
@@ -236,8 +239,7 @@ int pcr__msg_ref(pcr_obj *o, unsigned role) {
     pend = p;
     cappend = cap;
   }
-  pend[npend] = pcr__frame_take(o, role);
-  pcr__ledger_pend(pend[npend++]);  /* ours until the frame is published */
+  pend[npend++] = pcr__ledger_pend(o, role);  /* ours until published */
   return 0;
 }
 

@@ -71,8 +71,11 @@ typedef struct pcr_hkind {
 int pcr__handle_register(lua_State *L, const pcr_hkind *k);
 const pcr_hkind *pcr__handle_kindinfo(int id);
 
-/* Push a new handle of kind id on o (its reference is adopted; o may be
-** NULL for a kind whose state is all in extra, such as a connection). */
+/* Push a new handle of kind id on o (its reference is adopted and
+** recorded in the ledger). o may be NULL: a kind whose state is all in
+** extra (a connection), or a creator that makes the object next with
+** &h->lidx[0] as its ledger entry (pcr__frame_obj_new: owned from its
+** allocation on), then sets h->o (or releases h when that failed). */
 pcr_handle *pcr__handle_push(lua_State *L, pcr_obj *o, int id);
 /* Record h's references in this process's ledger (a forked process:
 ** whoever reaps it drops them if it is killed). push does it for a

@@ -18,11 +18,16 @@ static int K_QUEUE, K_JQUEUE;
 static int l_queue(lua_State *L) {
   int64_t maxsize = (int64_t)luaL_optnumber(L, 1, 0);
   int joinable = lua_toboolean(L, 2);
-  pcr_queue *q = pcr__queue_new(maxsize);
-  if (!q && pcr__lua_collect(L)) q = pcr__queue_new(maxsize);
-  if (!q) return pcr__handle_nospace(L, joinable ? "pcrun.joinable_queue" : "pcrun.queue");
+  pcr_handle *h = pcr__handle_push(L, NULL, joinable ? K_JQUEUE : K_QUEUE);
+  pcr_queue *q = pcr__queue_new(maxsize, &h->lidx[0]);
+  if (!q && pcr__lua_collect(L)) q = pcr__queue_new(maxsize, &h->lidx[0]);
+  if (!q) {
+    pcr__handle_release(h);
+    return pcr__handle_nospace(L, joinable ? "pcrun.joinable_queue"
+                                           : "pcrun.queue");
+  }
   q->hdr.flags = joinable;  /* puts count unfinished tasks */
-  pcr__handle_push(L, &q->hdr, joinable ? K_JQUEUE : K_QUEUE);
+  h->o = &q->hdr;
   return 1;
 }
 

@@ -31,12 +31,14 @@ static void peek(pcr_ring *r, uint64_t t, void *p, size_t n) {
 
 /* A ring's last reference: free the arena blocks of frames nobody read
 ** and drop the references they carry (not those of a frame its writer
-** withdrew or died writing: those were the writer's). */
+** withdrew or died writing: those were the writer's). Each frame is
+** consumed (tail) before what it holds goes: run again after a death in
+** it, it leaks rather than frees twice. */
 static void ringdtor(pcr_obj *o) {
   pcr_ring *r = (pcr_ring *)o;
   uint64_t t = atomic_load(&r->tail), h = atomic_load(&r->head);
   while (h - t >= HDR) {
-    uint64_t hdr, off, seg, nrefs = 0, at = 0;
+    uint64_t hdr, off = 0, seg, nrefs = 0, at = 0;
     peek(r, t, &hdr, HDR);
     t += HDR;
     if (hdr & REFS) {
@@ -61,12 +63,11 @@ static void ringdtor(pcr_obj *o) {
     } else {
       size_t len = (hdr & INDIRECT) ? sizeof off : (size_t)(hdr >> 8);
       if (h - t < len) break;  /* a writer died mid-frame */
-      if (hdr & INDIRECT) {
-        peek(r, t, &off, sizeof off);
-        pcr__shm_free(pcr__shm_at(off, (size_t)(hdr >> 8)));
-      }
+      if (hdr & INDIRECT) peek(r, t, &off, sizeof off);
       t += len;
     }
+    atomic_store(&r->tail, t);
+    if (off) pcr__shm_free(pcr__shm_at(off, (size_t)(hdr >> 8)));
     for (uint64_t i = 0; whole && i < nrefs; i++) {
       uint64_t ref;
       peek(r, at + 8 * i, &ref, 8);
@@ -88,38 +89,47 @@ void pcr__conn_drop(pcr_ring *in, pcr_ring *out) {
   }
 }
 
-int pcr__pipe_open(pcr_conn *a, pcr_conn *b, int duplex, size_t cap) {
+/* Take an end's references (reader of in, writer of out) and record
+** them in the ledger at lidx[0], lidx[1], in that order. */
+static void hold_end(pcr_conn *c, long *lidx) {
+  long none[2];
+  int n = 0;
+  if (!lidx) lidx = none;
+  if (c->in) pcr__ledger_take(&c->in->hdr, PCR_REF_READER, &lidx[n++]);
+  if (c->out) pcr__ledger_take(&c->out->hdr, PCR_REF_WRITER, &lidx[n++]);
+}
+
+int pcr__pipe_open(pcr_conn *a, pcr_conn *b, int duplex, size_t cap,
+                   long *alidx, long *blidx) {
   pcr__obj_set_dtor(PCR_OBJ_RING, ringdtor);
-  int sv[2];
+  int sv[2], e = -ENOSPC;
+  long iab = -1, iba = -1;  /* the rings' first references */
   memset(a, 0, sizeof *a);
   memset(b, 0, sizeof *b);
   a->fd = b->fd = -1;
-  pcr_ring *ab = pcr__ring_new(cap), *ba = duplex ? pcr__ring_new(cap) : NULL;
-  if (!ab || (duplex && !ba)) goto nospace;
+  pcr_ring *ab = pcr__ring_new(cap, &iab);
+  pcr_ring *ba = duplex && ab ? pcr__ring_new(cap, &iba) : NULL;
+  if (!ab || (duplex && !ba)) goto fail;
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0,
                  sv) < 0) {
-    int e = errno;
-    if (ab) pcr__obj_unref(&ab->hdr);
-    if (ba) pcr__obj_unref(&ba->hdr);
-    return -e;
+    e = -errno;
+    goto fail;
   }
   if (duplex) {
     a->in = ba; a->out = ab; b->in = ab; b->out = ba;
   } else {  /* a reads, b writes, as Python's Pipe(duplex=False) */
     a->in = ab; b->out = ab;
   }
-  /* Each ring starts with one reference; each end takes its own. */
-  pcr__conn_hold(a->in, a->out);
-  pcr__conn_hold(b->in, b->out);
-  pcr__obj_unref(&ab->hdr);
-  if (ba) pcr__obj_unref(&ba->hdr);
+  /* Each end takes its own references, then the first ones go. */
+  hold_end(a, alidx);
+  hold_end(b, blidx);
   a->fd = sv[0];
   b->fd = sv[1];
-  return 0;
-nospace:
-  if (ab) pcr__obj_unref(&ab->hdr);
-  if (ba) pcr__obj_unref(&ba->hdr);
-  return -ENOSPC;
+  e = 0;
+fail:
+  if (ab) pcr__frame_obj_drop(&ab->hdr, &iab);
+  if (ba) pcr__frame_obj_drop(&ba->hdr, &iba);
+  return e;
 }
 
 /* Wake the peer if it sleeps on flag. */
@@ -455,10 +465,19 @@ int pcr__conn_select(pcr_conn **cs, int n, double deadline, double spin) {
   }
 }
 
-void pcr__conn_close(pcr_conn *c) {
+void pcr__conn_close(pcr_conn *c, long *lidx) {
+  int n = 0;
   if (c->fd >= 0) close(c->fd);
   c->fd = -1;
-  if (!c->borrowed) pcr__conn_drop(c->in, c->out);
+  if (!c->borrowed && c->in) {  /* each unrecorded as it goes */
+    if (lidx && lidx[n] >= 0) pcr__ledger_drop(&lidx[n]);
+    else pcr__conn_drop(c->in, NULL);
+    n++;
+  }
+  if (!c->borrowed && c->out) {
+    if (lidx && lidx[n] >= 0) pcr__ledger_drop(&lidx[n]);
+    else pcr__conn_drop(NULL, c->out);
+  }
   c->in = c->out = NULL;
   pcr__conn_done(c);
   free(c->buf);

@@ -23,6 +23,9 @@ typedef struct pcr_queue {
                                     new one, to repair a dead writer's link;
                                     readers do not free it meanwhile */
   uint64_t tailseen;             /* wseg's tail as last read */
+  uint64_t wnew;                 /* offset of a segment being linked, from
+                                    its allocation on: a dead writer's is
+                                    freed or kept by wrepair and the dtor */
   _Atomic int64_t nput;          /* frames put, ever */
   /* Readers' line, mirror image. */
   _Alignas(64) pcr_lock rlock;
@@ -48,8 +51,9 @@ static inline int64_t pcr__queue_size(pcr_queue *q) {
   return n < 0 ? 0 : n;
 }
 
-/* A new queue; NULL when the arena is full. Freed by pcr__obj_unref. */
-pcr_queue *pcr__queue_new(int64_t maxsize);
+/* A new queue; NULL when the arena is full. Its reference is recorded in
+** the ledger at *idx (pcr__frame_obj_new). Freed by pcr__obj_unref. */
+pcr_queue *pcr__queue_new(int64_t maxsize, long *idx);
 
 /* Append one frame. refs (arena offsets of nrefs objects) are the
 ** references the frame carries to its reader: a queue freed before the

@@ -150,7 +150,8 @@ static unsigned classof(size_t n) {
   return c;
 }
 
-void *pcr__shm_alloc(size_t n) {
+/* slot: see pcr__shm_alloc_into; NULL for none. */
+static void *alloc(size_t n, void *slot, uint64_t tag) {
   if (!base && pcr__shm_attach(0) < 0) return NULL;
   arena *a = (arena *)base;
   unsigned c = classof(n);
@@ -183,11 +184,25 @@ void *pcr__shm_alloc(size_t n) {
     }
   }
   if (b) a->used += bsize;
+  if (b && slot) {  /* recorded before the lock goes (issue 9: a hook) */
+    uint64_t off = (uint64_t)((char *)b - base) + BLOCK_HDR;
+    uint64_t v = tag == PCR_SHM_ADDR ? (uint64_t)(uintptr_t)(base + off)
+                                     : off | tag;
+    b->magic = BLOCK_LIVE;
+    b->cls = c;
+    memcpy(slot, &v, sizeof v);
+  }
   pcr__lock_unlock(&a->lock);
   if (!b) return NULL;
   b->magic = BLOCK_LIVE;
   b->cls = c;
   return (char *)b + BLOCK_HDR;
+}
+
+void *pcr__shm_alloc(size_t n) { return alloc(n, NULL, 0); }
+
+void *pcr__shm_alloc_into(size_t n, void *slot, uint64_t tag) {
+  return alloc(n, slot, tag);
 }
 
 void *pcr__shm_alloc_inflight(size_t n) {
@@ -261,7 +276,8 @@ void pcr__shm_ledger_clear(uint32_t pid) {
     }
 }
 
-void pcr__shm_free(void *p) {
+/* slot: see pcr__shm_free_from; NULL for none. */
+static void freeb(void *p, void *slot) {
   if (!p) return;
   arena *a = (arena *)base;
   block *b = (block *)((char *)p - BLOCK_HDR);
@@ -271,14 +287,19 @@ void pcr__shm_free(void *p) {
     char *from = (char *)PCR_ALIGN_UP((uintptr_t)p, 4096);
     madvise(from, (size_t)((char *)b + bsize - from), MADV_REMOVE);
   }
-  b->magic = BLOCK_FREE;
   lock(a);
+  b->magic = BLOCK_FREE;  /* under the lock: see pcr__shm_free_from */
   if (atomic_load(&a->ninflight)) unrecord(a, pcr__shm_offset(p));
   b->next = a->freelist[b->cls];
   a->freelist[b->cls] = (uint64_t)((char *)b - base);
   a->used -= bsize;
+  if (slot) memset(slot, 0, 8);  /* unrecorded with the free (issue 9) */
   pcr__lock_unlock(&a->lock);
 }
+
+void pcr__shm_free(void *p) { freeb(p, NULL); }
+
+void pcr__shm_free_from(void *p, void *slot) { freeb(p, slot); }
 
 uint64_t pcr__shm_offset(const void *p) {
   return (uint64_t)((const char *)p - base);
@@ -313,6 +334,13 @@ pcr_obj *pcr__obj_new(size_t size, uint32_t type) {
 
 void pcr__obj_ref(pcr_obj *o) {
   atomic_fetch_add_explicit(&o->refs, 1, memory_order_relaxed);
+}
+
+void pcr__obj_finish(pcr_obj *o, void *slot) {
+  if (o->magic == PCR_OBJ_MAGIC && o->type < 8 && dtors[o->type])
+    dtors[o->type](o);
+  o->magic = 0;
+  pcr__shm_free_from(o, slot);
 }
 
 int pcr__obj_unref(pcr_obj *o) {
