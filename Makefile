@@ -73,7 +73,7 @@ test-repeat: build
 ASAN_BUILD ?= $(BUILD)-asan
 asan: deps
 	cmake -S . -B $(ASAN_BUILD) -DPCR_ASAN=ON -DPCR_FUZZ=OFF $(CMAKE_FLAGS)
-	cmake --build $(ASAN_BUILD) -j $(JOBS) --target test_api test_embed test_dict \
+	cmake --build $(ASAN_BUILD) -j $(JOBS) --target test_api test_embed test_dict test_shm \
 	  embed_integrate embed_natives pcrun_core
 	cd $(ASAN_BUILD) && UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  ctest --output-on-failure -j 1 -L '^c$$'

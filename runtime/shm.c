@@ -1,6 +1,16 @@
-/* The shared arena and its allocator: power-of-two size classes with free
-** lists, a bump pointer for fresh space, one robust lock. Large freed
-** blocks give their pages back to the kernel (MADV_REMOVE). */
+/* The shared arena and its allocator: a buddy system. Blocks are powers of
+** two (32 B up), each at a multiple of its size from the origin; a freed
+** block merges with its buddy whenever that is free too, so what small
+** blocks gave back serves large requests again. Doubly linked free lists
+** per class, a mask of the non-empty ones, one robust lock. Large freed
+** blocks give their pages back to the kernel (MADV_REMOVE).
+**
+** A process killed holding the lock: every block header is written in
+** one store, in an order that keeps the headers a valid partition of the
+** space at each step (a split writes the upper halves before the block
+** it splits, a merge the lower header before it clears the upper). The
+** free lists, the mask and `used` are derived from the headers, and the
+** next owner, told by the robust lock, rebuilds them (repair). */
 #include "shm.h"
 #include "futex.h"
 #include "pcrdef.h"
@@ -12,7 +22,7 @@
 #include <unistd.h>
 
 #define ARENA_MAGIC 0x41524350u   /* "PCRA" */
-#define ARENA_VERSION 2
+#define ARENA_VERSION 3
 #define MIN_SHIFT 5               /* smallest block: 32 bytes */
 #define NCLASS 48
 #define BLOCK_HDR 16
@@ -23,21 +33,26 @@
 #define RELEASE_MIN ((size_t)1 << 28)
 
 typedef struct block {
-  uint32_t magic;      /* BLOCK_LIVE or BLOCK_FREE */
-  uint32_t cls;        /* size class: block spans 1 << (cls + MIN_SHIFT) */
-  uint64_t next;       /* free list link (offset), when free */
+  _Atomic uint64_t tag; /* BLOCK_LIVE or BLOCK_FREE | class << 32: one store.
+                           The block spans 1 << (class + MIN_SHIFT) */
+  uint64_t next;        /* free: list links (offsets), 0 = none; prev */
+  uint64_t prev;        /* lies in the payload, unused while live */
 } block;
-_Static_assert(sizeof(block) == BLOCK_HDR, "block header is 16 bytes");
+_Static_assert(offsetof(block, prev) == BLOCK_HDR, "header is 16 bytes");
 
 #define BLOCK_LIVE 0x4c424350u
 #define BLOCK_FREE 0x46424350u
+#define TAG(magic, cls) ((uint64_t)(magic) | (uint64_t)(cls) << 32)
 
 typedef struct arena {
   uint32_t magic, version;   /* written once by the creator */
   uint64_t size;             /* mapping size; constant */
+  uint64_t origin;           /* offset of the buddy space; constant */
+  uint64_t limit;            /* its length, a multiple of 32; constant */
   pcr_lock lock;             /* guards everything below */
-  uint64_t bump;             /* offset of never-used space */
   uint64_t used;             /* bytes in live blocks */
+  uint64_t nonempty;         /* bit c: freelist[c] is not empty */
+  uint64_t repairs;          /* times repair ran (tests, diagnosis) */
   uint64_t freelist[NCLASS]; /* offsets of free blocks, 0 = empty */
   /* Large-message blocks between their allocation and their frame: the
   ** sender's pid and the block, so that whoever reaps a sender killed
@@ -106,6 +121,106 @@ static size_t envsize(void) {
   return envparse(s, &why);
 }
 
+/* -- Blocks and free lists (callers hold the lock) --------------------- */
+
+#define BSIZE(cls) ((uint64_t)1 << ((cls) + MIN_SHIFT))
+
+static inline block *blk(uint64_t off) { return (block *)(base + off); }
+
+/* Release: a header store never moves before the stores it follows. */
+static inline void settag(block *b, uint32_t magic, unsigned cls) {
+  atomic_store_explicit(&b->tag, TAG(magic, cls), memory_order_release);
+}
+
+static inline uint64_t gettag(const block *b) {
+  return atomic_load_explicit(&((block *)b)->tag, memory_order_relaxed);
+}
+
+static void push(arena *a, uint64_t off, unsigned cls) {
+  block *b = blk(off);
+  uint64_t head = a->freelist[cls];
+  b->next = head;
+  b->prev = 0;
+  if (head) blk(head)->prev = off;
+  a->freelist[cls] = off;
+  a->nonempty |= (uint64_t)1 << cls;
+}
+
+static void unlink_(arena *a, uint64_t off, unsigned cls) {
+  block *b = blk(off);
+  if (b->prev) blk(b->prev)->next = b->next;
+  else a->freelist[cls] = b->next;
+  if (b->next) blk(b->next)->prev = b->prev;
+  if (!a->freelist[cls]) a->nonempty &= ~((uint64_t)1 << cls);
+}
+
+/* The buddy of the block at rel (from the origin) of class cls, as an
+** offset from the origin, or UINT64_MAX when the pair would not fit. */
+static inline uint64_t buddy(const arena *a, uint64_t rel, unsigned cls) {
+  uint64_t s = BSIZE(cls);
+  if (cls + 1 >= NCLASS || (rel & ~s) + 2 * s > a->limit) return UINT64_MAX;
+  return rel ^ s;
+}
+
+/* Whether a header at rel can start a block of the partition. */
+static int tagok(const arena *a, uint64_t rel, uint64_t t) {
+  uint32_t magic = (uint32_t)t;
+  uint64_t cls = t >> 32;
+  return (magic == BLOCK_LIVE || magic == BLOCK_FREE) && cls < NCLASS &&
+         rel % BSIZE(cls) == 0 && rel + BSIZE(cls) <= a->limit;
+}
+
+/* Rebuild what the headers imply after an owner died holding the lock:
+** the free lists, the mask, `used`, merged buddies, the in-flight count.
+** The headers form a valid partition at every step (see the top). */
+static void repair(arena *a) {
+  uint64_t o = a->origin, used = 0, rel;
+  for (rel = 0; rel < a->limit; rel += BSIZE(gettag(blk(o + rel)) >> 32)) {
+    uint64_t t = gettag(blk(o + rel));
+    if (!tagok(a, rel, t)) {
+      fprintf(stderr, "pcrun: shared arena corrupt at offset %llu\n",
+              (unsigned long long)(o + rel));
+      abort();
+    }
+    if ((uint32_t)t == BLOCK_LIVE) used += BSIZE(t >> 32);
+  }
+  /* Merge free buddies, a pass at a time, until a pass merges none (a
+  ** merge can make a pair with a block the pass has left behind). */
+  for (int merged = 1; merged;) {
+    merged = 0;
+    for (rel = 0; rel < a->limit;) {
+      uint64_t t = gettag(blk(o + rel));
+      unsigned cls = (unsigned)(t >> 32);
+      uint64_t s = BSIZE(cls), bud = buddy(a, rel, cls);
+      if ((uint32_t)t == BLOCK_FREE && bud > rel && bud != UINT64_MAX &&
+          gettag(blk(o + bud)) == TAG(BLOCK_FREE, cls)) {
+        settag(blk(o + rel), BLOCK_FREE, cls + 1);
+        settag(blk(o + bud), 0, 0);
+        merged = 1;
+        continue;  /* the bigger block may merge again */
+      }
+      rel += s;
+    }
+  }
+  memset(a->freelist, 0, sizeof a->freelist);
+  a->nonempty = 0;
+  for (rel = 0; rel < a->limit; rel += BSIZE(gettag(blk(o + rel)) >> 32)) {
+    uint64_t t = gettag(blk(o + rel));
+    if ((uint32_t)t == BLOCK_FREE) push(a, o + rel, (unsigned)(t >> 32));
+  }
+  atomic_store((_Atomic uint64_t *)&a->used, used);
+  uint32_t n = 0;
+  for (int i = 0; i < NINFLIGHT; i++) n += a->inflight[i].pid != 0;
+  atomic_store(&a->ninflight, n);
+  a->repairs++;
+}
+
+static void lock(arena *a) {
+  int r;
+  while ((r = pcr__lock_lock(&a->lock, -1)) == -EINTR) {}
+  if (PCR_UNLIKELY(r == PCR_LOCK_OWNERDEAD)) repair(a);
+}
+
 int pcr__shm_attach(size_t size) {
   if (base) return 0;
   if (size == 0 && (size = envsize()) == 0) return -EINVAL;
@@ -125,9 +240,22 @@ int pcr__shm_attach(size_t size) {
   a->magic = ARENA_MAGIC;
   a->version = ARENA_VERSION;
   a->size = size;
-  a->bump = PCR_ALIGN_UP(sizeof(arena), 64);
+  /* The origin lies 16 bytes before a page: blocks of a page or more have
+  ** page-aligned payloads (released by page), smaller ones payloads
+  ** aligned to their size. */
+  a->origin = PCR_ALIGN_UP(sizeof(arena) + BLOCK_HDR, 4096) - BLOCK_HDR;
+  a->limit = (size - a->origin) & ~(BSIZE(0) - 1);
   base = p;
   mapsize = size;
+  /* The space as the fewest blocks: each the largest that fits, which
+  ** keeps every one at a multiple of its size. */
+  for (uint64_t rel = 0; a->limit - rel >= BSIZE(0);) {
+    unsigned cls = NCLASS - 1;
+    while (BSIZE(cls) > a->limit - rel) cls--;
+    settag(blk(a->origin + rel), BLOCK_FREE, cls);
+    push(a, a->origin + rel, cls);
+    rel += BSIZE(cls);
+  }
   return 0;
 }
 
@@ -136,18 +264,12 @@ size_t pcr__shm_used(void) {
               : 0;
 }
 
-static void lock(arena *a) {
-  /* A dead owner may have left one free list half-updated; the blocks it
-  ** was moving are lost, the lists stay valid because links are written
-  ** before heads. */
-  while (pcr__lock_lock(&a->lock, -1) == -EINTR) {}
-}
-
 static unsigned classof(size_t n) {
+  if (n > ((size_t)1 << 62)) return NCLASS;
   size_t need = n + BLOCK_HDR;
-  unsigned c = 0;
-  while (((size_t)1 << (c + MIN_SHIFT)) < need) c++;
-  return c;
+  if (need <= BSIZE(0)) return 0;
+  return (unsigned)(64 - __builtin_clzll((unsigned long long)(need - 1))) -
+         MIN_SHIFT;
 }
 
 /* slot: see pcr__shm_alloc_into; NULL for none. */
@@ -156,47 +278,35 @@ static void *alloc(size_t n, void *slot, uint64_t tag) {
   arena *a = (arena *)base;
   unsigned c = classof(n);
   if (c >= NCLASS) return NULL;
-  size_t bsize = (size_t)1 << (c + MIN_SHIFT);
-  block *b = NULL;
   lock(a);
-  unsigned from = c;
-  while (from < NCLASS && !a->freelist[from]) from++;
-  if (from < NCLASS) {
-    /* Take the smallest free block that fits; halve it down to class c,
-    ** leaving the upper halves on their free lists. */
-    b = (block *)(base + a->freelist[from]);
-    a->freelist[from] = b->next;
-    while (from > c) {
-      from--;
-      block *half = (block *)((char *)b + ((size_t)1 << (from + MIN_SHIFT)));
-      half->magic = BLOCK_FREE;
-      half->cls = from;
-      half->next = a->freelist[from];
-      a->freelist[from] = (uint64_t)((char *)half - base);
-    }
-  } else {
-    /* Align big blocks so their payload can be page-released. */
-    size_t align = bsize >= 4096 ? 4096 : 64;
-    uint64_t off = PCR_ALIGN_UP(a->bump + BLOCK_HDR, align) - BLOCK_HDR;
-    if (off + bsize <= a->size) {
-      b = (block *)(base + off);
-      a->bump = off + bsize;
-    }
+  uint64_t fits = a->nonempty & ~(((uint64_t)1 << c) - 1);
+  if (!fits) {
+    pcr__lock_unlock(&a->lock);
+    return NULL;
   }
-  if (b) a->used += bsize;
-  if (b && slot) {  /* recorded before the lock goes (issue 9: a hook) */
-    uint64_t off = (uint64_t)((char *)b - base) + BLOCK_HDR;
-    uint64_t v = tag == PCR_SHM_ADDR ? (uint64_t)(uintptr_t)(base + off)
-                                     : off | tag;
-    b->magic = BLOCK_LIVE;
-    b->cls = c;
+  /* The smallest free block that fits, halved down to class c: the upper
+  ** halves, largest first, go on their lists before the block's own header
+  ** says it is live (one store: the last). */
+  unsigned from = (unsigned)__builtin_ctzll(fits);
+  uint64_t off = a->freelist[from];
+  unlink_(a, off, from);
+  while (from > c) {
+    from--;
+    uint64_t half = off + BSIZE(from);
+    settag(blk(half), BLOCK_FREE, from);
+    push(a, half, from);
+  }
+  settag(blk(off), BLOCK_LIVE, c);
+  a->used += BSIZE(c);
+  if (slot) {  /* recorded before the lock goes (issue 9): a death right
+                  after the header store leaks it, never frees it twice */
+    uint64_t v = tag == PCR_SHM_ADDR
+                     ? (uint64_t)(uintptr_t)(base + off + BLOCK_HDR)
+                     : (off + BLOCK_HDR) | tag;
     memcpy(slot, &v, sizeof v);
   }
   pcr__lock_unlock(&a->lock);
-  if (!b) return NULL;
-  b->magic = BLOCK_LIVE;
-  b->cls = c;
-  return (char *)b + BLOCK_HDR;
+  return base + off + BLOCK_HDR;
 }
 
 void *pcr__shm_alloc(size_t n) { return alloc(n, NULL, 0); }
@@ -281,25 +391,100 @@ static void freeb(void *p, void *slot) {
   if (!p) return;
   arena *a = (arena *)base;
   block *b = (block *)((char *)p - BLOCK_HDR);
-  if (b->magic != BLOCK_LIVE) abort();  /* double free: corrupt arena */
-  size_t bsize = (size_t)1 << (b->cls + MIN_SHIFT);
+  uint64_t t = gettag(b);
+  if ((uint32_t)t != BLOCK_LIVE) abort();  /* double free: corrupt arena */
+  unsigned cls = (unsigned)(t >> 32);
+  size_t bsize = BSIZE(cls);
   if (bsize >= RELEASE_MIN) {
-    char *from = (char *)PCR_ALIGN_UP((uintptr_t)p, 4096);
-    madvise(from, (size_t)((char *)b + bsize - from), MADV_REMOVE);
+    /* Whole pages of its own only: the kernel rounds a length up, and the
+    ** next block's header lies in this block's last page. */
+    uintptr_t from = PCR_ALIGN_UP((uintptr_t)p, 4096);
+    uintptr_t to = ((uintptr_t)b + bsize) & ~(uintptr_t)4095;
+    madvise((void *)from, to - from, MADV_REMOVE);
   }
+  uint64_t o = a->origin, rel = (uint64_t)((char *)b - base) - o, bud;
   lock(a);
-  b->magic = BLOCK_FREE;  /* under the lock: see pcr__shm_free_from */
   if (atomic_load(&a->ninflight)) unrecord(a, pcr__shm_offset(p));
-  b->next = a->freelist[b->cls];
-  a->freelist[b->cls] = (uint64_t)((char *)b - base);
   a->used -= bsize;
   if (slot) memset(slot, 0, 8);  /* unrecorded with the free (issue 9) */
+  settag(b, BLOCK_FREE, cls);
+  /* Merge with the buddy while it is free and whole: the pair's header
+  ** (the lower one) first, then the upper one is cleared. */
+  while ((bud = buddy(a, rel, cls)) != UINT64_MAX &&
+         gettag(blk(o + bud)) == TAG(BLOCK_FREE, cls)) {
+    unlink_(a, o + bud, cls);
+    uint64_t lo = rel & bud, hi = rel | bud;
+    settag(blk(o + lo), BLOCK_FREE, cls + 1);
+    settag(blk(o + hi), 0, 0);
+    rel = lo;
+    cls++;
+  }
+  push(a, o + rel, cls);
   pcr__lock_unlock(&a->lock);
 }
 
 void pcr__shm_free(void *p) { freeb(p, NULL); }
 
 void pcr__shm_free_from(void *p, void *slot) { freeb(p, slot); }
+
+int pcr__shm_check(char *why, size_t n) {
+  arena *a = (arena *)base;
+  uint64_t o = a->origin, used = 0, nfree[NCLASS] = {0}, rel;
+  int bad = 0;
+  lock(a);
+#define FAIL(...) do { snprintf(why, n, __VA_ARGS__); bad = 1; goto out; } \
+  while (0)
+  for (rel = 0; rel < a->limit; rel += BSIZE(gettag(blk(o + rel)) >> 32)) {
+    uint64_t t = gettag(blk(o + rel));
+    unsigned cls = (unsigned)(t >> 32);
+    if (!tagok(a, rel, t)) FAIL("bad header at %llu", (unsigned long long)rel);
+    if ((uint32_t)t == BLOCK_LIVE) {
+      used += BSIZE(cls);
+      continue;
+    }
+    nfree[cls]++;
+    uint64_t bud = buddy(a, rel, cls);
+    if (bud != UINT64_MAX && bud > rel &&
+        gettag(blk(o + bud)) == TAG(BLOCK_FREE, cls))
+      FAIL("free buddies not merged at %llu, class %u",
+           (unsigned long long)rel, cls);
+  }
+  if (used != a->used)
+    FAIL("used is %llu, the live blocks make %llu",
+         (unsigned long long)a->used, (unsigned long long)used);
+  for (unsigned c = 0; c < NCLASS; c++) {
+    uint64_t k = 0, prev = 0;
+    for (uint64_t off = a->freelist[c]; off; off = blk(off)->next, k++) {
+      if (k >= nfree[c] || off < o || off - o >= a->limit ||
+          gettag(blk(off)) != TAG(BLOCK_FREE, c) || blk(off)->prev != prev)
+        FAIL("free list %u broken at its entry %llu", c,
+             (unsigned long long)k);
+      prev = off;
+    }
+    if (k != nfree[c])
+      FAIL("free list %u holds %llu blocks, the headers %llu", c,
+           (unsigned long long)k, (unsigned long long)nfree[c]);
+    if (!!(a->nonempty >> c & 1) != (k > 0))
+      FAIL("mask bit %u is wrong", c);
+  }
+#undef FAIL
+out:
+  pcr__lock_unlock(&a->lock);
+  return bad ? -1 : 0;
+}
+
+uint64_t pcr__shm_repairs(void) {
+  return base ? ((arena *)base)->repairs : 0;
+}
+
+size_t pcr__shm_largest_free(void) {
+  arena *a = (arena *)base;
+  if (!a) return 0;
+  lock(a);
+  uint64_t m = a->nonempty;
+  pcr__lock_unlock(&a->lock);
+  return m ? (size_t)BSIZE(63 - __builtin_clzll(m)) - BLOCK_HDR : 0;
+}
 
 uint64_t pcr__shm_offset(const void *p) {
   return (uint64_t)((const char *)p - base);
@@ -312,7 +497,7 @@ void *pcr__shm_at(uint64_t off, size_t size) {
       size > mapsize - off || off % BLOCK_HDR != 0)
     return NULL;
   block *b = (block *)(base + off - BLOCK_HDR);
-  if (b->magic != BLOCK_LIVE) return NULL;
+  if ((uint32_t)gettag(b) != BLOCK_LIVE) return NULL;
   return base + off;
 }
 

@@ -27,8 +27,9 @@ size_t pcr__shm_size(void);
 /* Bytes currently handed out by the allocator (all processes together). */
 size_t pcr__shm_used(void);
 
-/* Allocate n bytes aligned to 16 (64 for n >= 64). Returns NULL when the
-** arena is full. Any process; takes the arena lock. */
+/* Allocate n bytes aligned to 16 (64 for n >= 64, 4096 for n >= 4080).
+** Returns NULL when no free block is large enough. Any process; takes the
+** arena lock. The largest possible block is half the arena or more. */
 void *pcr__shm_alloc(size_t n);
 /* As pcr__shm_alloc, and the block is recorded before the arena lock is
 ** released: the 8 bytes at slot get its offset | tag (tag below 16), or
@@ -41,6 +42,15 @@ void pcr__shm_free(void *p);
 /* As pcr__shm_free, and the 8 bytes at slot (the block's record, see
 ** pcr__shm_alloc_into) are zeroed before the arena lock is released. */
 void pcr__shm_free_from(void *p, void *slot);
+
+/* Tests and diagnosis: the largest n pcr__shm_alloc could serve now, and a
+** check of the allocator's whole state (headers, free lists, `used`, no
+** free buddies left unmerged). Check returns 0, or -1 with why set. */
+size_t pcr__shm_largest_free(void);
+int pcr__shm_check(char *why, size_t n);
+/* How many times a process found the lock's owner dead and rebuilt the
+** allocator's lists and counts from the block headers. */
+uint64_t pcr__shm_repairs(void);
 
 /* A large message's block: allocated as pcr__shm_alloc, and recorded as
 ** in flight with this process's pid until pcr__shm_handoff (the frame

@@ -210,6 +210,41 @@ describe("pcrun.arena", function()
         "used\t0\n", "smaller\ttrue")
   end)
 
+  it("serves half the arena in one block after small blocks filled it "
+     .. "and were freed", function()
+    -- Freed blocks merge with their buddies: an arena once filled with
+    -- 1 KiB arrays serves a 7 MiB one (a block of 8 MiB, half of 16 MiB:
+    -- the largest a power-of-two allocator has) once they are gone.
+    local r = helpers.run_cli({ "-e", [[
+      local pcrun = require "pcrun"
+      for round = 1, 3 do
+        local keep = {}
+        while true do
+          local ok, a = pcall(pcrun.array, "uint8_t", 1000 + round)
+          if not ok then print("full", a) break end
+          keep[#keep + 1] = a
+        end
+        print("filled", #keep > 5000)
+        keep = nil
+        collectgarbage()
+        collectgarbage()
+        print("used", pcrun.arena().used)
+        local ok, big = pcall(pcrun.array, "uint8_t", 7 * 2^20)
+        print("big", ok, ok and big[7 * 2^20 - 1] or big)
+        big = nil
+        collectgarbage()
+        collectgarbage()
+      end
+      print("end", pcrun.arena().used)
+    ]] }, nil, { env = { PCRUN_ARENA = "16M" }, timeout = 60 })
+    assert.are.equal(0, r.status)
+    has(r.stdout, "pcrun.array: out of shared arena space")
+    local _, fills = r.stdout:gsub("filled\ttrue\nused\t0\nbig\ttrue\t0\n",
+                                   "")
+    assert.are.equal(3, fills, r.stdout)
+    has(r.stdout, "end\t0\n")
+  end)
+
   it("passes a message larger than the free arena through the ring",
      function()
     local r = helpers.run_cli({ "-e", [[

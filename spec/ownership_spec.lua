@@ -284,4 +284,46 @@ describe("ownership", function()
     assert.are.equal(0, r.status, r.stderr)
     assert.are.equal("1\t0\n2\t0\n", r.stdout)
   end)
+
+  -- An arena object is its creator's from its allocation on: a child
+  -- killed anywhere in a create/close loop (a ring allocated but not yet
+  -- in a handle, a queue's segment being linked, an object being freed)
+  -- left it to nobody (about 2 MiB a kill before).
+  it("frees what a child killed in a create/close loop was making",
+     function()
+    local r = run([[
+      local pcrun = require "pcrun"
+      collectgarbage()
+      local base = pcrun.arena().used
+      local leaks = {}
+      for round = 1, 120 do
+        local ready = pcrun.queue()
+        local p = pcrun.process(function()
+          ready:put(true)
+          while true do
+            local a, b = pcrun.pipe()
+            local q = pcrun.queue()
+            q:put(("x"):rep(20000))  -- a second segment, linked
+            local l = pcrun.lock()
+            local arr = pcrun.array("double", 1000)
+            a:close() b:close()
+            q = nil l = nil arr = nil
+            if math.random() < 0.2 then collectgarbage() end
+          end
+        end):start()
+        ready:get(5)
+        pcrun.sleep(0.002 + 0.02 * math.random())
+        p:kill()
+        p:join(5)
+        ready = nil
+        collectgarbage() collectgarbage()
+        local left = pcrun.arena().used - base
+        if left ~= 0 then leaks[#leaks + 1] = round .. ":" .. left end
+      end
+      print("leaks", table.concat(leaks, " "))
+      print("used", pcrun.arena().used - base)
+    ]], nil, 120)
+    assert.are.equal(0, r.status, r.stderr)
+    assert.are.equal("leaks\t\nused\t0\n", r.stdout)
+  end)
 end)
