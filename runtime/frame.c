@@ -58,10 +58,12 @@ static size_t nfree;
 static long *pidx;              /* the pending references' entries */
 static size_t npidx, cappidx;
 
+static size_t ntk;
+
 static void forget(void) {
   slot = NULL;
   nchunks = 0;  /* the parent's, and the parent's to free */
-  total = nfree = npidx = 0;  /* the arrays are our copies: reused */
+  total = nfree = npidx = ntk = 0;  /* the arrays are our copies: reused */
 }
 
 void pcr__ledger_forked(void) {
@@ -220,6 +222,83 @@ uint64_t pcr__ledger_pend(pcr_obj *o, unsigned role) {
 void pcr__ledger_unpend(void) {
   for (size_t j = 0; j < npidx; j++) pcr__ledger_remove(&pidx[j]);
   npidx = 0;
+}
+
+/* -- Taken frames -------------------------------------------------------
+** The references of frames this process took and has not decoded yet:
+** recorded in the ledger from the consuming store on (a receiver killed
+** before it decoded them leaves them to its reaper), handed to the
+** handles the decoder makes, the rest dropped once the decode is over. */
+
+typedef struct taken { uint64_t ref; long idx; } taken;
+static taken *tk;
+static size_t captk;
+
+int pcr__ledger_ensure(size_t n) {
+  if (ntk + n > captk) {
+    size_t cap = captk ? captk : 16;
+    while (cap < ntk + n) cap *= 2;
+    taken *p = realloc(tk, sizeof *p * cap);
+    if (!p) return -1;
+    tk = p;
+    captk = cap;
+  }
+  while (!stale() && nfree < n)
+    if (grow() < 0) return -1;
+  return 0;
+}
+
+void pcr__taken_ref(uint64_t ref) {
+  if (ntk == captk && pcr__ledger_ensure(1) < 0) return;  /* leaks it */
+  tk[ntk].ref = ref;
+  tk[ntk].idx = -1;
+  if (!stale() && nfree) {
+    long i = freeidx[--nfree];
+    atomic_store(entry(i), ref);
+    tk[ntk].idx = i;
+  }
+  ntk++;
+}
+
+void pcr__taken_block(void *blk, long *idx) {
+  *idx = -1;
+  if (!blk || stale() || !nfree) return;
+  long i = freeidx[--nfree];
+  atomic_store(entry(i), pcr__shm_offset(blk) | PCR_REF_RAW);
+  *idx = i;
+}
+
+void pcr__ledger_free(void *blk, long *idx) {
+  long i = *idx;
+  *idx = -1;
+  if (!blk) return;
+  if (i < 0 || stale() || (uint64_t)i >= total) {
+    pcr__shm_free(blk);
+    return;
+  }
+  pcr__shm_free_from(blk, (void *)entry(i));  /* unrecorded with it */
+  freeidx[nfree++] = i;
+}
+
+int pcr__taken_adopt(uint64_t ref, long *idx) {
+  for (size_t j = ntk; j-- > 0;)
+    if (tk[j].ref == ref) {
+      *idx = tk[j].idx;
+      tk[j] = tk[--ntk];  /* order does not matter below a mark */
+      return 0;
+    }
+  *idx = -1;
+  return -1;
+}
+
+size_t pcr__taken_mark(void) { return ntk; }
+
+void pcr__taken_end(size_t mark) {
+  while (ntk > mark) {
+    taken t = tk[--ntk];
+    if (t.idx >= 0) pcr__ledger_drop(&t.idx);
+    else pcr__frame_drop(t.ref);
+  }
 }
 
 /* Drop what a chain of chunks records, and free the chunks. */

@@ -64,4 +64,21 @@ void pcr__frame_obj_drop(pcr_obj *o, long *idx);
 uint64_t pcr__ledger_pend(pcr_obj *o, unsigned role);
 void pcr__ledger_unpend(void);
 
+/* Frames taken by a receiver. ensure(n): room for n more entries, before
+** the frame is consumed (growing allocates). After the consuming store:
+** taken_ref(ref) records each reference the frame carries, taken_block
+** its arena block at *idx (freed by ledger_free, which unrecords it with
+** the free). The decoder adopts a reference with taken_adopt (0: the
+** entry's index, or -1 where nothing records, is now the handle's; -1: the
+** frame does not list it); taken_end(mark), after the decode (or its
+** failure), drops those not adopted since taken_mark() was read. A
+** process that records nothing still drops them. */
+int pcr__ledger_ensure(size_t n);
+void pcr__taken_ref(uint64_t ref);
+void pcr__taken_block(void *blk, long *idx);
+void pcr__ledger_free(void *blk, long *idx);
+int pcr__taken_adopt(uint64_t ref, long *idx);
+size_t pcr__taken_mark(void);
+void pcr__taken_end(size_t mark);
+
 #endif

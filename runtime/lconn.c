@@ -130,6 +130,7 @@ static double deadline_arg(lua_State *L, int idx) {
 static lconn *newconn(lua_State *L) {
   lconn *lc = pcr__handle_extra(pcr__handle_push(L, NULL, K_CONN));
   lc->c.fd = -1;  /* closed until it owns something */
+  lc->c.heldidx = -1;
   return lc;
 }
 
@@ -303,7 +304,7 @@ static int recvframe(lua_State *L, int raw, const char *who) {
   double deadline = deadline_arg(L, 2);
   unsigned kind;
   const char *p;
-  size_t n;
+  size_t n, mark = pcr__taken_mark();
   for (;;) {
     sweep();
     double d = slice_deadline(deadline);
@@ -321,8 +322,12 @@ static int recvframe(lua_State *L, int raw, const char *who) {
     if (e == -EBADF) return luaL_error(L, "%s: connection is not readable", who);
     return luaL_error(L, "%s: %s", who, strerror(-e));
   }
-  if (raw || kind != PCR_FRAME_VALUE) lua_pushlstring(L, p, n);
-  else pcr__ser_decode(L, p, n, PCR_SER_TRUSTED | PCR_SER_MSG);
+  if (raw || kind != PCR_FRAME_VALUE) {
+    lua_pushlstring(L, p, n);
+    pcr__taken_end(mark);
+  } else {
+    pcr__msg_decode(L, p, n, mark);
+  }
   pcr__conn_done(&lc->c);
   return 1;
 }
@@ -487,8 +492,13 @@ static int conn_deserialize(lua_State *L) {
   ** its lend, adopted here). */
   if (w.lend && pcr__ser_msg) {
     pcr_obj *lend = pcr__shm_at(w.lend, sizeof(pcr_obj));
-    if (lend && lend->magic == PCR_OBJ_MAGIC && lend->type == PCR_OBJ_LEND)
-      pcr__obj_unref(lend);
+    long li;
+    if (lend && lend->magic == PCR_OBJ_MAGIC && lend->type == PCR_OBJ_LEND) {
+      if (pcr__taken_adopt(w.lend | PCR_REF_PLAIN, &li) < 0 || li < 0)
+        pcr__obj_unref(lend);
+      else
+        pcr__ledger_drop(&li);
+    }
   }
   if ((w.in && !in) || (w.out && !out)) {
     if (fd >= 0) close(fd);
@@ -503,11 +513,26 @@ static int conn_deserialize(lua_State *L) {
                          "%d: %s", (int)w.pid, why);
   }
   lconn *lc = newconn(L);
-  if (!pcr__ser_msg) pcr__conn_hold(in, out);
+  pcr_handle *h = lua_touserdata(L, -1);
   lc->c.in = in;
   lc->c.out = out;
   lc->c.fd = fd;
-  pcr__handle_own(lua_touserdata(L, -1));
+  /* The message's references become the handle's (their ledger entries
+  ** with them); outside a message, it takes its own. */
+  int k = 0, all = pcr__ser_msg;
+  if (in && all) all = pcr__taken_adopt(w.in | PCR_REF_READER,
+                                        &h->lidx[k++]) == 0;
+  if (out && all) all = pcr__taken_adopt(w.out | PCR_REF_WRITER,
+                                         &h->lidx[k]) == 0;
+  if (!pcr__ser_msg) {
+    k = 0;
+    if (in) pcr__ledger_take(&in->hdr, PCR_REF_READER, &h->lidx[k++]);
+    if (out) pcr__ledger_take(&out->hdr, PCR_REF_WRITER, &h->lidx[k]);
+  } else if (!all) {  /* a frame that does not list them: as before */
+    pcr__ledger_remove(&h->lidx[0]);
+    pcr__ledger_remove(&h->lidx[1]);
+    pcr__handle_own(h);
+  }
   return 1;
 }
 
@@ -581,6 +606,8 @@ static void c_forked(pcr_handle *h) {
   lconn *lc = pcr__handle_extra(h);
   lc->c.borrowed = 1;
   lc->lend = NULL;
+  lc->c.held = NULL;  /* the parent's block, the parent's to free */
+  lc->c.heldidx = -1;
   sweep();
 }
 

@@ -122,6 +122,11 @@ void pcr__msg_begin(void);
 int pcr__msg_ref(pcr_obj *o, unsigned role);
 size_t pcr__msg_refs(const uint64_t **out);
 void pcr__msg_end(int sent);
+/* Decode a received frame's payload as a message and push its value:
+** the handles it makes adopt the frame's taken references (frame.h); those
+** not adopted are dropped, whether the decode succeeds or raises. mark:
+** pcr__taken_mark() read before the frame was received. */
+void pcr__msg_decode(lua_State *L, const char *p, size_t n, size_t mark);
 /* Encode the value at idx as a message (pcr__ser_encode_msg); if the
 ** encode raises, the references it took are rolled back first. */
 const char *pcr__msg_encode(lua_State *L, int idx, size_t *n,

@@ -339,63 +339,86 @@ static int readstream(pcr_conn *c, pcr_ring *r, size_t len) {
   return 0;
 }
 
+/* Copy n bytes at counter t of r out, without consuming them. */
+static void copyout(pcr_ring *r, uint64_t t, void *p, size_t n) {
+  size_t at = (size_t)(t & (r->cap - 1)), first = r->cap - at;
+  if (first >= n) {
+    memcpy(p, r->data + at, n);
+  } else {
+    memcpy(p, r->data + at, first);
+    memcpy((char *)p + first, r->data, n - first);
+  }
+}
+
+/* The frame just consumed is this process's: its references and block
+** recorded in the ledger (frame.h, taken frames) until decoded. */
+static void taken(pcr_conn *c, const uint64_t *refs, uint64_t nrefs) {
+  for (uint64_t i = 0; i < nrefs; i++) pcr__taken_ref(refs[i]);
+  if (c->held) pcr__taken_block(c->held, &c->heldidx);
+}
+
 int pcr__conn_recv(pcr_conn *c, unsigned *kind, const char **p, size_t *n,
                    double deadline) {
   pcr_ring *r = c->in;
   if (c->fd < 0 || !r) return -EBADF;
+  pcr__conn_done(c);
 again:;
   int e = lockring(&r->rlock, deadline);
   if (e < 0) return e;
-  uint64_t h;
-  size_t got = 0;
-  while (got < HDR) {
-    size_t k = pcr__ring_read(r, (char *)&h + got, HDR - got);
-    if (k) { got += k; continue; }
-    e = waitfor(c, r, &r->rsleep, avail, 1, got ? -1 : deadline);
-    if (e == -EINTR && got) e = 0;
-    if (e < 0) goto out;
-  }
-  if (h & REFS) {  /* the decoder adopts them by their handles' offsets */
-    uint64_t nrefs, skip[32];
-    if ((e = readall(c, r, (char *)&nrefs, 8)) < 0) goto out;
-    for (uint64_t k; nrefs; nrefs -= k) {
-      k = nrefs < 32 ? nrefs : 32;
-      if ((e = readall(c, r, (char *)skip, 8 * k)) < 0) goto out;
-    }
-  }
-  size_t len = (size_t)(h >> 8);
+  uint64_t h, nrefs = 0, local[16], *refs = local, off;
+  if (pcr__ring_avail(r) < HDR &&
+      (e = waitfor(c, r, &r->rsleep, avail, HDR, deadline)) < 0)
+    goto out;
+  /* headseen stays at or past tail, as pcr__ring_read expects */
+  r->headseen = atomic_load_explicit(&r->head, memory_order_acquire);
+  uint64_t t = atomic_load_explicit(&r->tail, memory_order_relaxed);
+  copyout(r, t, &h, HDR);
+  size_t len = (size_t)(h >> 8), at = HDR;
   if (h & INDIRECT) len = sizeof(uint64_t);
+  if (h & REFS) {  /* the decoder adopts them by their handles' offsets */
+    copyout(r, t + HDR, &nrefs, 8);
+    at += 8 + 8 * (size_t)nrefs;
+    if (nrefs > 16 && !(refs = malloc(8 * (size_t)nrefs))) {
+      e = -ENOMEM;
+      goto out;
+    }
+    copyout(r, t + HDR + 8, refs, 8 * (size_t)nrefs);
+  }
   if ((e = reserve(c, len + 1)) < 0) goto out;
-  if (h & STREAM) {
+  pcr__ledger_ensure((size_t)nrefs + 1);  /* else they go unrecorded */
+  if (h & STREAM) {  /* the header and list are there, the rest comes */
+    atomic_store_explicit(&r->tail, t + at, memory_order_release);
     e = readstream(c, r, len);
-    if (e == -EAGAIN) {  /* the sender gave up: read the next frame */
+    if (e == -EAGAIN) {  /* the sender gave up (its references): next */
       pcr__lock_unlock(&r->rlock);
+      if (refs != local) free(refs);
+      refs = local;
       goto again;
     }
     if (e < 0) goto out;
-  }
-  for (got = (h & STREAM) ? len : 0; got < len;) {
-    size_t k = pcr__ring_read(r, c->buf + got, len - got);
-    if (k) { got += k; wake(c, &r->wsleep); continue; }
-    e = waitfor(c, r, &r->rsleep, avail, 1, -1);
-    if (e == -EINTR) e = 0;
-    if (e < 0) goto out;
+    taken(c, refs, nrefs);
+  } else {  /* published whole: consumed with one store */
+    copyout(r, t + at, c->buf, len);
+    c->held = NULL;
+    if (h & INDIRECT) {
+      memcpy(&off, c->buf, sizeof off);
+      c->held = pcr__shm_at(off, (size_t)(h >> 8));
+    }
+    atomic_store_explicit(&r->tail, t + at + len, memory_order_release);
+    taken(c, refs, nrefs);
   }
   wake(c, &r->wsleep);
   *kind = (unsigned)(h & 0x1f);
   *p = c->buf;
   *n = len;
   if (h & INDIRECT) {
-    uint64_t off;
-    memcpy(&off, c->buf, sizeof off);
-    size_t big = (size_t)(h >> 8);
-    c->held = pcr__shm_at(off, big);
     if (!c->held) { e = -EPROTO; goto out; }
     *p = c->held;
-    *n = big;
+    *n = (size_t)(h >> 8);
   }
 out:
   pcr__lock_unlock(&r->rlock);
+  if (refs != local) free(refs);
   return e < 0 ? e : 0;
 }
 
@@ -408,7 +431,7 @@ int pcr__conn_poll(pcr_conn *c, double deadline) {
 
 void pcr__conn_done(pcr_conn *c) {
   if (c->held) {
-    pcr__shm_free(c->held);
+    pcr__ledger_free(c->held, &c->heldidx);  /* unrecorded with the free */
     c->held = NULL;
   }
   if (c->bufcap > ((size_t)1 << 20)) {

@@ -19,6 +19,7 @@ typedef struct pcr_conn {
                         once can lose a wake-up; they recheck each second */
   char *buf;         /* receive buffer, owned */
   void *held;        /* arena block of the last large frame received */
+  long heldidx;      /* its ledger entry (frame.h), -1 for none */
   size_t bufcap;
 } pcr_conn;
 
@@ -43,8 +44,10 @@ int pcr__conn_send(pcr_conn *c, unsigned kind, const void *p, size_t n,
                    const uint64_t *refs, size_t nrefs, double deadline);
 
 /* Receive one frame into c->buf. *kind, *p, *n describe it, valid until the
-** next call on c. Returns 0, -EPIPE (peer closed, nothing left),
-** -ETIMEDOUT or -EINTR. */
+** next call on c (which first does pcr__conn_done). The references it
+** carries are this process's taken ones (frame.h) from its consuming store
+** on. Returns 0, -EPIPE (peer closed, nothing left), -ETIMEDOUT or
+** -EINTR. */
 int pcr__conn_recv(pcr_conn *c, unsigned *kind, const char **p, size_t *n,
                    double deadline);
 

@@ -334,10 +334,26 @@ static int tryget(pcr_queue *q, pcr_qmsg *m, double deadline, int number) {
     m->p = m->buf;
   }
   m->n = n;
+  /* The references the frame carries, copied out before it is consumed
+  ** (writers may reuse its space from then on) and recorded right after. */
+  uint64_t nrefs = 0, local[16], *refs = local;
+  if (hdr & REFS) {
+    uint64_t at = t + HDR + PAD8((hdr & INDIRECT) ? 8 : n);
+    get8(s, at, &nrefs);
+    if (nrefs > 16 && !(refs = malloc(8 * (size_t)nrefs))) {
+      pcr__lock_unlock(&q->rlock);
+      return -ENOMEM;
+    }
+    segcopyout(s, at + 8, refs, 8 * (size_t)nrefs);
+  }
+  pcr__ledger_ensure((size_t)nrefs + 1);  /* else they go unrecorded */
   atomic_store_explicit(&q->nget, atomic_load_explicit(&q->nget,
                         memory_order_relaxed) + 1, memory_order_relaxed);
   atomic_store_explicit(&s->tail, t + HDR + framelen(s, t, hdr),
                         memory_order_release);
+  for (uint64_t i = 0; i < nrefs; i++) pcr__taken_ref(refs[i]);
+  pcr__taken_block(m->blk, &m->blkidx);
+  if (refs != local) free(refs);
   pcr__lock_unlock(&q->rlock);
   if (q->maxsize) pcr__wq_wake(&q->putq, 1);
   return 1;

@@ -71,12 +71,16 @@ typedef struct pcr_qmsg {
   const char *p;
   size_t n;
   void *blk;
+  long blkidx;      /* blk's ledger entry (pcr__ledger_free) */
   char *buf;
   size_t bufcap;
 } pcr_qmsg;
 
-/* Take the oldest frame. Returns 0, -ETIMEDOUT, -EPIPE (closed and
-** drained), -ENOMEM or -EINTR. spin: seconds to poll before sleeping.
+/* Take the oldest frame. Its block and the references it carries are
+** this process's taken ones (frame.h) from its consuming store on; free
+** the block with pcr__ledger_free(m->blk, &m->blkidx). Returns 0,
+** -ETIMEDOUT, -EPIPE (closed and drained), -ENOMEM or -EINTR. spin:
+** seconds to poll before sleeping.
 ** The deadline also bounds the wait for the readers' lock. */
 int pcr__queue_get(pcr_queue *q, pcr_qmsg *m, double deadline, double spin);
 

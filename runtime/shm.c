@@ -315,20 +315,30 @@ void *pcr__shm_alloc_into(size_t n, void *slot, uint64_t tag) {
   return alloc(n, slot, tag);
 }
 
+/* The record is taken first (pid, no block yet) and the block allocated
+** into it (pcr__shm_alloc_into): a sender killed at any instant after the
+** allocation leaves it to its reaper. */
 void *pcr__shm_alloc_inflight(size_t n) {
-  void *p = pcr__shm_alloc(n);
-  if (!p) return NULL;
+  if (!base && pcr__shm_attach(0) < 0) return NULL;
   arena *a = (arena *)base;
-  uint64_t off = pcr__shm_offset(p);
+  int slot = -1;
   lock(a);
-  for (int i = 0; i < NINFLIGHT; i++)
-    if (!a->inflight[i].pid) {  /* all taken: unrecorded, as before */
-      a->inflight[i].off = off;
+  for (int i = 0; i < NINFLIGHT && slot < 0; i++)
+    if (!a->inflight[i].pid) {
+      a->inflight[i].off = 0;
       a->inflight[i].pid = pcr__self();
       atomic_fetch_add(&a->ninflight, 1);
-      break;
+      slot = i;
     }
   pcr__lock_unlock(&a->lock);
+  if (slot < 0) return pcr__shm_alloc(n);  /* all taken: unrecorded */
+  void *p = alloc(n, &a->inflight[slot].off, 0);
+  if (!p) {
+    lock(a);
+    a->inflight[slot].pid = 0;
+    atomic_fetch_sub(&a->ninflight, 1);
+    pcr__lock_unlock(&a->lock);
+  }
   return p;
 }
 
@@ -342,12 +352,21 @@ static void unrecord(arena *a, uint64_t off) {
     }
 }
 
+/* Without the lock: one store ends the record, right before the frame
+** is published (a death inside the lock between the two would leave the
+** block to nobody; the repair keeps it live). */
 void pcr__shm_handoff(void *p) {
   arena *a = (arena *)base;
   if (!p || !atomic_load(&a->ninflight)) return;
-  lock(a);
-  unrecord(a, pcr__shm_offset(p));
-  pcr__lock_unlock(&a->lock);
+  uint64_t off = pcr__shm_offset(p);
+  uint32_t me = pcr__self();
+  for (int i = 0; i < NINFLIGHT; i++)
+    if (__atomic_load_n(&a->inflight[i].pid, __ATOMIC_ACQUIRE) == me &&
+        a->inflight[i].off == off) {
+      __atomic_store_n(&a->inflight[i].pid, 0, __ATOMIC_RELEASE);
+      atomic_fetch_sub(&a->ninflight, 1);
+      return;
+    }
 }
 
 void pcr__shm_reap(uint32_t pid) {
@@ -356,6 +375,10 @@ void pcr__shm_reap(uint32_t pid) {
   for (int i = 0; i < NINFLIGHT; i++) {
     lock(a);
     uint64_t off = a->inflight[i].pid == pid ? a->inflight[i].off : 0;
+    if (a->inflight[i].pid == pid && !off) {  /* died before allocating */
+      a->inflight[i].pid = 0;
+      atomic_fetch_sub(&a->ninflight, 1);
+    }
     pcr__lock_unlock(&a->lock);
     if (off) pcr__shm_free(base + off);  /* unrecords it */
   }
