@@ -16,7 +16,9 @@ typedef struct pcr_array {
 } pcr_array;
 
 /* A zero-filled array; NULL when the arena is full or n * esize
-** overflows. */
-pcr_array *pcr__array_new(const char *ctype, size_t esize, uint64_t n);
+** overflows. Its reference is recorded in the ledger at *idx
+** (pcr__frame_obj_new). */
+pcr_array *pcr__array_new(const char *ctype, size_t esize, uint64_t n,
+                          long *idx);
 
 #endif

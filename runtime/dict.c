@@ -277,8 +277,8 @@ static int resize(pcr_dstripe *s, uint64_t cap) {
   return 0;
 }
 
-pcr_dict *pcr__dict_new(void) {
-  return (pcr_dict *)pcr__obj_new(sizeof(pcr_dict), PCR_OBJ_DICT);
+pcr_dict *pcr__dict_new(long *idx) {
+  return (pcr_dict *)pcr__frame_obj_new(sizeof(pcr_dict), PCR_OBJ_DICT, idx);
 }
 
 static void dictdtor(pcr_obj *o) {

@@ -93,7 +93,9 @@ typedef struct pcr_dout {
   uint64_t tok;
 } pcr_dout;
 
-pcr_dict *pcr__dict_new(void);
+/* Its reference is recorded in the ledger at *idx (pcr__frame_obj_new;
+** NULL: unrecorded). */
+pcr_dict *pcr__dict_new(long *idx);
 void pcr__dict_init(void);  /* the destructor; once, before any fork */
 
 /* Read without locking. Returns 1 (found), 0 (absent) or -ENOMEM. */

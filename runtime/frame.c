@@ -16,7 +16,7 @@ uint64_t pcr__frame_take(pcr_obj *o, unsigned role) {
 
 void pcr__frame_drop(uint64_t ref) {
   unsigned role = (unsigned)(ref & PCR_REF_ROLES);
-  pcr_obj *o = pcr__shm_at(ref & ~(uint64_t)PCR_REF_ROLES, sizeof(pcr_obj));
+  pcr_obj *o = pcr__shm_at(ref & ~(uint64_t)15, sizeof(pcr_obj));
   if (!o || o->magic != PCR_OBJ_MAGIC) return;
   if (role && o->type == PCR_OBJ_RING) {
     pcr_ring *r = (pcr_ring *)o;
@@ -26,32 +26,50 @@ void pcr__frame_drop(uint64_t ref) {
 }
 
 /* -- The ledger ---------------------------------------------------------
-** A forked process records the references it owns (handles it made or
-** received) in an arena block named in the arena's ledger table under
-** its pid, so that whoever reaps it drops them when it was killed. The
-** reference is taken before it is recorded and unrecorded before it is
-** dropped: a death in between leaks one reference, never frees twice. */
+** A forked process records what it owns (references of handles it made
+** or received, blocks it allocated) in a chain of arena chunks named in
+** the arena's ledger table under its pid, so that whoever reaps it drops
+** them when it was killed. An entry never moves: its index is the
+** owner's (a handle's lidx). An object is recorded from its allocation
+** on (pcr__shm_alloc_into stores the raw block's entry under the arena
+** lock; once the object is set up, one store makes it a reference). A
+** reference taken later is taken before it is recorded and unrecorded
+** before it is dropped: a death in between leaks it, never frees twice.
+** A chunk is linked (as not ready) when it is allocated and marked ready
+** once zeroed, so a reaper never reads a chunk's old bytes. */
 
-typedef struct ledger {
-  uint64_t cap, n;
-  uint64_t refs[];
-} ledger;
+#define NOTREADY 1u  /* in a link: the chunk is not set up yet */
+#define MAXCHUNKS 40
+
+typedef struct chunk {
+  _Atomic uint64_t next;  /* the next chunk's offset, 0 */
+  uint64_t cap;
+  _Atomic uint64_t e[];   /* tagged references, 0 for none */
+} chunk;
 
 static int recording;           /* a forked process: its parent reaps it */
 static uint32_t me;
-static _Atomic uint64_t *slot;  /* our ledger's offset, in the arena */
-static ledger *mine;
-static long **back;             /* back[i]: where entry i's index lives */
-static long *pidx;              /* the pending references' ledger indices */
+static _Atomic uint64_t *slot;  /* the first chunk's link, in the arena */
+static chunk *chunks[MAXCHUNKS];
+static int nchunks;
+static uint64_t total;          /* entries in all chunks */
+static long *freeidx;           /* entries not in use */
+static size_t nfree;
+static long *pidx;              /* the pending references' entries */
 static size_t npidx, cappidx;
+
+static size_t ntk;
+
+static void forget(void) {
+  slot = NULL;
+  nchunks = 0;  /* the parent's, and the parent's to free */
+  total = nfree = npidx = ntk = 0;  /* the arrays are our copies: reused */
+}
 
 void pcr__ledger_forked(void) {
   recording = 1;
   me = 0;
-  slot = NULL;
-  mine = NULL;  /* the parent's, and the parent's to free */
-  back = NULL;  /* a copy of the parent's heap: leave it */
-  npidx = 0;    /* the parent's pending message is the parent's */
+  forget();
 }
 
 /* A process forked by other means (an embedding's zygote) holds a copy
@@ -59,11 +77,17 @@ void pcr__ledger_forked(void) {
 static int stale(void) {
   if (slot && me != pcr__self()) {
     recording = 0;
-    slot = NULL;
-    mine = NULL;
-    back = NULL;
+    forget();
   }
   return !recording;
+}
+
+static _Atomic uint64_t *entry(long i) {
+  for (int k = 0; k < nchunks; k++) {
+    if ((uint64_t)i < chunks[k]->cap) return &chunks[k]->e[i];
+    i -= (long)chunks[k]->cap;
+  }
+  return NULL;
 }
 
 static int grow(void) {
@@ -71,61 +95,128 @@ static int grow(void) {
     me = pcr__self();
     if (!(slot = pcr__shm_ledger(me, 1))) return -1;
   }
-  uint64_t cap = mine ? 2 * mine->cap : 64;
-  ledger *l = pcr__shm_alloc(sizeof *l + 8 * cap);
-  long **b = realloc(back, sizeof *b * cap);
-  if (!l || !b) {
-    pcr__shm_free(l);
-    if (b) back = b;
-    return -1;
-  }
-  back = b;
-  l->cap = cap;
-  l->n = mine ? mine->n : 0;
-  if (mine) memcpy(l->refs, mine->refs, 8 * mine->n);
-  atomic_store(slot, pcr__shm_offset(l));
-  pcr__shm_free(mine);
-  mine = l;
+  if (nchunks == MAXCHUNKS) return -1;
+  uint64_t cap = nchunks ? 2 * chunks[nchunks - 1]->cap : 64;
+  long *f = realloc(freeidx, sizeof *f * (size_t)(total + cap));
+  if (!f) return -1;
+  freeidx = f;
+  _Atomic uint64_t *link = nchunks ? &chunks[nchunks - 1]->next : slot;
+  chunk *c = pcr__shm_alloc_into(sizeof *c + 8 * cap, (void *)link, NOTREADY);
+  if (!c) return -1;
+  atomic_store(&c->next, 0);
+  c->cap = cap;
+  memset((void *)c->e, 0, 8 * cap);
+  atomic_store(link, pcr__shm_offset(c));  /* ready */
+  chunks[nchunks++] = c;
+  for (uint64_t j = cap; j-- > 0;) freeidx[nfree++] = (long)(total + j);
+  total += cap;
   return 0;
 }
 
+/* A free entry's index, or -1 (this process records nothing). */
+static long reserve(void) {
+  if (stale() || (!nfree && grow() < 0)) return -1;
+  return freeidx[nfree - 1];
+}
+
+uint64_t pcr__ledger_take(pcr_obj *o, unsigned role, long *idx) {
+  long i = reserve();  /* before the reference: growing may wait */
+  uint64_t ref = pcr__frame_take(o, role);
+  *idx = i;
+  if (i >= 0) {
+    nfree--;
+    atomic_store(entry(i), ref);
+  }
+  return ref;
+}
+
 void pcr__ledger_add(uint64_t ref, long *idx) {
-  *idx = -1;
-  if (stale() || (mine && mine->n == mine->cap && grow() < 0) ||
-      (!mine && grow() < 0))
-    return;
-  back[mine->n] = idx;
-  *idx = (long)mine->n;
-  mine->refs[mine->n] = ref;
-  mine->n++;  /* recorded from here on */
+  long i = reserve();
+  *idx = i;
+  if (i < 0) return;
+  nfree--;
+  atomic_store(entry(i), ref);  /* recorded from here on */
 }
 
 void pcr__ledger_remove(long *idx) {
   long i = *idx;
-  if (i < 0 || stale() || !mine || (uint64_t)i >= mine->n) return;
-  uint64_t last = mine->n - 1;
-  if ((uint64_t)i != last) {  /* the last entry moves into i */
-    mine->refs[i] = mine->refs[last];
-    back[i] = back[last];
-    *back[i] = i;
-  }
-  mine->n = last;
   *idx = -1;
+  if (i < 0 || stale() || (uint64_t)i >= total) return;
+  atomic_store(entry(i), 0);
+  freeidx[nfree++] = i;
 }
 
-void pcr__ledger_pend(uint64_t ref) {
-  if (stale()) return;
+static pcr_obj *refobj(uint64_t ref) {
+  pcr_obj *o = pcr__shm_at(ref & ~(uint64_t)15, sizeof(pcr_obj));
+  return o && o->magic == PCR_OBJ_MAGIC ? o : NULL;
+}
+
+static void rolesub(pcr_obj *o, unsigned role) {
+  if (role && o->type == PCR_OBJ_RING) {
+    pcr_ring *r = (pcr_ring *)o;
+    atomic_fetch_sub(role == PCR_REF_READER ? &r->readers : &r->writers, 1);
+  }
+}
+
+/* The last reference (nobody else can take one: taking one needs one)
+** goes recorded: the entry says DYING while the dtor runs and is cleared
+** with the free, so a death anywhere in it leaves the reaper to finish.
+** Another goes unrecorded, then dropped. */
+void pcr__ledger_drop(long *idx) {
+  long i = *idx;
+  if (i < 0 || stale() || (uint64_t)i >= total) {
+    *idx = -1;
+    return;
+  }
+  _Atomic uint64_t *e = entry(i);
+  uint64_t ref = atomic_load(e);
+  pcr_obj *o = refobj(ref);
+  if (o && atomic_load(&o->refs) == 1) {
+    atomic_store(e, (ref & ~(uint64_t)15) | PCR_REF_DYING);
+    rolesub(o, (unsigned)(ref & PCR_REF_ROLES));
+    atomic_store(&o->refs, 0);
+    pcr__obj_finish(o, (void *)e);  /* clears e with the free */
+    freeidx[nfree++] = i;
+    *idx = -1;
+    return;
+  }
+  pcr__ledger_remove(idx);  /* unrecorded, then dropped */
+  if (ref) pcr__frame_drop(ref);
+}
+
+pcr_obj *pcr__frame_obj_new(size_t size, uint32_t type, long *idx) {
+  long i = idx ? reserve() : -1;
+  if (idx) *idx = -1;
+  if (i < 0) return pcr__obj_new(size, type);
+  _Atomic uint64_t *e = entry(i);
+  pcr_obj *o = pcr__shm_alloc_into(size, (void *)e, PCR_REF_RAW);
+  if (!o) return NULL;
+  nfree--;
+  memset(o, 0, size);
+  o->type = type;
+  atomic_init(&o->refs, 1);
+  o->magic = PCR_OBJ_MAGIC;
+  atomic_store(e, pcr__shm_offset(o) | PCR_REF_PLAIN);  /* an object now */
+  *idx = i;
+  return o;
+}
+
+void pcr__frame_obj_drop(pcr_obj *o, long *idx) {
+  if (idx && *idx >= 0) pcr__ledger_drop(idx);
+  else if (o) pcr__obj_unref(o);
+}
+
+uint64_t pcr__ledger_pend(pcr_obj *o, unsigned role) {
+  if (stale()) return pcr__frame_take(o, role);
   if (npidx == cappidx) {
     size_t cap = cappidx ? 2 * cappidx : 16;
     long *p = realloc(pidx, sizeof *p * cap);
-    if (!p) return;  /* unrecorded: a death before the publish leaks it */
+    if (!p)  /* unrecorded: a death before the publish leaks it */
+      return pcr__frame_take(o, role);
     pidx = p;
     cappidx = cap;
-    for (size_t j = 0; j < npidx; j++)  /* back[] points into pidx */
-      if (pidx[j] >= 0) back[pidx[j]] = &pidx[j];
   }
-  pcr__ledger_add(ref, &pidx[npidx]);
-  npidx++;
+  return pcr__ledger_take(o, role, &pidx[npidx++]);
 }
 
 void pcr__ledger_unpend(void) {
@@ -133,25 +224,125 @@ void pcr__ledger_unpend(void) {
   npidx = 0;
 }
 
+/* -- Taken frames -------------------------------------------------------
+** The references of frames this process took and has not decoded yet:
+** recorded in the ledger from the consuming store on (a receiver killed
+** before it decoded them leaves them to its reaper), handed to the
+** handles the decoder makes, the rest dropped once the decode is over. */
+
+typedef struct taken { uint64_t ref; long idx; } taken;
+static taken *tk;
+static size_t captk;
+
+int pcr__ledger_ensure(size_t n) {
+  if (ntk + n > captk) {
+    size_t cap = captk ? captk : 16;
+    while (cap < ntk + n) cap *= 2;
+    taken *p = realloc(tk, sizeof *p * cap);
+    if (!p) return -1;
+    tk = p;
+    captk = cap;
+  }
+  while (!stale() && nfree < n)
+    if (grow() < 0) return -1;
+  return 0;
+}
+
+void pcr__taken_ref(uint64_t ref) {
+  if (ntk == captk && pcr__ledger_ensure(1) < 0) return;  /* leaks it */
+  tk[ntk].ref = ref;
+  tk[ntk].idx = -1;
+  if (!stale() && nfree) {
+    long i = freeidx[--nfree];
+    atomic_store(entry(i), ref);
+    tk[ntk].idx = i;
+  }
+  ntk++;
+}
+
+void pcr__taken_block(void *blk, long *idx) {
+  *idx = -1;
+  if (!blk || stale() || !nfree) return;
+  long i = freeidx[--nfree];
+  atomic_store(entry(i), pcr__shm_offset(blk) | PCR_REF_RAW);
+  *idx = i;
+}
+
+void pcr__ledger_free(void *blk, long *idx) {
+  long i = *idx;
+  *idx = -1;
+  if (!blk) return;
+  if (i < 0 || stale() || (uint64_t)i >= total) {
+    pcr__shm_free(blk);
+    return;
+  }
+  pcr__shm_free_from(blk, (void *)entry(i));  /* unrecorded with it */
+  freeidx[nfree++] = i;
+}
+
+int pcr__taken_adopt(uint64_t ref, long *idx) {
+  for (size_t j = ntk; j-- > 0;)
+    if (tk[j].ref == ref) {
+      *idx = tk[j].idx;
+      tk[j] = tk[--ntk];  /* order does not matter below a mark */
+      return 0;
+    }
+  *idx = -1;
+  return -1;
+}
+
+size_t pcr__taken_mark(void) { return ntk; }
+
+void pcr__taken_end(size_t mark) {
+  while (ntk > mark) {
+    taken t = tk[--ntk];
+    if (t.idx >= 0) pcr__ledger_drop(&t.idx);
+    else pcr__frame_drop(t.ref);
+  }
+}
+
+/* Drop what a chain of chunks records, and free the chunks. */
+static void dropchain(uint64_t link) {
+  while (link) {
+    chunk *c = pcr__shm_at(link & ~(uint64_t)NOTREADY, sizeof(chunk));
+    if (!c) return;
+    if (link & NOTREADY) {  /* allocated, never set up */
+      pcr__shm_free(c);
+      return;
+    }
+    for (uint64_t i = 0; i < c->cap; i++) {
+      uint64_t ref = atomic_load(&c->e[i]);
+      if (!ref) continue;
+      pcr_obj *o = pcr__shm_at(ref & ~(uint64_t)15, sizeof(pcr_obj));
+      if (!o) continue;
+      if (ref & PCR_REF_RAW)  /* a block whose object was not set up */
+        pcr__shm_free(o);
+      else if (ref & PCR_REF_DYING)  /* it died ending an object */
+        pcr__obj_finish(o, NULL);
+      else
+        pcr__frame_drop(ref);
+    }
+    link = atomic_load(&c->next);
+    pcr__shm_free(c);
+  }
+}
+
+/* What this process still owns at exit (normally nothing: its handles
+** were released) goes as it would at its reaping. */
 void pcr__ledger_exit(void) {
   if (stale() || !slot) return;
+  uint64_t link = atomic_load(slot);
   pcr__shm_ledger_clear(me);
-  pcr__shm_free(mine);
-  mine = NULL;
-  slot = NULL;
+  forget();
+  dropchain(link);
 }
 
 void pcr__frame_reap(uint32_t pid) {
   _Atomic uint64_t *s = pcr__shm_ledger(pid, 0);
   if (s) {
-    uint64_t off = atomic_load(s);
-    ledger *l = off ? pcr__shm_at(off, sizeof(ledger)) : NULL;
+    uint64_t link = atomic_load(s);
     pcr__shm_ledger_clear(pid);
-    if (l) {
-      for (uint64_t i = 0; i < l->n && i < l->cap; i++)
-        pcr__frame_drop(l->refs[i]);
-      pcr__shm_free(l);
-    }
+    dropchain(link);
   }
   pcr__shm_reap(pid);
 }

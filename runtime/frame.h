@@ -21,25 +21,64 @@ uint64_t pcr__frame_take(pcr_obj *o, unsigned role);
 ** one that names no live object is ignored. */
 void pcr__frame_drop(uint64_t ref);
 
-/* The ledger of the references a forked process owns (not inherited
-** ones: its parent holds those for it). add records ref (already taken)
-** and keeps its index in *idx (-1: not recorded), which remove updates
-** when entries move; remove unrecords it (before it is dropped). forked
-** starts a child's own ledger; exit frees this process's ledger (its
-** references were dropped). frame_reap(pid), run by whoever reaps pid:
-** drops what pid's ledger still lists and frees its in-flight blocks. */
+/* The ledger of what a forked process owns (not inherited references:
+** its parent holds those for it). add records ref (already taken) and
+** keeps the entry's index in *idx (-1: not recorded; an entry never
+** moves); remove unrecords it (before it is dropped); drop unrecords it
+** and drops the reference. forked starts a child's own ledger; exit
+** drops what this process's ledger still lists and frees it. frame_reap
+** (pid), run by whoever reaps pid: drops what pid's ledger still lists
+** and frees its in-flight blocks. */
 void pcr__ledger_forked(void);
 void pcr__ledger_add(uint64_t ref, long *idx);
+/* Take one reference of o in role (pcr__frame_take) and record it at
+** *idx, the entry reserved first (a growing ledger allocates). */
+uint64_t pcr__ledger_take(pcr_obj *o, unsigned role, long *idx);
 void pcr__ledger_remove(long *idx);
+void pcr__ledger_drop(long *idx);
 void pcr__ledger_exit(void);
 void pcr__frame_reap(uint32_t pid);
+
+/* A ledger entry only: a raw block this process allocated, freed whole
+** by its reaper (an object not yet set up). */
+#define PCR_REF_RAW 4u
+/* A ledger entry only: the last reference of an object its owner was
+** ending (pcr__ledger_drop): the reaper finishes it. */
+#define PCR_REF_DYING 8u
+
+/* A new object (as pcr__obj_new) whose one reference is recorded in this
+** process's ledger from its allocation on, at entry *idx: a death at any
+** instant leaves it to the reaper. idx NULL, or a process that records
+** nothing (the root): unrecorded, *idx = -1. Free it with
+** pcr__ledger_drop(idx), or hand the entry on with the reference. */
+pcr_obj *pcr__frame_obj_new(size_t size, uint32_t type, long *idx);
+/* Drop the reference pcr__frame_obj_new gave (recorded at *idx or not). */
+void pcr__frame_obj_drop(pcr_obj *o, long *idx);
 
 /* The references of the message being encoded (pcr__msg_ref) are the
 ** sender's until its frame is published: pend records one in the ledger;
 ** unpend unrecords them all, right before the store that publishes the
 ** frame (or before a rolled-back message drops them). A death between
-** the two leaks them, never frees twice. */
-void pcr__ledger_pend(uint64_t ref);
+** the two leaks them, never frees twice. pend takes one reference of o in
+** role (pcr__ledger_take) and returns its tagged offset. */
+uint64_t pcr__ledger_pend(pcr_obj *o, unsigned role);
 void pcr__ledger_unpend(void);
+
+/* Frames taken by a receiver. ensure(n): room for n more entries, before
+** the frame is consumed (growing allocates). After the consuming store:
+** taken_ref(ref) records each reference the frame carries, taken_block
+** its arena block at *idx (freed by ledger_free, which unrecords it with
+** the free). The decoder adopts a reference with taken_adopt (0: the
+** entry's index, or -1 where nothing records, is now the handle's; -1: the
+** frame does not list it); taken_end(mark), after the decode (or its
+** failure), drops those not adopted since taken_mark() was read. A
+** process that records nothing still drops them. */
+int pcr__ledger_ensure(size_t n);
+void pcr__taken_ref(uint64_t ref);
+void pcr__taken_block(void *blk, long *idx);
+void pcr__ledger_free(void *blk, long *idx);
+int pcr__taken_adopt(uint64_t ref, long *idx);
+size_t pcr__taken_mark(void);
+void pcr__taken_end(size_t mark);
 
 #endif

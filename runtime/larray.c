@@ -15,12 +15,17 @@ static int l_array_new(lua_State *L) {
   const char *ct = luaL_checkstring(L, 1);
   size_t esize = (size_t)luaL_checknumber(L, 2);
   lua_Number n = luaL_checknumber(L, 3);
-  pcr_array *a = n < 0 ? NULL : pcr__array_new(ct, esize, (uint64_t)n);
+  const char *who = lua_tostring(L, 4) ? lua_tostring(L, 4) : "pcrun.array";
+  pcr_handle *h = pcr__handle_push(L, NULL, K_REF);
+  long *idx = &h->lidx[0];
+  pcr_array *a = n < 0 ? NULL : pcr__array_new(ct, esize, (uint64_t)n, idx);
   if (!a && n >= 0 && pcr__lua_collect(L))
-    a = pcr__array_new(ct, esize, (uint64_t)n);
-  if (!a) return pcr__handle_nospace(L, lua_tostring(L, 4) ? lua_tostring(L, 4)
-                                               : "pcrun.array");
-  pcr__handle_push(L, &a->hdr, K_REF);
+    a = pcr__array_new(ct, esize, (uint64_t)n, idx);
+  if (!a) {
+    pcr__handle_release(h);
+    return pcr__handle_nospace(L, who);
+  }
+  h->o = &a->hdr;
   lua_pushnumber(L, (lua_Number)(uintptr_t)a->data);
   return 2;
 }

@@ -58,8 +58,10 @@ typedef struct lendobj {
 } lendobj;
 
 static pcr_obj *lend_new(void) {
-  lendobj *l = (lendobj *)pcr__obj_new(sizeof(lendobj), PCR_OBJ_LEND);
-  if (l) pcr__ledger_add(pcr__shm_offset(l) | PCR_REF_PLAIN, &l->lidx);
+  long idx;
+  lendobj *l = (lendobj *)pcr__frame_obj_new(sizeof(lendobj), PCR_OBJ_LEND,
+                                             &idx);
+  if (l) l->lidx = idx;  /* the entry's index is ours to keep anywhere */
   return l ? &l->hdr : NULL;
 }
 
@@ -129,6 +131,7 @@ static double deadline_arg(lua_State *L, int idx) {
 static lconn *newconn(lua_State *L) {
   lconn *lc = pcr__handle_extra(pcr__handle_push(L, NULL, K_CONN));
   lc->c.fd = -1;  /* closed until it owns something */
+  lc->c.heldidx = -1;
   return lc;
 }
 
@@ -147,15 +150,16 @@ static int l_pipe(lua_State *L) {
   int duplex = lua_isnoneornil(L, 1) ? 1 : lua_toboolean(L, 1);
   size_t cap = (size_t)luaL_optnumber(L, 2, (lua_Number)PCR_RING_DEFAULT);
   lconn *a = newconn(L), *b = newconn(L);
-  int e = pcr__pipe_open(&a->c, &b->c, duplex, cap);
+  /* Recorded from the rings' allocation on, at the handles' entries. */
+  long *ai = ((pcr_handle *)lua_touserdata(L, -2))->lidx;
+  long *bi = ((pcr_handle *)lua_touserdata(L, -1))->lidx;
+  int e = pcr__pipe_open(&a->c, &b->c, duplex, cap, ai, bi);
   if (e == -ENOSPC && pcr__lua_collect(L))
-    e = pcr__pipe_open(&a->c, &b->c, duplex, cap);
+    e = pcr__pipe_open(&a->c, &b->c, duplex, cap, ai, bi);
   if (e == -ENOSPC)
     return pcr__handle_nospace(L, "pcrun.pipe");
   if (e < 0)
     return luaL_error(L, "pcrun.pipe: cannot create pipe: %s", strerror(-e));
-  pcr__handle_own(lua_touserdata(L, -2));
-  pcr__handle_own(lua_touserdata(L, -1));
   return 2;
 }
 
@@ -306,7 +310,7 @@ static int recvframe(lua_State *L, int raw, const char *who) {
   double deadline = deadline_arg(L, 2);
   unsigned kind;
   const char *p;
-  size_t n;
+  size_t n, mark = pcr__taken_mark();
   for (;;) {
     sweep();
     double d = slice_deadline(deadline);
@@ -325,8 +329,12 @@ static int recvframe(lua_State *L, int raw, const char *who) {
     return luaL_error(L, "%s: %s", who, strerror(-e));
   }
   lastkind = kind;
-  if (raw || kind != PCR_FRAME_VALUE) lua_pushlstring(L, p, n);
-  else pcr__ser_decode(L, p, n, PCR_SER_TRUSTED | PCR_SER_MSG);
+  if (raw || kind != PCR_FRAME_VALUE) {
+    lua_pushlstring(L, p, n);
+    pcr__taken_end(mark);
+  } else {
+    pcr__msg_decode(L, p, n, mark);
+  }
   pcr__conn_done(&lc->c);
   return 1;
 }
@@ -491,8 +499,13 @@ static int conn_deserialize(lua_State *L) {
   ** its lend, adopted here). */
   if (w.lend && pcr__ser_msg) {
     pcr_obj *lend = pcr__shm_at(w.lend, sizeof(pcr_obj));
-    if (lend && lend->magic == PCR_OBJ_MAGIC && lend->type == PCR_OBJ_LEND)
-      pcr__obj_unref(lend);
+    long li;
+    if (lend && lend->magic == PCR_OBJ_MAGIC && lend->type == PCR_OBJ_LEND) {
+      if (pcr__taken_adopt(w.lend | PCR_REF_PLAIN, &li) < 0 || li < 0)
+        pcr__obj_unref(lend);
+      else
+        pcr__ledger_drop(&li);
+    }
   }
   if ((w.in && !in) || (w.out && !out)) {
     if (fd >= 0) close(fd);
@@ -507,11 +520,26 @@ static int conn_deserialize(lua_State *L) {
                          "%d: %s", (int)w.pid, why);
   }
   lconn *lc = newconn(L);
-  if (!pcr__ser_msg) pcr__conn_hold(in, out);
+  pcr_handle *h = lua_touserdata(L, -1);
   lc->c.in = in;
   lc->c.out = out;
   lc->c.fd = fd;
-  pcr__handle_own(lua_touserdata(L, -1));
+  /* The message's references become the handle's (their ledger entries
+  ** with them); outside a message, it takes its own. */
+  int k = 0, all = pcr__ser_msg;
+  if (in && all) all = pcr__taken_adopt(w.in | PCR_REF_READER,
+                                        &h->lidx[k++]) == 0;
+  if (out && all) all = pcr__taken_adopt(w.out | PCR_REF_WRITER,
+                                         &h->lidx[k]) == 0;
+  if (!pcr__ser_msg) {
+    k = 0;
+    if (in) pcr__ledger_take(&in->hdr, PCR_REF_READER, &h->lidx[k++]);
+    if (out) pcr__ledger_take(&out->hdr, PCR_REF_WRITER, &h->lidx[k]);
+  } else if (!all) {  /* a frame that does not list them: as before */
+    pcr__ledger_remove(&h->lidx[0]);
+    pcr__ledger_remove(&h->lidx[1]);
+    pcr__handle_own(h);
+  }
   return 1;
 }
 
@@ -598,7 +626,7 @@ static const luaL_Reg conn_methods[] = {
 static void c_release(pcr_handle *h) {
   lconn *lc = pcr__handle_extra(h);
   conn_release_fd(lc);
-  pcr__conn_close(&lc->c);
+  pcr__conn_close(&lc->c, h->lidx);
 }
 
 /* The ring references this end owns: none in a forked copy, whose rings
@@ -618,6 +646,8 @@ static void c_forked(pcr_handle *h) {
   lconn *lc = pcr__handle_extra(h);
   lc->c.borrowed = 1;
   lc->lend = NULL;
+  lc->c.held = NULL;  /* the parent's block, the parent's to free */
+  lc->c.heldidx = -1;
   sweep();
 }
 

@@ -208,9 +208,13 @@ static int getval(lua_State *L, pcr_dict *d, const pcr_dkey *k,
 }
 
 static int l_dict(lua_State *L) {
-  pcr_dict *d = pcr__dict_new();
-  if (!d) return pcr__handle_nospace(L, "pcrun.dict");
-  pcr__handle_push(L, &d->hdr, K);
+  pcr_handle *h = pcr__handle_push(L, NULL, K);
+  pcr_dict *d = pcr__dict_new(&h->lidx[0]);
+  if (!d) {
+    pcr__handle_release(h);
+    return pcr__handle_nospace(L, "pcrun.dict");
+  }
+  h->o = &d->hdr;
   return 1;
 }
 

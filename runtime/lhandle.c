@@ -114,12 +114,15 @@ void pcr__handle_release(pcr_handle *h) {
   if (!h->open) return;
   h->open = 0;
   unlink_h(h);
-  pcr__ledger_remove(&h->lidx[0]);  /* unrecorded before dropped */
-  pcr__ledger_remove(&h->lidx[1]);
+  /* A kind with references of its own (a connection) unrecords each right
+  ** before it drops it; then h->o's, unrecorded right before it goes. */
   if (kinds[h->kind].release) kinds[h->kind].release(h);
+  pcr__ledger_remove(&h->lidx[1]);
   /* A forked copy holds no reference of its own: its parent took one for
   ** it and drops it when it reaps the copy. */
-  if (h->o && pcr__handle_owned(h)) pcr__obj_unref(h->o);
+  if (h->o && h->lidx[0] >= 0) pcr__ledger_drop(&h->lidx[0]);
+  else if (h->o && pcr__handle_owned(h)) pcr__obj_unref(h->o);
+  pcr__ledger_remove(&h->lidx[0]);
   h->o = NULL;
 }
 
@@ -228,6 +231,30 @@ const char *pcr__msg_encode(lua_State *L, int idx, size_t *n,
   return a.p;
 }
 
+typedef struct decargs {
+  const char *p;
+  size_t n;
+} decargs;
+
+static int decode_p(lua_State *L) {
+  decargs *a = lua_touserdata(L, 1);
+  lua_settop(L, 0);
+  pcr__ser_decode(L, a->p, a->n, PCR_SER_TRUSTED | PCR_SER_MSG);
+  return 1;
+}
+
+void pcr__msg_decode(lua_State *L, const char *p, size_t n, size_t mark) {
+  decargs a = { p, n };
+  int msg = pcr__ser_msg, trusted = pcr__ser_trusted;
+  lua_pushcfunction(L, decode_p);
+  lua_pushlightuserdata(L, &a);
+  int e = lua_pcall(L, 1, 1, 0);
+  pcr__ser_msg = msg;  /* a raising decode leaves them set */
+  pcr__ser_trusted = trusted;
+  pcr__taken_end(mark);  /* what it did not adopt */
+  if (e) lua_error(L);
+}
+
 int pcr__msg_ref(pcr_obj *o, unsigned role) {
   if (npend == cappend) {
     size_t cap = cappend ? 2 * cappend : 16;
@@ -236,8 +263,7 @@ int pcr__msg_ref(pcr_obj *o, unsigned role) {
     pend = p;
     cappend = cap;
   }
-  pend[npend] = pcr__frame_take(o, role);
-  pcr__ledger_pend(pend[npend++]);  /* ours until the frame is published */
+  pend[npend++] = pcr__ledger_pend(o, role);  /* ours until published */
   return 0;
 }
 
@@ -384,8 +410,14 @@ static int h_deserialize(lua_State *L) {
       w.kind >= nkinds)
     return luaL_error(L, "pcrun: a shared object in a message no longer "
                          "exists");
-  if (!pcr__ser_msg) pcr__obj_ref(o);  /* else adopt the message's */
-  pcr__handle_push(L, o, w.kind);
+  pcr_handle *h = pcr__handle_push(L, NULL, w.kind);
+  h->o = o;
+  /* In a message, the handle adopts the message's reference and its
+  ** ledger entry; else it takes its own. */
+  if (!pcr__ser_msg)
+    pcr__ledger_take(o, PCR_REF_PLAIN, &h->lidx[0]);
+  else if (pcr__taken_adopt(w.off | PCR_REF_PLAIN, &h->lidx[0]) < 0)
+    pcr__handle_own(h);  /* a frame that does not list it: as before */
   return 1;
 }
 

@@ -71,8 +71,11 @@ typedef struct pcr_hkind {
 int pcr__handle_register(lua_State *L, const pcr_hkind *k);
 const pcr_hkind *pcr__handle_kindinfo(int id);
 
-/* Push a new handle of kind id on o (its reference is adopted; o may be
-** NULL for a kind whose state is all in extra, such as a connection). */
+/* Push a new handle of kind id on o (its reference is adopted and
+** recorded in the ledger). o may be NULL: a kind whose state is all in
+** extra (a connection), or a creator that makes the object next with
+** &h->lidx[0] as its ledger entry (pcr__frame_obj_new: owned from its
+** allocation on), then sets h->o (or releases h when that failed). */
 pcr_handle *pcr__handle_push(lua_State *L, pcr_obj *o, int id);
 /* Record h's references in this process's ledger (a forked process:
 ** whoever reaps it drops them if it is killed). push does it for a
@@ -119,6 +122,11 @@ void pcr__msg_begin(void);
 int pcr__msg_ref(pcr_obj *o, unsigned role);
 size_t pcr__msg_refs(const uint64_t **out);
 void pcr__msg_end(int sent);
+/* Decode a received frame's payload as a message and push its value:
+** the handles it makes adopt the frame's taken references (frame.h); those
+** not adopted are dropped, whether the decode succeeds or raises. mark:
+** pcr__taken_mark() read before the frame was received. */
+void pcr__msg_decode(lua_State *L, const char *p, size_t n, size_t mark);
 /* Encode the value at idx as a message (pcr__ser_encode_msg); if the
 ** encode raises, the references it took are rolled back first. */
 const char *pcr__msg_encode(lua_State *L, int idx, size_t *n,

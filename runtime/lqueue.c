@@ -1,6 +1,7 @@
 /* The Lua binding of queues (pcrun.queue, pcrun.joinable_queue) and
 ** their ffi fast path, on the handle core (lhandle.h). */
 #include "lhandle.h"
+#include "frame.h"
 #include "queue.h"
 #include "ser.h"
 
@@ -18,11 +19,16 @@ static int K_QUEUE, K_JQUEUE;
 static int l_queue(lua_State *L) {
   int64_t maxsize = (int64_t)luaL_optnumber(L, 1, 0);
   int joinable = lua_toboolean(L, 2);
-  pcr_queue *q = pcr__queue_new(maxsize);
-  if (!q && pcr__lua_collect(L)) q = pcr__queue_new(maxsize);
-  if (!q) return pcr__handle_nospace(L, joinable ? "pcrun.joinable_queue" : "pcrun.queue");
+  pcr_handle *h = pcr__handle_push(L, NULL, joinable ? K_JQUEUE : K_QUEUE);
+  pcr_queue *q = pcr__queue_new(maxsize, &h->lidx[0]);
+  if (!q && pcr__lua_collect(L)) q = pcr__queue_new(maxsize, &h->lidx[0]);
+  if (!q) {
+    pcr__handle_release(h);
+    return pcr__handle_nospace(L, joinable ? "pcrun.joinable_queue"
+                                           : "pcrun.queue");
+  }
   q->hdr.flags = joinable;  /* puts count unfinished tasks */
-  pcr__handle_push(L, &q->hdr, joinable ? K_JQUEUE : K_QUEUE);
+  h->o = &q->hdr;
   return 1;
 }
 
@@ -113,10 +119,9 @@ static int q_get_(lua_State *L, int nowait, const char *m) {
   pcr_handle *h = pcr__handle_check(L, K_QUEUE, m);
   pcr_queue *q = (pcr_queue *)h->o;
   double deadline = nowait ? 0 : pcr__handle_timeout(L, 2, K_QUEUE, m);
-  if (QM(h)->blk) {
-    pcr__shm_free(QM(h)->blk);
-    QM(h)->blk = NULL;
-  }
+  pcr__ledger_free(QM(h)->blk, &QM(h)->blkidx);
+  QM(h)->blk = NULL;
+  size_t mark = pcr__taken_mark();
   getctx c = { q, QM(h), nowait };
   int e = pcr__lua_blocking(L, deadline, 1, getop, &c);
   if (e) {
@@ -144,12 +149,11 @@ static int q_get_(lua_State *L, int nowait, const char *m) {
     break;
   case PCR_QF_NIL: lua_pushnil(L); break;
   default:
-    pcr__ser_decode(L, QM(h)->p, QM(h)->n, PCR_SER_TRUSTED | PCR_SER_MSG);
+    pcr__msg_decode(L, QM(h)->p, QM(h)->n, mark);
   }
-  if (QM(h)->blk) {  /* decoded: the block is done with */
-    pcr__shm_free(QM(h)->blk);
-    QM(h)->blk = NULL;
-  }
+  pcr__taken_end(mark);  /* a frame of another kind carries none */
+  pcr__ledger_free(QM(h)->blk, &QM(h)->blkidx);  /* decoded: done with */
+  QM(h)->blk = NULL;
   return 1;
 }
 
@@ -244,7 +248,7 @@ static const luaL_Reg jqueue_m[] = {
 };
 
 static void q_release(pcr_handle *h) {
-  if (QM(h)->blk) pcr__shm_free(QM(h)->blk);
+  pcr__ledger_free(QM(h)->blk, &QM(h)->blkidx);
   free(QM(h)->buf);
   memset(QM(h), 0, sizeof(pcr_qmsg));
 }

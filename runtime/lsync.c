@@ -36,14 +36,20 @@ static int l_sync(lua_State *L) {
   if (kind == PCR_SYNC_BARRIER && !lua_isnoneornil(L, 3))  /* may raise */
     action = pcr__ser_encode_named(L, 3, &n, "action");
   int64_t value = (int64_t)luaL_optnumber(L, 2, 0);
-  pcr_sync *s = pcr__sync_new((uint32_t)kind, value);
-  if (!s && pcr__lua_collect(L)) s = pcr__sync_new((uint32_t)kind, value);
-  if (!s) return pcr__handle_nospace(L, ctor[kind]);
+  pcr_handle *h = pcr__handle_push(L, NULL, K[kind]);
+  pcr_sync *s = pcr__sync_new((uint32_t)kind, value, &h->lidx[0]);
+  if (!s && pcr__lua_collect(L))
+    s = pcr__sync_new((uint32_t)kind, value, &h->lidx[0]);
+  if (!s) {
+    pcr__handle_release(h);
+    return pcr__handle_nospace(L, ctor[kind]);
+  }
+  h->o = &s->hdr;
   if (kind == PCR_SYNC_COND) {  /* arg 3: the lock handle */
     pcr_handle *lh = lua_touserdata(L, 3);
     int lk = lh ? pcr__handle_kind(L, 3) : -1;
     if ((lk != K_LOCK && lk != K_RLOCK) || !lh->open) {
-      pcr__obj_unref(&s->hdr);
+      pcr__handle_release(h);
       return luaL_error(L, "pcrun.condition: lock must be a pcrun.lock or "
                            "pcrun.rlock");
     }
@@ -55,16 +61,17 @@ static int l_sync(lua_State *L) {
     s->has_timeout = 1;
   }
   if (action) {
-    s->blob = pcr__shm_alloc(n);
-    if (!s->blob && pcr__lua_collect(L)) s->blob = pcr__shm_alloc(n);
+    /* Named in s from its allocation on: the dtor frees it. */
+    s->blob = pcr__shm_alloc_into(n, &s->blob, PCR_SHM_ADDR);
+    if (!s->blob && pcr__lua_collect(L))
+      s->blob = pcr__shm_alloc_into(n, &s->blob, PCR_SHM_ADDR);
     if (!s->blob) {
-      pcr__obj_unref(&s->hdr);
+      pcr__handle_release(h);
       return pcr__handle_nospace(L, "pcrun.barrier");
     }
     memcpy(s->blob, action, n);
     s->bloblen = n;
   }
-  pcr__handle_push(L, &s->hdr, K[kind]);
   return 1;
 }
 

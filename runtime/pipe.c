@@ -31,12 +31,14 @@ static void peek(pcr_ring *r, uint64_t t, void *p, size_t n) {
 
 /* A ring's last reference: free the arena blocks of frames nobody read
 ** and drop the references they carry (not those of a frame its writer
-** withdrew or died writing: those were the writer's). */
+** withdrew or died writing: those were the writer's). Each frame is
+** consumed (tail) before what it holds goes: run again after a death in
+** it, it leaks rather than frees twice. */
 static void ringdtor(pcr_obj *o) {
   pcr_ring *r = (pcr_ring *)o;
   uint64_t t = atomic_load(&r->tail), h = atomic_load(&r->head);
   while (h - t >= HDR) {
-    uint64_t hdr, off, seg, nrefs = 0, at = 0;
+    uint64_t hdr, off = 0, seg, nrefs = 0, at = 0;
     peek(r, t, &hdr, HDR);
     t += HDR;
     if (hdr & REFS) {
@@ -61,12 +63,11 @@ static void ringdtor(pcr_obj *o) {
     } else {
       size_t len = (hdr & INDIRECT) ? sizeof off : (size_t)(hdr >> 8);
       if (h - t < len) break;  /* a writer died mid-frame */
-      if (hdr & INDIRECT) {
-        peek(r, t, &off, sizeof off);
-        pcr__shm_free(pcr__shm_at(off, (size_t)(hdr >> 8)));
-      }
+      if (hdr & INDIRECT) peek(r, t, &off, sizeof off);
       t += len;
     }
+    atomic_store(&r->tail, t);
+    if (off) pcr__shm_free(pcr__shm_at(off, (size_t)(hdr >> 8)));
     for (uint64_t i = 0; whole && i < nrefs; i++) {
       uint64_t ref;
       peek(r, at + 8 * i, &ref, 8);
@@ -88,38 +89,47 @@ void pcr__conn_drop(pcr_ring *in, pcr_ring *out) {
   }
 }
 
-int pcr__pipe_open(pcr_conn *a, pcr_conn *b, int duplex, size_t cap) {
+/* Take an end's references (reader of in, writer of out) and record
+** them in the ledger at lidx[0], lidx[1], in that order. */
+static void hold_end(pcr_conn *c, long *lidx) {
+  long none[2];
+  int n = 0;
+  if (!lidx) lidx = none;
+  if (c->in) pcr__ledger_take(&c->in->hdr, PCR_REF_READER, &lidx[n++]);
+  if (c->out) pcr__ledger_take(&c->out->hdr, PCR_REF_WRITER, &lidx[n++]);
+}
+
+int pcr__pipe_open(pcr_conn *a, pcr_conn *b, int duplex, size_t cap,
+                   long *alidx, long *blidx) {
   pcr__obj_set_dtor(PCR_OBJ_RING, ringdtor);
-  int sv[2];
+  int sv[2], e = -ENOSPC;
+  long iab = -1, iba = -1;  /* the rings' first references */
   memset(a, 0, sizeof *a);
   memset(b, 0, sizeof *b);
   a->fd = b->fd = -1;
-  pcr_ring *ab = pcr__ring_new(cap), *ba = duplex ? pcr__ring_new(cap) : NULL;
-  if (!ab || (duplex && !ba)) goto nospace;
+  pcr_ring *ab = pcr__ring_new(cap, &iab);
+  pcr_ring *ba = duplex && ab ? pcr__ring_new(cap, &iba) : NULL;
+  if (!ab || (duplex && !ba)) goto fail;
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0,
                  sv) < 0) {
-    int e = errno;
-    if (ab) pcr__obj_unref(&ab->hdr);
-    if (ba) pcr__obj_unref(&ba->hdr);
-    return -e;
+    e = -errno;
+    goto fail;
   }
   if (duplex) {
     a->in = ba; a->out = ab; b->in = ab; b->out = ba;
   } else {  /* a reads, b writes, as Python's Pipe(duplex=False) */
     a->in = ab; b->out = ab;
   }
-  /* Each ring starts with one reference; each end takes its own. */
-  pcr__conn_hold(a->in, a->out);
-  pcr__conn_hold(b->in, b->out);
-  pcr__obj_unref(&ab->hdr);
-  if (ba) pcr__obj_unref(&ba->hdr);
+  /* Each end takes its own references, then the first ones go. */
+  hold_end(a, alidx);
+  hold_end(b, blidx);
   a->fd = sv[0];
   b->fd = sv[1];
-  return 0;
-nospace:
-  if (ab) pcr__obj_unref(&ab->hdr);
-  if (ba) pcr__obj_unref(&ba->hdr);
-  return -ENOSPC;
+  e = 0;
+fail:
+  if (ab) pcr__frame_obj_drop(&ab->hdr, &iab);
+  if (ba) pcr__frame_obj_drop(&ba->hdr, &iba);
+  return e;
 }
 
 /* Wake the peer if it sleeps on flag. */
@@ -329,63 +339,86 @@ static int readstream(pcr_conn *c, pcr_ring *r, size_t len) {
   return 0;
 }
 
+/* Copy n bytes at counter t of r out, without consuming them. */
+static void copyout(pcr_ring *r, uint64_t t, void *p, size_t n) {
+  size_t at = (size_t)(t & (r->cap - 1)), first = r->cap - at;
+  if (first >= n) {
+    memcpy(p, r->data + at, n);
+  } else {
+    memcpy(p, r->data + at, first);
+    memcpy((char *)p + first, r->data, n - first);
+  }
+}
+
+/* The frame just consumed is this process's: its references and block
+** recorded in the ledger (frame.h, taken frames) until decoded. */
+static void taken(pcr_conn *c, const uint64_t *refs, uint64_t nrefs) {
+  for (uint64_t i = 0; i < nrefs; i++) pcr__taken_ref(refs[i]);
+  if (c->held) pcr__taken_block(c->held, &c->heldidx);
+}
+
 int pcr__conn_recv(pcr_conn *c, unsigned *kind, const char **p, size_t *n,
                    double deadline) {
   pcr_ring *r = c->in;
   if (c->fd < 0 || !r) return -EBADF;
+  pcr__conn_done(c);
 again:;
   int e = lockring(&r->rlock, deadline);
   if (e < 0) return e;
-  uint64_t h;
-  size_t got = 0;
-  while (got < HDR) {
-    size_t k = pcr__ring_read(r, (char *)&h + got, HDR - got);
-    if (k) { got += k; continue; }
-    e = waitfor(c, r, &r->rsleep, avail, 1, got ? -1 : deadline);
-    if (e == -EINTR && got) e = 0;
-    if (e < 0) goto out;
-  }
-  if (h & REFS) {  /* the decoder adopts them by their handles' offsets */
-    uint64_t nrefs, skip[32];
-    if ((e = readall(c, r, (char *)&nrefs, 8)) < 0) goto out;
-    for (uint64_t k; nrefs; nrefs -= k) {
-      k = nrefs < 32 ? nrefs : 32;
-      if ((e = readall(c, r, (char *)skip, 8 * k)) < 0) goto out;
-    }
-  }
-  size_t len = (size_t)(h >> 8);
+  uint64_t h, nrefs = 0, local[16], *refs = local, off;
+  if (pcr__ring_avail(r) < HDR &&
+      (e = waitfor(c, r, &r->rsleep, avail, HDR, deadline)) < 0)
+    goto out;
+  /* headseen stays at or past tail, as pcr__ring_read expects */
+  r->headseen = atomic_load_explicit(&r->head, memory_order_acquire);
+  uint64_t t = atomic_load_explicit(&r->tail, memory_order_relaxed);
+  copyout(r, t, &h, HDR);
+  size_t len = (size_t)(h >> 8), at = HDR;
   if (h & INDIRECT) len = sizeof(uint64_t);
+  if (h & REFS) {  /* the decoder adopts them by their handles' offsets */
+    copyout(r, t + HDR, &nrefs, 8);
+    at += 8 + 8 * (size_t)nrefs;
+    if (nrefs > 16 && !(refs = malloc(8 * (size_t)nrefs))) {
+      e = -ENOMEM;
+      goto out;
+    }
+    copyout(r, t + HDR + 8, refs, 8 * (size_t)nrefs);
+  }
   if ((e = reserve(c, len + 1)) < 0) goto out;
-  if (h & STREAM) {
+  pcr__ledger_ensure((size_t)nrefs + 1);  /* else they go unrecorded */
+  if (h & STREAM) {  /* the header and list are there, the rest comes */
+    atomic_store_explicit(&r->tail, t + at, memory_order_release);
     e = readstream(c, r, len);
-    if (e == -EAGAIN) {  /* the sender gave up: read the next frame */
+    if (e == -EAGAIN) {  /* the sender gave up (its references): next */
       pcr__lock_unlock(&r->rlock);
+      if (refs != local) free(refs);
+      refs = local;
       goto again;
     }
     if (e < 0) goto out;
-  }
-  for (got = (h & STREAM) ? len : 0; got < len;) {
-    size_t k = pcr__ring_read(r, c->buf + got, len - got);
-    if (k) { got += k; wake(c, &r->wsleep); continue; }
-    e = waitfor(c, r, &r->rsleep, avail, 1, -1);
-    if (e == -EINTR) e = 0;
-    if (e < 0) goto out;
+    taken(c, refs, nrefs);
+  } else {  /* published whole: consumed with one store */
+    copyout(r, t + at, c->buf, len);
+    c->held = NULL;
+    if (h & INDIRECT) {
+      memcpy(&off, c->buf, sizeof off);
+      c->held = pcr__shm_at(off, (size_t)(h >> 8));
+    }
+    atomic_store_explicit(&r->tail, t + at + len, memory_order_release);
+    taken(c, refs, nrefs);
   }
   wake(c, &r->wsleep);
   *kind = (unsigned)(h & 0x1f);
   *p = c->buf;
   *n = len;
   if (h & INDIRECT) {
-    uint64_t off;
-    memcpy(&off, c->buf, sizeof off);
-    size_t big = (size_t)(h >> 8);
-    c->held = pcr__shm_at(off, big);
     if (!c->held) { e = -EPROTO; goto out; }
     *p = c->held;
-    *n = big;
+    *n = (size_t)(h >> 8);
   }
 out:
   pcr__lock_unlock(&r->rlock);
+  if (refs != local) free(refs);
   return e < 0 ? e : 0;
 }
 
@@ -398,7 +431,7 @@ int pcr__conn_poll(pcr_conn *c, double deadline) {
 
 void pcr__conn_done(pcr_conn *c) {
   if (c->held) {
-    pcr__shm_free(c->held);
+    pcr__ledger_free(c->held, &c->heldidx);  /* unrecorded with the free */
     c->held = NULL;
   }
   if (c->bufcap > ((size_t)1 << 20)) {
@@ -455,10 +488,19 @@ int pcr__conn_select(pcr_conn **cs, int n, double deadline, double spin) {
   }
 }
 
-void pcr__conn_close(pcr_conn *c) {
+void pcr__conn_close(pcr_conn *c, long *lidx) {
+  int n = 0;
   if (c->fd >= 0) close(c->fd);
   c->fd = -1;
-  if (!c->borrowed) pcr__conn_drop(c->in, c->out);
+  if (!c->borrowed && c->in) {  /* each unrecorded as it goes */
+    if (lidx && lidx[n] >= 0) pcr__ledger_drop(&lidx[n]);
+    else pcr__conn_drop(c->in, NULL);
+    n++;
+  }
+  if (!c->borrowed && c->out) {
+    if (lidx && lidx[n] >= 0) pcr__ledger_drop(&lidx[n]);
+    else pcr__conn_drop(NULL, c->out);
+  }
   c->in = c->out = NULL;
   pcr__conn_done(c);
   free(c->buf);

@@ -19,6 +19,7 @@ typedef struct pcr_conn {
                         once can lose a wake-up; they recheck each second */
   char *buf;         /* receive buffer, owned */
   void *held;        /* arena block of the last large frame received */
+  long heldidx;      /* its ledger entry (frame.h), -1 for none */
   size_t bufcap;
 } pcr_conn;
 
@@ -27,9 +28,13 @@ typedef struct pcr_conn {
 /* Frame kinds: what the payload of a frame is. */
 enum { PCR_FRAME_VALUE = 1, PCR_FRAME_BYTES = 2, PCR_FRAME_STRING = 3 };
 
-/* Create the two ends. duplex = 0 makes a read-only, b write-only.
-** Returns 0, -ENOSPC (arena full) or a negative errno. */
-int pcr__pipe_open(pcr_conn *a, pcr_conn *b, int duplex, size_t cap);
+/* Create the two ends. duplex = 0 makes a read-only, b write-only. Each
+** end's ring references (its reader's, then its writer's) are recorded
+** in the ledger at alidx[0..1] and blidx[0..1] (NULL: unrecorded), the
+** rings from their allocation on. Returns 0, -ENOSPC (arena full) or a
+** negative errno. */
+int pcr__pipe_open(pcr_conn *a, pcr_conn *b, int duplex, size_t cap,
+                   long *alidx, long *blidx);
 
 /* Send one frame of n bytes carrying nrefs references (tagged offsets,
 ** frame.h: a ring destroyed with the frame unread drops them). Returns 0,
@@ -39,8 +44,10 @@ int pcr__conn_send(pcr_conn *c, unsigned kind, const void *p, size_t n,
                    const uint64_t *refs, size_t nrefs, double deadline);
 
 /* Receive one frame into c->buf. *kind, *p, *n describe it, valid until the
-** next call on c. Returns 0, -EPIPE (peer closed, nothing left),
-** -ETIMEDOUT or -EINTR. */
+** next call on c (which first does pcr__conn_done). The references it
+** carries are this process's taken ones (frame.h) from its consuming store
+** on. Returns 0, -EPIPE (peer closed, nothing left), -ETIMEDOUT or
+** -EINTR. */
 int pcr__conn_recv(pcr_conn *c, unsigned *kind, const char **p, size_t *n,
                    double deadline);
 
@@ -64,7 +71,9 @@ int pcr__conn_select(pcr_conn **cs, int n, double deadline, double spin);
 void pcr__conn_hold(pcr_ring *in, pcr_ring *out);
 void pcr__conn_drop(pcr_ring *in, pcr_ring *out);
 
-/* Close this end in this process (drops its ring references). */
-void pcr__conn_close(pcr_conn *c);
+/* Close this end in this process (drops its ring references, each
+** unrecorded from the ledger entries lidx[0..1] right before; NULL for
+** unrecorded ones). */
+void pcr__conn_close(pcr_conn *c, long *lidx);
 
 #endif

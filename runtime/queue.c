@@ -29,8 +29,9 @@ struct pcr_qseg {
   _Alignas(64) char data[];
 };
 
-static pcr_qseg *segnew(size_t cap) {
-  pcr_qseg *s = pcr__shm_alloc(sizeof(pcr_qseg) + cap);
+/* A segment, named in q->wnew from its allocation on (see wrepair). */
+static pcr_qseg *segnew(pcr_queue *q, size_t cap) {
+  pcr_qseg *s = pcr__shm_alloc_into(sizeof(pcr_qseg) + cap, &q->wnew, 0);
   if (!s) return NULL;
   memset(s, 0, sizeof *s);  /* not the data: a fresh queue stays cheap */
   s->cap = cap;
@@ -87,45 +88,58 @@ static uint64_t framelen(pcr_qseg *s, uint64_t t, uint64_t hdr) {
   return len;
 }
 
-/* Free the segments from s on, with what unread frames hold: their
-** blocks, and the references of the objects they carry. */
-static void segfree_all(pcr_qseg *s) {
-  while (s) {
+/* Free q's segments, with what unread frames hold: their blocks, and the
+** references of the objects they carry. Each frame is consumed (tail),
+** and each segment unlinked, before what it holds goes: run again after
+** a death in it (pcr__obj_finish), it leaks rather than frees twice. */
+static void segfree_all(pcr_queue *q) {
+  pcr_qseg *s;
+  while ((s = q->rseg)) {
     uint64_t t = atomic_load(&s->tail), h = atomic_load(&s->head);
     while (h - t >= HDR) {  /* a dead writer published nothing half */
-      uint64_t hdr, off;
+      uint64_t hdr, off = 0, at = t;
       get8(s, t, &hdr);
-      if (hdr & INDIRECT) {
-        get8(s, t + HDR, &off);
-        pcr__shm_free(pcr__shm_at(off, (size_t)(hdr >> 8)));
-      }
-      if (hdr & REFS)
-        droprefs(s, t + HDR + PAD8((hdr & INDIRECT) ? 8 : hdr >> 8));
+      if (hdr & INDIRECT) get8(s, t + HDR, &off);
       t += HDR + framelen(s, t, hdr);
+      atomic_store(&s->tail, t);
+      if (off) pcr__shm_free(pcr__shm_at(off, (size_t)(hdr >> 8)));
+      if (hdr & REFS)
+        droprefs(s, at + HDR + PAD8((hdr & INDIRECT) ? 8 : hdr >> 8));
     }
-    pcr_qseg *next = atomic_load(&s->next);
+    q->rseg = atomic_load(&s->next);
     pcr__shm_free(s);
-    s = next;
   }
 }
 
+static void linkrepair(pcr_queue *q);
+
 static void queuedtor(pcr_obj *o) {
   pcr_queue *q = (pcr_queue *)o;
-  segfree_all(q->rseg);
+  pcr_qseg *nw = q->wnew ? pcr__shm_at(q->wnew, sizeof(pcr_qseg)) : NULL;
+  if (q->wseg) linkrepair(q);  /* a writer died linking a segment */
+  for (pcr_qseg *s = q->rseg; s && nw; s = atomic_load(&s->next))
+    if (s == nw) nw = NULL;  /* linked: freed with the others */
+  q->wnew = 0;
+  if (nw) pcr__shm_free(nw);  /* a writer died before linking it */
+  segfree_all(q);
   q->rseg = q->wseg = NULL;
 }
 
 void pcr__queue_init(void) { pcr__obj_set_dtor(PCR_OBJ_QUEUE, queuedtor); }
 
-pcr_queue *pcr__queue_new(int64_t maxsize) {
-  pcr_queue *q = (pcr_queue *)pcr__obj_new(sizeof *q, PCR_OBJ_QUEUE);
+pcr_queue *pcr__queue_new(int64_t maxsize, long *idx) {
+  pcr_queue *q = (pcr_queue *)pcr__frame_obj_new(sizeof *q, PCR_OBJ_QUEUE,
+                                                 idx);
   if (!q) return NULL;
   q->maxsize = maxsize > 0 ? maxsize : 0;
-  q->rseg = q->wseg = segnew(SEG_FIRST);
-  if (!q->rseg) {
-    pcr__obj_unref(&q->hdr);
+  pcr_qseg *s = segnew(q, SEG_FIRST);  /* the dtor frees it from here on */
+  if (!s) {
+    pcr__frame_obj_drop(&q->hdr, idx);
     return NULL;
   }
+  q->rseg = s;
+  atomic_store(&q->wseg, s);
+  q->wnew = 0;
   return q;
 }
 
@@ -157,13 +171,23 @@ static int hasroom(pcr_queue *q) {
   return atomic_load(&q->closed) || pcr__queue_size(q) < q->maxsize;
 }
 
-/* A writer died holding wlock. It may have been linking a segment: wprev
-** is set from before wseg moves until after the link is stored. */
-static void wrepair(pcr_queue *q) {
+/* A writer may have died linking a segment: wprev is set from before
+** wseg moves until after the link is stored. */
+static void linkrepair(pcr_queue *q) {
   pcr_qseg *prev = atomic_load(&q->wprev), *cur = atomic_load(&q->wseg);
   if (prev && prev != cur && !atomic_load(&prev->next))
     atomic_store(&prev->next, cur);
   atomic_store(&q->wprev, NULL);
+}
+
+/* A writer died holding wlock. A segment it allocated (wnew) but did not
+** make wseg was never linked: it is freed. */
+static void wrepair(pcr_queue *q) {
+  linkrepair(q);
+  pcr_qseg *cur = atomic_load(&q->wseg);
+  if (q->wnew && pcr__shm_at(q->wnew, sizeof(pcr_qseg)) != cur)
+    pcr__shm_free(pcr__shm_at(q->wnew, sizeof(pcr_qseg)));
+  q->wnew = 0;
   q->tailseen = atomic_load(&cur->tail);
 }
 
@@ -209,7 +233,7 @@ int pcr__queue_put(pcr_queue *q, unsigned kind, const void *p, size_t n,
     if (s->cap - (h - q->tailseen) < need) {
       size_t cap = s->cap < SEG_MAX ? s->cap * 2 : s->cap;
       while (cap < 4 * need) cap *= 2;
-      pcr_qseg *ns = segnew(cap);
+      pcr_qseg *ns = segnew(q, cap);
       if (!ns) {
         pcr__lock_unlock(&q->wlock);
         e = -ENOSPC;
@@ -221,6 +245,7 @@ int pcr__queue_put(pcr_queue *q, unsigned kind, const void *p, size_t n,
       q->tailseen = 0;
       atomic_store_explicit(&s->next, ns, memory_order_release);
       atomic_store(&q->wprev, NULL);
+      q->wnew = 0;
       s = ns;
       h = 0;
     }
@@ -309,10 +334,26 @@ static int tryget(pcr_queue *q, pcr_qmsg *m, double deadline, int number) {
     m->p = m->buf;
   }
   m->n = n;
+  /* The references the frame carries, copied out before it is consumed
+  ** (writers may reuse its space from then on) and recorded right after. */
+  uint64_t nrefs = 0, local[16], *refs = local;
+  if (hdr & REFS) {
+    uint64_t at = t + HDR + PAD8((hdr & INDIRECT) ? 8 : n);
+    get8(s, at, &nrefs);
+    if (nrefs > 16 && !(refs = malloc(8 * (size_t)nrefs))) {
+      pcr__lock_unlock(&q->rlock);
+      return -ENOMEM;
+    }
+    segcopyout(s, at + 8, refs, 8 * (size_t)nrefs);
+  }
+  pcr__ledger_ensure((size_t)nrefs + 1);  /* else they go unrecorded */
   atomic_store_explicit(&q->nget, atomic_load_explicit(&q->nget,
                         memory_order_relaxed) + 1, memory_order_relaxed);
   atomic_store_explicit(&s->tail, t + HDR + framelen(s, t, hdr),
                         memory_order_release);
+  for (uint64_t i = 0; i < nrefs; i++) pcr__taken_ref(refs[i]);
+  pcr__taken_block(m->blk, &m->blkidx);
+  if (refs != local) free(refs);
   pcr__lock_unlock(&q->rlock);
   if (q->maxsize) pcr__wq_wake(&q->putq, 1);
   return 1;

@@ -23,6 +23,9 @@ typedef struct pcr_queue {
                                     new one, to repair a dead writer's link;
                                     readers do not free it meanwhile */
   uint64_t tailseen;             /* wseg's tail as last read */
+  uint64_t wnew;                 /* offset of a segment being linked, from
+                                    its allocation on: a dead writer's is
+                                    freed or kept by wrepair and the dtor */
   _Atomic int64_t nput;          /* frames put, ever */
   /* Readers' line, mirror image. */
   _Alignas(64) pcr_lock rlock;
@@ -48,8 +51,9 @@ static inline int64_t pcr__queue_size(pcr_queue *q) {
   return n < 0 ? 0 : n;
 }
 
-/* A new queue; NULL when the arena is full. Freed by pcr__obj_unref. */
-pcr_queue *pcr__queue_new(int64_t maxsize);
+/* A new queue; NULL when the arena is full. Its reference is recorded in
+** the ledger at *idx (pcr__frame_obj_new). Freed by pcr__obj_unref. */
+pcr_queue *pcr__queue_new(int64_t maxsize, long *idx);
 
 /* Append one frame. refs (arena offsets of nrefs objects) are the
 ** references the frame carries to its reader: a queue freed before the
@@ -67,12 +71,16 @@ typedef struct pcr_qmsg {
   const char *p;
   size_t n;
   void *blk;
+  long blkidx;      /* blk's ledger entry (pcr__ledger_free) */
   char *buf;
   size_t bufcap;
 } pcr_qmsg;
 
-/* Take the oldest frame. Returns 0, -ETIMEDOUT, -EPIPE (closed and
-** drained), -ENOMEM or -EINTR. spin: seconds to poll before sleeping.
+/* Take the oldest frame. Its block and the references it carries are
+** this process's taken ones (frame.h) from its consuming store on; free
+** the block with pcr__ledger_free(m->blk, &m->blkidx). Returns 0,
+** -ETIMEDOUT, -EPIPE (closed and drained), -ENOMEM or -EINTR. spin:
+** seconds to poll before sleeping.
 ** The deadline also bounds the wait for the readers' lock. */
 int pcr__queue_get(pcr_queue *q, pcr_qmsg *m, double deadline, double spin);
 

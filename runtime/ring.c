@@ -2,13 +2,15 @@
 ** the counter modulo cap. */
 #include "ring.h"
 #include "pcrdef.h"
+#include "frame.h"
 
 #include <string.h>
 
-pcr_ring *pcr__ring_new(size_t cap) {
+pcr_ring *pcr__ring_new(size_t cap, long *idx) {
   size_t c = 4096;
   while (c < cap) c <<= 1;
-  pcr_ring *r = (pcr_ring *)pcr__obj_new(sizeof(pcr_ring) + c, PCR_OBJ_RING);
+  pcr_ring *r = (pcr_ring *)pcr__frame_obj_new(sizeof(pcr_ring) + c,
+                                               PCR_OBJ_RING, idx);
   if (r) r->cap = c;
   return r;
 }

@@ -27,8 +27,9 @@ typedef struct pcr_ring {
 _Static_assert(offsetof(pcr_ring, data) % 64 == 0, "ring data aligned");
 
 /* Allocate a ring of cap bytes (rounded up to a power of two); NULL when
-** the arena is full. Freed by pcr__obj_unref. */
-pcr_ring *pcr__ring_new(size_t cap);
+** the arena is full. Its reference is recorded in the ledger at *idx
+** (pcr__frame_obj_new). Freed by pcr__obj_unref. */
+pcr_ring *pcr__ring_new(size_t cap, long *idx);
 
 /* Copy up to n bytes into the ring; returns how many fitted (0 when
 ** full). Publishes them to readers. Caller holds wlock. */

@@ -272,7 +272,8 @@ static unsigned classof(size_t n) {
          MIN_SHIFT;
 }
 
-void *pcr__shm_alloc(size_t n) {
+/* slot: see pcr__shm_alloc_into; NULL for none. */
+static void *alloc(size_t n, void *slot, uint64_t tag) {
   if (!base && pcr__shm_attach(0) < 0) return NULL;
   arena *a = (arena *)base;
   unsigned c = classof(n);
@@ -297,24 +298,47 @@ void *pcr__shm_alloc(size_t n) {
   }
   settag(blk(off), BLOCK_LIVE, c);
   a->used += BSIZE(c);
+  if (slot) {  /* recorded before the lock goes (issue 9): a death right
+                  after the header store leaks it, never frees it twice */
+    uint64_t v = tag == PCR_SHM_ADDR
+                     ? (uint64_t)(uintptr_t)(base + off + BLOCK_HDR)
+                     : (off + BLOCK_HDR) | tag;
+    memcpy(slot, &v, sizeof v);
+  }
   pcr__lock_unlock(&a->lock);
   return base + off + BLOCK_HDR;
 }
 
+void *pcr__shm_alloc(size_t n) { return alloc(n, NULL, 0); }
+
+void *pcr__shm_alloc_into(size_t n, void *slot, uint64_t tag) {
+  return alloc(n, slot, tag);
+}
+
+/* The record is taken first (pid, no block yet) and the block allocated
+** into it (pcr__shm_alloc_into): a sender killed at any instant after the
+** allocation leaves it to its reaper. */
 void *pcr__shm_alloc_inflight(size_t n) {
-  void *p = pcr__shm_alloc(n);
-  if (!p) return NULL;
+  if (!base && pcr__shm_attach(0) < 0) return NULL;
   arena *a = (arena *)base;
-  uint64_t off = pcr__shm_offset(p);
+  int slot = -1;
   lock(a);
-  for (int i = 0; i < NINFLIGHT; i++)
-    if (!a->inflight[i].pid) {  /* all taken: unrecorded, as before */
-      a->inflight[i].off = off;
+  for (int i = 0; i < NINFLIGHT && slot < 0; i++)
+    if (!a->inflight[i].pid) {
+      a->inflight[i].off = 0;
       a->inflight[i].pid = pcr__self();
       atomic_fetch_add(&a->ninflight, 1);
-      break;
+      slot = i;
     }
   pcr__lock_unlock(&a->lock);
+  if (slot < 0) return pcr__shm_alloc(n);  /* all taken: unrecorded */
+  void *p = alloc(n, &a->inflight[slot].off, 0);
+  if (!p) {
+    lock(a);
+    a->inflight[slot].pid = 0;
+    atomic_fetch_sub(&a->ninflight, 1);
+    pcr__lock_unlock(&a->lock);
+  }
   return p;
 }
 
@@ -328,12 +352,21 @@ static void unrecord(arena *a, uint64_t off) {
     }
 }
 
+/* Without the lock: one store ends the record, right before the frame
+** is published (a death inside the lock between the two would leave the
+** block to nobody; the repair keeps it live). */
 void pcr__shm_handoff(void *p) {
   arena *a = (arena *)base;
   if (!p || !atomic_load(&a->ninflight)) return;
-  lock(a);
-  unrecord(a, pcr__shm_offset(p));
-  pcr__lock_unlock(&a->lock);
+  uint64_t off = pcr__shm_offset(p);
+  uint32_t me = pcr__self();
+  for (int i = 0; i < NINFLIGHT; i++)
+    if (__atomic_load_n(&a->inflight[i].pid, __ATOMIC_ACQUIRE) == me &&
+        a->inflight[i].off == off) {
+      __atomic_store_n(&a->inflight[i].pid, 0, __ATOMIC_RELEASE);
+      atomic_fetch_sub(&a->ninflight, 1);
+      return;
+    }
 }
 
 void pcr__shm_reap(uint32_t pid) {
@@ -342,6 +375,10 @@ void pcr__shm_reap(uint32_t pid) {
   for (int i = 0; i < NINFLIGHT; i++) {
     lock(a);
     uint64_t off = a->inflight[i].pid == pid ? a->inflight[i].off : 0;
+    if (a->inflight[i].pid == pid && !off) {  /* died before allocating */
+      a->inflight[i].pid = 0;
+      atomic_fetch_sub(&a->ninflight, 1);
+    }
     pcr__lock_unlock(&a->lock);
     if (off) pcr__shm_free(base + off);  /* unrecords it */
   }
@@ -372,7 +409,8 @@ void pcr__shm_ledger_clear(uint32_t pid) {
     }
 }
 
-void pcr__shm_free(void *p) {
+/* slot: see pcr__shm_free_from; NULL for none. */
+static void freeb(void *p, void *slot) {
   if (!p) return;
   arena *a = (arena *)base;
   block *b = (block *)((char *)p - BLOCK_HDR);
@@ -391,6 +429,7 @@ void pcr__shm_free(void *p) {
   lock(a);
   if (atomic_load(&a->ninflight)) unrecord(a, pcr__shm_offset(p));
   a->used -= bsize;
+  if (slot) memset(slot, 0, 8);  /* unrecorded with the free (issue 9) */
   settag(b, BLOCK_FREE, cls);
   /* Merge with the buddy while it is free and whole: the pair's header
   ** (the lower one) first, then the upper one is cleared. */
@@ -406,6 +445,10 @@ void pcr__shm_free(void *p) {
   push(a, o + rel, cls);
   pcr__lock_unlock(&a->lock);
 }
+
+void pcr__shm_free(void *p) { freeb(p, NULL); }
+
+void pcr__shm_free_from(void *p, void *slot) { freeb(p, slot); }
 
 int pcr__shm_check(char *why, size_t n) {
   arena *a = (arena *)base;
@@ -499,6 +542,13 @@ pcr_obj *pcr__obj_new(size_t size, uint32_t type) {
 
 void pcr__obj_ref(pcr_obj *o) {
   atomic_fetch_add_explicit(&o->refs, 1, memory_order_relaxed);
+}
+
+void pcr__obj_finish(pcr_obj *o, void *slot) {
+  if (o->magic == PCR_OBJ_MAGIC && o->type < 8 && dtors[o->type])
+    dtors[o->type](o);
+  o->magic = 0;
+  pcr__shm_free_from(o, slot);
 }
 
 int pcr__obj_unref(pcr_obj *o) {

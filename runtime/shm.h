@@ -31,8 +31,17 @@ size_t pcr__shm_used(void);
 ** Returns NULL when no free block is large enough. Any process; takes the
 ** arena lock. The largest possible block is half the arena or more. */
 void *pcr__shm_alloc(size_t n);
+/* As pcr__shm_alloc, and the block is recorded before the arena lock is
+** released: the 8 bytes at slot get its offset | tag (tag below 16), or
+** its address when tag is PCR_SHM_ADDR. So whoever owns slot owns the
+** block from the allocation on, whenever the allocating process dies. */
+#define PCR_SHM_ADDR UINT64_MAX
+void *pcr__shm_alloc_into(size_t n, void *slot, uint64_t tag);
 /* Return a block from pcr__shm_alloc. NULL is a no-op. */
 void pcr__shm_free(void *p);
+/* As pcr__shm_free, and the 8 bytes at slot (the block's record, see
+** pcr__shm_alloc_into) are zeroed before the arena lock is released. */
+void pcr__shm_free_from(void *p, void *slot);
 
 /* Tests and diagnosis: the largest n pcr__shm_alloc could serve now, and a
 ** check of the allocator's whole state (headers, free lists, `used`, no
@@ -86,5 +95,11 @@ void pcr__obj_set_dtor(uint32_t type, void (*dtor)(pcr_obj *));
 /* Drop one reference; frees the object when it was the last. Returns 1 if
 ** freed. Types with sub-allocations free them before the last unref. */
 int pcr__obj_unref(pcr_obj *o);
+/* The end of an object nobody else references (refs 0): its dtor, then
+** its block freed as by pcr__shm_free_from(o, slot). A dtor may run
+** again on an object whose owner died inside it: each gives up what it
+** releases before releasing it (a death in between leaks, never frees
+** twice). */
+void pcr__obj_finish(pcr_obj *o, void *slot);
 
 #endif

@@ -2,19 +2,23 @@
 ** for its sleepers, and for locks the robust pid-owned lock of futex.c. */
 #include "sync.h"
 #include "pcrdef.h"
+#include "frame.h"
 
 #include <string.h>
 
 static void syncdtor(pcr_obj *o) {
-  pcr_sync *s = (pcr_sync *)o;
-  if (s->cond_lock) pcr__obj_unref(&s->cond_lock->hdr);
-  pcr__shm_free(s->blob);
+  pcr_sync *s = (pcr_sync *)o, *c = s->cond_lock;
+  void *b = s->blob;
+  s->cond_lock = NULL;  /* given up before released: see pcr__obj_finish */
+  s->blob = NULL;
+  if (c) pcr__obj_unref(&c->hdr);
+  pcr__shm_free(b);
 }
 
 void pcr__sync_init(void) { pcr__obj_set_dtor(PCR_OBJ_SYNC, syncdtor); }
 
-pcr_sync *pcr__sync_new(uint32_t kind, int64_t v) {
-  pcr_sync *s = (pcr_sync *)pcr__obj_new(sizeof *s, PCR_OBJ_SYNC);
+pcr_sync *pcr__sync_new(uint32_t kind, int64_t v, long *idx) {
+  pcr_sync *s = (pcr_sync *)pcr__frame_obj_new(sizeof *s, PCR_OBJ_SYNC, idx);
   if (!s) return NULL;
   s->kind = kind;
   if (kind == PCR_SYNC_SEM || kind == PCR_SYNC_BSEM) {

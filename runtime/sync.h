@@ -35,8 +35,9 @@ typedef struct pcr_sync {
 } pcr_sync;
 
 /* A new object of kind with initial value v (semaphores: the count;
-** barrier: parties); NULL when the arena is full. */
-pcr_sync *pcr__sync_new(uint32_t kind, int64_t v);
+** barrier: parties); NULL when the arena is full. Its reference is
+** recorded in the ledger at *idx (pcr__frame_obj_new). */
+pcr_sync *pcr__sync_new(uint32_t kind, int64_t v, long *idx);
 /* Set the destructor; once, before any fork. */
 void pcr__sync_init(void);
 

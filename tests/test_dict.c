@@ -58,7 +58,7 @@ static pcr_dkey key_in(int stripe, char *buf, size_t cap) {
 
 static void basics(void) {
   size_t base = pcr__shm_used();
-  pcr_dict *d = pcr__dict_new();
+  pcr_dict *d = pcr__dict_new(NULL);
   pcr_dout out = { 0 };
   char buf[64];
   for (int i = 0; i < 5000; i++) {
@@ -118,7 +118,7 @@ static void basics(void) {
 ** next writer of that stripe frees what was allocated and not published,
 ** and what was unlinked and not freed. */
 static void dead_writer(void) {
-  pcr_dict *d = pcr__dict_new();
+  pcr_dict *d = pcr__dict_new(NULL);
   char buf[64];
   pcr_dkey k = key_in(5, buf, sizeof buf);
   pcr_dval v = sval("first");
@@ -155,7 +155,7 @@ static void dead_writer(void) {
 ** each kill: every value is the one its key implies, len agrees. */
 static void killed_writers(void) {
   size_t base = pcr__shm_used();
-  pcr_dict *d = pcr__dict_new();
+  pcr_dict *d = pcr__dict_new(NULL);
   srand(11);
   for (int round = 0; round < KILLS; round++) {
     pid_t pid = forkchild();
@@ -213,7 +213,7 @@ static void killed_writers(void) {
 ** clears: every value read is whole (its bytes are the key's digits),
 ** whatever was freed and reused under the reader. */
 static void readers_vs_writer(void) {
-  pcr_dict *d = pcr__dict_new();
+  pcr_dict *d = pcr__dict_new(NULL);
   pid_t pid = forkchild();
   if (pid == 0) {
     pcr__self_reset();
