@@ -16,17 +16,20 @@ static const char statekey = 0;
 /* -- Start-up self-test --------------------------------------------------- */
 
 /* The checks build sample tables with the API and read them back through
-   the mirror: any disagreement leaves f->ok at 0. Stack-neutral. */
+   the mirror of layout g: any disagreement leaves f->ok at 0. They read
+   only inside the objects they create, whatever the real layout, before
+   following any pointer they have not checked. Stack-neutral. */
 
-static int fcheck_tab(lua_State *L, flayout *f)
+static int fcheck_tab(lua_State *L, flayout *f, int g)
 {
   static const double nums[] = { 1.5, -0.0, 1e300, -1e-300, -2147483648.0 };
   lua_createtable(L, 8, 0);
-  const ftab *t = lua_topointer(L, -1);
-  /* A small array is colocated right after the GCtab (64 bytes): check
-     that before following any pointer. */
-  if (t->gct != F_GCT_TAB || t->asize != 9 || t->metatable ||
-      t->array != (uint64_t)(uintptr_t)t + 64)
+  const void *t = lua_topointer(L, -1);
+  /* A small array is colocated right after the GCtab (1 << tshift bytes):
+     check that before following any pointer. */
+  uint8_t gct = g ? ((const ftab64 *)t)->gct : ((const ftab32 *)t)->gct;
+  if (gct != F_GCT_TAB || f_tasize(g, t) != 9 || f_tmeta(g, t) ||
+      f_tarray(g, t) != (uint64_t)(uintptr_t)t + (1u << f->tshift))
     return 0;
   for (int i = 0; i < 5; i++) {
     lua_pushnumber(L, nums[i]);
@@ -38,55 +41,60 @@ static int fcheck_tab(lua_State *L, flayout *f)
   lua_rawseti(L, -2, 7);
   lua_pushboolean(L, 1);
   lua_rawseti(L, -2, 8);
-  const uint64_t *a = (const uint64_t *)(uintptr_t)t->array;
+  const uint64_t *a = (const uint64_t *)(uintptr_t)f_tarray(g, t);
   for (int i = 0; i < 5; i++) {
     uint64_t u;
     memcpy(&u, &nums[i], 8);
-    if (a[i + 1] != u || !f_isnum(u)) return 0;
+    if (a[i + 1] != u || !f_isnum(g, u)) return 0;
   }
   f->nan = a[6];
-  if (f_num(f->nan) == f_num(f->nan) || !f_isnum(f->nan)) return 0;
-  if (a[7] != F_FALSE || a[8] != F_TRUE || a[0] != F_NIL) return 0;
+  if (f_num(f->nan) == f_num(f->nan) || !f_isnum(g, f->nan)) return 0;
+  int b0, b1;
+  if (!f_isbool(g, a[7], &b0) || b0 || !f_isbool(g, a[8], &b1) || !b1 ||
+      !f_isnil(g, a[0]) || f_isnum(g, a[7]) || f_isnil(g, a[8]))
+    return 0;
+  f->vfalse = a[7];
+  f->vtrue = a[8];
   lua_newtable(L);
   lua_pushvalue(L, -1);
   lua_setmetatable(L, -3);
-  if (t->metatable != (uint64_t)(uintptr_t)lua_topointer(L, -1)) return 0;
+  if (f_tmeta(g, t) != (uint64_t)(uintptr_t)lua_topointer(L, -1)) return 0;
   lua_rawseti(L, -2, 1);  /* table in slot 1 */
-  if (F_TOP(a[1]) != F_TOPTAB || (a[1] & F_GCMASK) != t->metatable)
+  if (!f_is(g, a[1], F_TTAB) || f_gc(g, a[1]) != f_tmeta(g, t))
     return 0;
   lua_pushlstring(L, "sample", 6);
   lua_rawseti(L, -2, 2);
   lua_rawgeti(L, -1, 2);
   const char *want = lua_tostring(L, -1);
-  if (F_TOP(a[2]) != F_TOPSTR ||
-      (a[2] & F_GCMASK) + F_STRHDR != (uint64_t)(uintptr_t)want)
+  if (!f_is(g, a[2], F_TSTR) ||
+      f_gc(g, a[2]) + (g ? 24 : f->strhdr) != (uintptr_t)want)
     return 0;
   size_t n;
-  const char *s = f_str(f, a[2], &n);
+  const char *s = f_str(g, f, a[2], &n);
   lua_pop(L, 2);
   return n == 6 && s == want;
 }
 
 /* Every live node of a table with string keys k1..k9 -> i is found once. */
-static int fcheck_node(lua_State *L, const flayout *f)
+static int fcheck_node(lua_State *L, const flayout *f, int g)
 {
   char key[4] = "k0";
   lua_createtable(L, 0, 9);
-  const ftab *t = lua_topointer(L, -1);
-  if (t->hmask != 15 || t->asize != 0) return 0;
+  const void *t = lua_topointer(L, -1);
+  if (f_thmask(g, t) != 15 || f_tasize(g, t) != 0) return 0;
   for (int i = 1; i <= 9; i++) {
     key[1] = (char)('0' + i);
     lua_pushnumber(L, i);
     lua_setfield(L, -2, key);
   }
-  const fnode *nd = (const fnode *)(uintptr_t)t->node;
+  const fnode *nd = (const fnode *)(uintptr_t)f_tnode(g, t);
   unsigned seen = 0;
-  for (uint32_t i = 0; i <= t->hmask; i++) {
-    if (nd[i].val == F_NIL) continue;
+  for (uint32_t i = 0; i <= 15; i++) {
+    if (f_isnil(g, nd[i].val)) continue;
     size_t n;
     const char *s;
-    if (F_TOP(nd[i].key) != F_TOPSTR || !f_isnum(nd[i].val)) return 0;
-    s = f_str(f, nd[i].key, &n);
+    if (!f_is(g, nd[i].key, F_TSTR) || !f_isnum(g, nd[i].val)) return 0;
+    s = f_str(g, f, nd[i].key, &n);
     int v = (int)f_num(nd[i].val);
     if (n != 2 || s[0] != 'k' || s[1] != '0' + v || (seen & 1u << v))
       return 0;
@@ -96,18 +104,28 @@ static int fcheck_node(lua_State *L, const flayout *f)
   return seen == 0x3FE;
 }
 
+/* Tries GC64 (both GCstr layouts), then 32-bit references (both). */
 static void fast_check(lua_State *L, flayout *f)
 {
+  static const struct { int gc64, strhdr, lenoff; } v[] = {
+    { 1, 24, 20 }, { 1, 24, 16 }, { 0, 20, 16 }, { 0, 16, 12 }
+  };
   memset(f, 0, sizeof *f);
 #if UINTPTR_MAX == UINT64_MAX && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
   int top = lua_gettop(L);
   if (!lua_checkstack(L, 8)) return;
-  for (int off = 20; off >= 16 && !f->ok; off -= 4) {
-    f->lenoff = off;
-    f->ok = fcheck_tab(L, f) && fcheck_node(L, f);
+  for (size_t i = 0; i < sizeof v / sizeof v[0] && !f->ok; i++) {
+    int g = v[i].gc64;
+    memset(f, 0, sizeof *f);
+    f->gc64 = g;
+    f->strhdr = v[i].strhdr;
+    f->lenoff = v[i].lenoff;
+    f->tshift = g ? 6 : 5;
+    f->ok = g ? fcheck_tab(L, f, 1) && fcheck_node(L, f, 1)
+              : fcheck_tab(L, f, 0) && fcheck_node(L, f, 0);
     lua_settop(L, top);
   }
-  if (!f->ok) f->lenoff = 0;
+  if (!f->ok) memset(f, 0, sizeof *f);
 #else
   (void)L;
 #endif

@@ -360,7 +360,7 @@ static inline int decleaf(dec *d, const flayout *fl, uint64_t *slot)
     d->p++;  /* the slot is nil already */
     return 1;
   } else if (tag == T_TRUE || tag == T_FALSE) {
-    *slot = tag == T_TRUE ? F_TRUE : F_FALSE;
+    *slot = tag == T_TRUE ? fl->vtrue : fl->vfalse;
     d->p++;
     return 1;
   } else if (tag == T_NUM && d->e - d->p >= 9) {
@@ -390,6 +390,14 @@ static inline int decleaf(dec *d, const flayout *fl, uint64_t *slot)
 }
 
 static void untrusted_mt(dec *d, const unsigned char *at);
+
+/* The array part of table T, when it has exactly na + 1 slots. */
+static inline uint64_t *tabarray(const flayout *fl, const void *T, size_t na)
+{
+  int g = fl->gc64;
+  return f_tasize(g, T) == na + 1 ? (uint64_t *)(uintptr_t)f_tarray(g, T)
+                                  : NULL;
+}
 
 /* LuaJIT's size of a table from lua_createtable(na, nh): the GCtab, na + 1
    array slots, nh rounded up to a power of two 24-byte nodes. */
@@ -421,16 +429,15 @@ static void dectab(dec *d, int hasmt)
                   (int)(nh < 0x3ffffff ? nh : 0x3ffffff));
   reg(d, newobj(d));
   int t = lua_gettop(L);
-  const ftab *T = na ? lua_topointer(L, t) : NULL;
+  const void *T = na ? lua_topointer(L, t) : NULL;
   const flayout *fl = na ? getlayout(d) : NULL;
-  uint64_t *a = fl && T->asize == na + 1 ? (uint64_t *)(uintptr_t)T->array
-                                         : NULL;
+  uint64_t *a = fl ? tabarray(fl, T, na) : NULL;
   for (size_t i = 1; i <= na; i++) {
     if (a && decleaf(d, fl, &a[i])) continue;
     decval(d);
     lua_rawseti(L, t, (int)i);
     /* A __deserialize hook handed this table (a cycle) may resize it. */
-    if (a) a = T->asize == na + 1 ? (uint64_t *)(uintptr_t)T->array : NULL;
+    if (a) a = tabarray(fl, T, na);
   }
   for (size_t i = 0; i < nh; i++) {
     unsigned tag = d->p < d->e ? *d->p : 0;
@@ -486,10 +493,10 @@ static void decpacked(dec *d, int w)
   lua_createtable(L, big ? 0x3ffffff : (int)n, 0);
   reg(d, newobj(d));
   d->p += n * (size_t)w;
-  const ftab *T = n ? lua_topointer(L, -1) : NULL;
+  const void *T = n ? lua_topointer(L, -1) : NULL;
   const flayout *fl = n ? getlayout(d) : NULL;
-  if (fl && !big && T->asize == n + 1) {
-    uint64_t *a = (uint64_t *)(uintptr_t)T->array;
+  uint64_t *a = fl && !big ? tabarray(fl, T, n) : NULL;
+  if (a) {
     if (w == 4) {
       for (size_t i = 1; i <= n; i++, p += 4) {
         int32_t v = (int32_t)((uint32_t)p[0] | (uint32_t)p[1] << 8 |

@@ -46,10 +46,9 @@ void pcr__ser_tfree(tseen *t)
   free(t->dir.s);
 }
 
-/* Returns the bitmap of the chunk holding address a (setting *idx). */
-static uint64_t *tchunk(lua_State *L, tseen *t, uintptr_t a, uint32_t *idx)
+/* Returns the bitmap of chunk number key (setting *idx). */
+static uint64_t *tchunk(lua_State *L, tseen *t, uintptr_t key, uint32_t *idx)
 {
-  uintptr_t key = a >> CSHIFT;
   if (t->last && t->lastkey == key) {
     *idx = t->lastidx;
     return t->last;
@@ -84,13 +83,16 @@ static void tflush(lua_State *L, tseen *t, pmap *seen)
 }
 
 /* Records table p as object id and returns NULL, or returns its slot in
-   the seen map when this encode met it already. */
-static pslot *tlook(lua_State *L, level *b, const void *p, uint32_t id)
+   the seen map when this encode met it already. A bit stands for 1 << sh
+   bytes, the size of a GCtab. */
+static pslot *tlook(lua_State *L, level *b, const void *p, uint32_t id,
+                    int sh)
 {
   tseen *t = &b->tabs;
-  uintptr_t a = (uintptr_t)p;
-  uint32_t ci, bit = (uint32_t)(a >> 6) % CBITS;
-  uint64_t *w = tchunk(L, t, a, &ci) + (bit >> 6), m = 1ull << (bit & 63);
+  uintptr_t a = (uintptr_t)p >> sh;
+  uint32_t ci, bit = (uint32_t)a % CBITS;
+  uint64_t *w = tchunk(L, t, a / CBITS, &ci) + (bit >> 6),
+           m = 1ull << (bit & 63);
   if (*w & m) {
     tflush(L, t, &b->seen);
     return pcr__ser_plook(L, &b->seen, p, id);
@@ -116,7 +118,7 @@ enum { P_KEY, P_KEYOF, P_MT, P_UPV, P_SER, P_ARR, P_NODE };
 
 typedef struct pathent {
   int kind, idx;
-  const ftab *t;      /* P_NODE: the table and the node */
+  const void *t;      /* P_NODE: the table (a GCtab) and the node */
   const fnode *n;
 } pathent;
 
@@ -180,16 +182,18 @@ static void pushnodekey(lua_State *L, const flayout *f, const pathent *p)
 {
   const fnode *n = p->n;
   size_t len;
-  const fnode *nd = (const fnode *)(uintptr_t)p->t->node;
-  if (n < nd || n > nd + p->t->hmask || n->val == F_NIL) {
+  int g = f->gc64, b = 0;
+  const fnode *nd = (const fnode *)(uintptr_t)f_tnode(g, p->t);
+  if (n < nd || n > nd + f_thmask(g, p->t) || f_isnil(g, n->val)) {
     lua_pushliteral(L, "?");
-  } else if (f_isnum(n->key)) {
+  } else if (f_isnum(g, n->key)) {
     lua_pushnumber(L, f_num(n->key));
-  } else if (F_TOP(n->key) == F_TOPSTR) {
-    const char *s = f_str(f, n->key, &len);
+  } else if (f_is(g, n->key, F_TSTR)) {
+    const char *s = f_str(g, f, n->key, &len);
     lua_pushlstring(L, s, len);
   } else {
-    lua_pushboolean(L, n->key == F_TRUE);
+    f_isbool(g, n->key, &b);
+    lua_pushboolean(L, b);
   }
 }
 
@@ -548,16 +552,19 @@ static void apiwalk(enc *e, int t, int np, uint64_t *na, uint64_t *nh)
 
 /* Writes a value read in place when it is a leaf (nil, boolean, number,
    string) and returns 1; returns 0 for anything the API must push. */
-static inline int encleaf(enc *e, uint64_t u)
+FI int encleaf(enc *e, uint64_t u, int g)
 {
-  if (f_isnum(u)) {
+  int b;
+  if (f_isnum(g, u)) {
     encnum(e, f_num(u));
-  } else if (F_TOP(u) == F_TOPSTR) {
+  } else if (f_is(g, u, F_TSTR)) {
     size_t n;
-    const char *s = f_str(e->fl, u, &n);
+    const char *s = f_str(g, e->fl, u, &n);
     encstrp(e, s, n);
-  } else if (u == F_NIL || u == F_FALSE || u == F_TRUE) {
-    put1(e, u == F_NIL ? T_NIL : u == F_TRUE ? T_TRUE : T_FALSE);
+  } else if (f_isnil(g, u)) {
+    put1(e, T_NIL);
+  } else if (f_isbool(g, u, &b)) {
+    put1(e, b ? T_TRUE : T_FALSE);
   } else {
     return 0;
   }
@@ -569,18 +576,21 @@ static void enctabp(enc *e, int t, const void *tp);
 /* Encodes the value just pushed (slot top), then pops it. Lua code may run
    meanwhile (a hook, a finalizer): if it resized the table being walked,
    the pointers into it are stale, so that is an error. */
-static void encpushed(enc *e, uint64_t u, const ftab *T, const ftab *was)
+FI void encpushed(enc *e, uint64_t u, const void *T, const fshape *was,
+                  int g)
 {
   lua_State *L = e->L;
   int top = lua_gettop(L);
   uint32_t ep = e->epoch;
-  if (F_TOP(u) == F_TOPTAB) enctabp(e, top, (const void *)(uintptr_t)
-                                              (u & F_GCMASK));
+  if (f_is(g, u, F_TTAB)) enctabp(e, top, (const void *)f_gc(g, u));
   else encval(e, top);
   lua_settop(L, top - 1);
-  if (e->epoch != ep && (T->array != was->array || T->asize != was->asize ||
-                         T->node != was->node || T->hmask != was->hmask))
-    fail(e, "table changed while being encoded");
+  if (e->epoch != ep) {
+    fshape now = f_shape(g, T);
+    if (now.array != was->array || now.asize != was->asize ||
+        now.node != was->node || now.hmask != was->hmask)
+      fail(e, "table changed while being encoded");
+  }
 }
 
 /* Pushes the string key k of a node. Through lua_pushlstring it would be
@@ -588,23 +598,23 @@ static void encpushed(enc *e, uint64_t u, const ftab *T, const ftab *was)
    lead to tables (records' "list", "nested") are kept in slots of the
    state's environment, across encodes: a string held there stays alive,
    so its address names it. */
-static void pushkey(enc *e, uint64_t k)
+FI void pushkey(enc *e, uint64_t k, int g)
 {
   lua_State *L = e->L;
-  const void *g = (const void *)(uintptr_t)(k & F_GCMASK);
-  unsigned i = (unsigned)(((uintptr_t)g >> 5) % KCACHE);
+  const void *gs = (const void *)f_gc(g, k);
+  unsigned i = (unsigned)(((uintptr_t)gs >> 5) % KCACHE);
   int env = getenv_e(e);
-  if (e->S->kcs[i] == g) {
+  if (e->S->kcs[i] == gs) {
     lua_rawgeti(L, env, E_KC + (int)i);
     return;
   }
   size_t len;
-  const char *s = f_str(e->fl, k, &len);
+  const char *s = f_str(g, e->fl, k, &len);
   e->epoch++;  /* allocation: a GC step may run */
   lua_pushlstring(L, s, len);
   lua_pushvalue(L, -1);
   lua_rawseti(L, env, E_KC + (int)i);  /* anchors what kcs[i] names */
-  e->S->kcs[i] = lua_tostring(L, -1) - F_STRHDR;
+  e->S->kcs[i] = lua_tostring(L, -1) - (g ? 24 : e->fl->strhdr);
 }
 
 /* Writes n numbers of a pure array: int32s when they all are, else
@@ -649,24 +659,26 @@ static void encpacked(enc *e, const uint64_t *a, uint32_t n)
 
 /* Writes the pairs of t reading its array and hash parts in place; returns
    0 (having written nothing) when a key is not a leaf, for apiwalk. */
-static int fastwalk(enc *e, int t, const ftab *T, int hasmt, int np,
-                    uint64_t *na, uint64_t *nh)
+FI int fastwalk(enc *e, int t, const void *T, int hasmt, int np,
+                uint64_t *na, uint64_t *nh, int g)
 {
-  const uint64_t *a = (const uint64_t *)(uintptr_t)T->array;
-  const fnode *nd = (const fnode *)(uintptr_t)T->node;
-  uint32_t asize = T->asize, hmask = T->hmask, n = asize ? asize - 1 : 0;
-  uint64_t live = asize && a[0] != F_NIL;  /* t[0] goes as a pair */
+  const uint64_t *a = (const uint64_t *)(uintptr_t)f_tarray(g, T);
+  const fnode *nd = (const fnode *)(uintptr_t)f_tnode(g, T);
+  uint32_t asize = f_tasize(g, T), hmask = f_thmask(g, T);
+  uint32_t n = asize ? asize - 1 : 0;
+  int b;
+  uint64_t live = asize && !f_isnil(g, a[0]);  /* t[0] goes as a pair */
   for (uint32_t i = 0; i <= hmask; i++) {
-    if (nd[i].val == F_NIL) continue;
+    if (f_isnil(g, nd[i].val)) continue;
     uint64_t k = nd[i].key;
-    if (!f_isnum(k) && F_TOP(k) != F_TOPSTR && k != F_TRUE && k != F_FALSE)
+    if (!f_isnum(g, k) && !f_is(g, k, F_TSTR) && !f_isbool(g, k, &b))
       return 0;
     live++;
   }
-  while (n > 0 && a[n] == F_NIL) n--;
+  while (n > 0 && f_isnil(g, a[n])) n--;
   if (!live && !hasmt && n >= PACKMIN) {
     uint32_t i = 1;
-    while (i <= n && f_isnum(a[i])) i++;
+    while (i <= n && f_isnum(g, a[i])) i++;
     if (i > n) {
       e->b->n--;  /* drop the T_TAB tag */
       encpacked(e, a, n);
@@ -680,47 +692,49 @@ static int fastwalk(enc *e, int t, const ftab *T, int hasmt, int np,
   putvar(e, n);
   putvar(e, live);
   size_t hdr = e->b->n - off;
-  ftab was = *T;
+  fshape was = f_shape(g, T);
   pathent *pe = &e->path[np];
   *pe = (pathent){ .kind = P_ARR, .t = T };
   for (uint32_t i = 1; i <= n; i++) {
-    uint64_t u = ((const uint64_t *)(uintptr_t)T->array)[i];
+    uint64_t u = ((const uint64_t *)(uintptr_t)f_tarray(g, T))[i];
     pe->idx = (int)i;
-    if (!encleaf(e, u)) {
+    if (!encleaf(e, u, g)) {
       lua_rawgeti(e->L, t, (int)i);
-      encpushed(e, u, T, &was);
+      encpushed(e, u, T, &was, g);
     }
   }
   *na = n;
-  if (live && asize && a[0] != F_NIL) {
+  if (live && asize && !f_isnil(g, a[0])) {
     pe->idx = 0;
     put1(e, SINT);
-    if (!encleaf(e, a[0])) {
+    if (!encleaf(e, a[0], g)) {
       lua_rawgeti(e->L, t, 0);
-      encpushed(e, a[0], T, &was);
+      encpushed(e, a[0], T, &was, g);
     }
     ++*nh;
   }
   pe->kind = P_NODE;
   for (uint32_t i = 0; i <= hmask; i++) {
-    const fnode *x = &((const fnode *)(uintptr_t)T->node)[i];
+    const fnode *x = &((const fnode *)(uintptr_t)f_tnode(g, T))[i];
     uint64_t v = x->val;
-    if (v == F_NIL) continue;
+    if (f_isnil(g, v)) continue;
     pe->n = x;
-    if (!encleaf(e, x->key)) fail(e, "table changed while being encoded");
-    if (!encleaf(e, v)) {
+    if (!encleaf(e, x->key, g)) fail(e, "table changed while being encoded");
+    if (!encleaf(e, v, g)) {
       uint64_t k = x->key;
-      if (f_isnum(k)) {
+      if (f_isnum(g, k)) {
         lua_pushnumber(e->L, f_num(k));
-      } else if (F_TOP(k) == F_TOPSTR) {
-        pushkey(e, k);
+      } else if (f_is(g, k, F_TSTR)) {
+        pushkey(e, k, g);
       } else {
-        lua_pushboolean(e->L, k == F_TRUE);
+        f_isbool(g, k, &b);
+        lua_pushboolean(e->L, b);
       }
       lua_rawget(e->L, t);
       /* A GC step in lua_pushlstring may have changed t[k]: then v says
          nothing about the value pushed. */
-      encpushed(e, x->val == v && T->node == was.node ? v : 0, T, &was);
+      encpushed(e, x->val == v && f_tnode(g, T) == was.node ? v : 0, T,
+                &was, g);
     }
     ++*nh;
   }
@@ -740,14 +754,15 @@ static void enctabp(enc *e, int t, const void *tp)
   if (nfmaybe(e->S, tp) && byname(e, tp, 0)) return;
   /* Tables go through the bitmap when the layout (a 64-byte GCtab) is
      known; else through the seen map directly. */
-  pslot *s = e->fl ? tlook(L, e->b, tp, e->nobj + 1)
-                   : pcr__ser_plook(L, &e->b->seen, tp, e->nobj + 1);
+  const flayout *fl = e->fl;
+  pslot *s = fl ? tlook(L, e->b, tp, e->nobj + 1, fl->tshift)
+                : pcr__ser_plook(L, &e->b->seen, tp, e->nobj + 1);
   if (s) {
     putref(e, s);
     return;
   }
   enter(e);
-  int hasmt = e->fl ? ((const ftab *)tp)->metatable != 0 : 1;
+  int hasmt = fl ? f_tmeta(fl->gc64, tp) != 0 : 1;
   if (hasmt && (hasmt = lua_getmetatable(L, t))) {
     e->epoch++;  /* __index of a metatable may run */
     lua_getfield(L, -1, "__serialize");
@@ -761,7 +776,8 @@ static void enctabp(enc *e, int t, const void *tp)
   put1(e, hasmt ? T_TABMT : T_TAB);
   uint64_t na = 0, nh = 0;
   int np = e->np++;
-  if (!e->fl || !fastwalk(e, t, tp, hasmt, np, &na, &nh)) {
+  if (!fl || !(fl->gc64 ? fastwalk(e, t, tp, hasmt, np, &na, &nh, 1)
+                        : fastwalk(e, t, tp, hasmt, np, &na, &nh, 0))) {
     size_t off = e->b->n;
     reserve(e, 2);
     e->b->n += 2;

@@ -59,12 +59,14 @@ typedef struct pmap {
 /* Every table must be recorded (a second visit is a back-reference), but
    most are visited once, and a hash map over tens of thousands of tables
    misses the cache on every insert. So a table first sets one bit in a
-   bitmap of the address space: a GCtab is 64 bytes, so one bit per 64
-   bytes is exact, and 2 KB cover a megabyte of heap. Tables are also
+   bitmap of the address space: one bit per GCtab size (64 bytes, 32
+   without GC64) is exact, and 2 KB cover a megabyte of heap (half that
+   without GC64). Tables are also
    appended to a list; only when a bit is found set already does the list
    go into the seen map, which then gives the number to refer to. */
 
-#define CSHIFT 20                          /* 1 MB of addresses per chunk */
+#define CSHIFT 20                          /* 1 MB of addresses per chunk
+                                              (GC64) */
 #define CBITS (1u << (CSHIFT - 6))         /* bits per chunk */
 
 typedef struct tent {

@@ -126,6 +126,19 @@ describe("pcrun.array", function()
     assert.equal("0", r.stdout)
   end)
 
+  it("gives its memory back in the collection that finds it unreachable",
+     function()
+    collectgarbage()
+    collectgarbage()
+    local before = pcrun.arena().used
+    ;(function()
+      local a = pcrun.array("double", 1000, 1)
+      a[0] = 2
+    end)()
+    collectgarbage()  -- one: two would hide a second cycle's delay
+    assert.equal(before, pcrun.arena().used)
+  end)
+
   it("survives pcrun.encode decoded twice or never, and refuses untrusted "
      .. "input", function()
     local a = pcrun.array("int32_t", 4, 7)

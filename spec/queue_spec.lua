@@ -244,11 +244,17 @@ describe("pcrun.queue", function()
   it("stays usable and loses no whole message when a producer is killed "
      .. "mid-stream", run(30, function()
     for round = 1, 3 do
-      local q = pcrun.queue()
+      local q, putting = pcrun.queue(), pcrun.event()
       local p = pcrun.process(function()
         local blob = string.rep("z", 100000 * round)
-        for i = 1, 1e9 do q:put({ i, blob }) end
+        for i = 1, 1e9 do
+          q:put({ i, blob })
+          if i == 1 then putting:set() end
+        end
       end):start()
+      -- Killed once it has put something: on a loaded machine the child
+      -- may not have run at all after a fixed sleep.
+      assert.is_true(putting:wait(20))
       helpers.sleep(0.05 * round)
       p:kill()
       p:join()

@@ -625,6 +625,51 @@ describe("serializer", function()
     end
   end)
 
+  it("reads nil and booleans by their type tag alone", function()
+    -- Without GC64, LuaJIT writes only the tag word of nil, false and
+    -- true: a slot that held a string or a table keeps its pointer in the
+    -- other word. The in-place reads must still see nil and booleans.
+    local s, inner = "a string " .. ("x"):rep(20), {1}
+    local t = {s, inner, s, inner, s, inner, 7}
+    t[0] = s
+    t.k1, t.k2, t.k3, t.k4 = s, inner, s, inner
+    t[true], t[false] = s, inner
+    t[0], t[1], t[2], t[3] = nil, false, true, nil
+    t.k1, t.k2, t.k3 = false, true, nil
+    t[true], t[false] = false, true
+    local x = rt(t)
+    assert.same({false, true, nil, inner, s, inner, 7}, {unpack(x, 1, 7)})
+    assert.is_nil(rawget(x, 0))
+    assert.equal(false, x.k1)
+    assert.equal(true, x.k2)
+    assert.is_nil(rawget(x, "k3"))
+    assert.same(inner, x.k4)
+    assert.equal(false, x[true])
+    assert.equal(true, x[false])
+    local n = 0
+    for _ in pairs(x) do n = n + 1 end
+    assert.equal(11, n)
+    -- Trailing slots set to nil are not part of the array sent.
+    local a = {1, 2, 3, 4, 5, s, inner}
+    a[6], a[7] = nil, nil
+    assert.same({1, 2, 3, 4, 5}, rt(a))
+  end)
+
+  it("tells apart small tables allocated next to each other", function()
+    -- Tables met are marked one bit per GCtab size of address space: 32
+    -- bytes without GC64, where empty tables sit closest together.
+    local ts = {}
+    for i = 1, 2000 do ts[i] = {} end
+    local x = rt({ts, ts, {unpack(ts)}})
+    assert.equal(x[1], x[2])
+    local seen = {}
+    for i = 1, 2000 do
+      assert.equal(x[1][i], x[3][i])
+      assert.is_nil(seen[x[1][i]])
+      seen[x[1][i]] = true
+    end
+  end)
+
   -- Untrusted input (issue 10): plain data or an error, within a budget.
   describe("without trusted", function()
     it("refuses a memory bomb before allocating for it", function()

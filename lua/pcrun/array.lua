@@ -62,11 +62,15 @@ local function view_of(ct)
   return vt
 end
 
+-- The array's finalizer releases ref in the collection that finds a dead.
+-- Left to ref's own __gc, the memory would come back one full collection
+-- later: a weak-keyed table keeps its values (ref) through the cycle that
+-- clears their dead keys (a), as LuaJIT's weak tables are not ephemerons.
 local function wrap(ref)
   local addr, n, ctype = ref:info()
   local a = view_of(ffi.typeof(ctype))(ffi.cast("void *", addr), n)
   anchors[a] = ref
-  return a
+  return ffi.gc(a, function() core.release(ref) end)
 end
 
 function Array.__serialize(a) return anchors[a] end
