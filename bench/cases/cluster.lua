@@ -100,6 +100,7 @@ function M.run()
   pair("expo", ("%d exponential, mean %g ms"):format(P.nexp, P.ms), 0.9)
   pair("tiny", ("%dk tiny tasks"):format(P.tiny / 1000), 1 / 3, 1)
   pair("big", ("%d x 1 MiB args and results"):format(P.big_n))
+  pair("arg64", ("2 x %d MiB arguments (one per slot)"):format(P.msg_mib))
   local gb = function(t)
     if type(t) ~= "number" then return t end
     return P.msg_mib * 2^20 / t / 1e9

@@ -64,7 +64,8 @@ def main():
     tiny = list(range(1, p.tiny + 1))
     big = b"y" * (1 << 20)
     bigs = [big + str(i).encode() for i in range(p.big_n)]
-    figs = {"five": [], "expo": [], "tiny": [], "big": []}
+    arg64 = b"z" * (p.msg_mib << 20)
+    figs = {"five": [], "expo": [], "tiny": [], "big": [], "arg64": []}
     with MPIPoolExecutor() as ex_:
         list(ex_.map(spin, [0.001] * 4))
 
@@ -73,6 +74,7 @@ def main():
             fn()
             return now() - t0
         for _ in range(p.reps):
+            figs["arg64"].append(time_(lambda: list(ex_.map(len, [arg64, arg64]))))
             figs["five"].append(time_(lambda: list(ex_.map(spin, five))))
             figs["expo"].append(time_(lambda: list(ex_.map(spin, ex))))
             # chunksize 1 (the default) takes a minute here: give it
