@@ -38,8 +38,8 @@ def message(p):
     comm = MPI.COMM_WORLD
     data = bytearray(b"x" * (p.msg_mib << 20))
     ack = bytearray(1)
-    best = math.inf
-    for _ in range(p.reps + 1):
+    times = []
+    for _ in range(9):  # as bench/cluster_job.lua: a median of 9
         comm.Barrier()
         t0 = now()
         if comm.rank == 0:
@@ -48,9 +48,9 @@ def message(p):
         elif comm.rank == 1:
             comm.Recv(data, source=0)
             comm.Send(ack, dest=0)
-        best = min(best, now() - t0)
+        times.append(now() - t0)
     if comm.rank == 0:
-        emit(msg=best)
+        emit(msg=times)
 
 
 def main():
