@@ -586,11 +586,21 @@ static int conn_recv_raw(lua_State *L) {
   return 2;
 }
 
+/* Set by mpi.c when built: resolves the light userdata its recv("view")
+** returns to the bytes in its receive buffer (-1: not a live view). */
+int (*pcr__raw_view)(const void *key, const char **p, size_t *n);
+
 static int conn_send_raw(lua_State *L) {
   lconn *lc = toconn(L);
   lua_Integer kind = luaL_checkinteger(L, 2);
   size_t n;
-  const char *p = luaL_checklstring(L, 3, &n);
+  const char *p;
+  if (lua_type(L, 3) == LUA_TLIGHTUSERDATA) {
+    if (!pcr__raw_view || pcr__raw_view(lua_touserdata(L, 3), &p, &n) < 0)
+      return luaL_argerror(L, 3, "not a live MPI view");
+  } else {
+    p = luaL_checklstring(L, 3, &n);
+  }
   luaL_argcheck(L, kind == PCR_FRAME_VALUE || kind == PCR_FRAME_BYTES ||
                 kind == PCR_FRAME_STRING, 2, "not a frame kind");
   pcr__msg_begin();

@@ -43,6 +43,26 @@ static int *doneidx;
 static char *rbuf;  /* the receive buffer: only grows */
 static size_t rcap;
 
+/* The largest send buffer over POOLMAX, kept for the next big message:
+** a fresh 64 MiB malloc is an mmap whose page faults cost as much as the
+** copy into it (one buffer, as rbuf: it only grows). */
+static sbuf spare;
+
+/* recv("view") hands a relayed frame on without a Lua string: the
+** payload stays in rbuf, named by this key (a light userdata) until the
+** next recv; lconn.c's _send_raw writes it to a worker's connection. */
+static char viewkey;
+static size_t viewn;
+static int viewok;
+extern int (*pcr__raw_view)(const void *key, const char **p, size_t *n);
+
+static int getview(const void *key, const char **p, size_t *n) {
+  if (key != &viewkey || !viewok || getpid() != owner) return -1;
+  *p = rbuf;
+  *n = viewn;
+  return 0;
+}
+
 static int launched(void) {
   const char *v = getenv("PCRUN_MPI");
   if (v && strcmp(v, "0") == 0) return 0;
@@ -134,6 +154,7 @@ void pcr__mpi_open(void) {
   MPI_Get_processor_name(host, &n);
   host[n < 0 ? 0 : n] = 0;
   pcr__fork_hook = forked;
+  pcr__raw_view = getview;
   atexit(finish);
 }
 
@@ -180,6 +201,9 @@ static void reap(lua_State *L, int all) {
       if (L) luaL_unref(L, LUA_REGISTRYINDEX, b->ref);
     } else if (b->p && npool < POOLED && b->cap <= POOLMAX) {
       pool[npool++] = *b;
+    } else if (b->p && b->cap > POOLMAX && b->cap > spare.cap) {
+      free(spare.p);
+      spare = *b;
     } else {
       free(b->p);
     }
@@ -201,6 +225,11 @@ static int getbuf(sbuf *out, size_t n) {
   if (best >= 0) {
     *out = pool[best];
     pool[best] = pool[--npool];
+    return 0;
+  }
+  if (n > POOLMAX && spare.cap >= n) {
+    *out = spare;
+    spare = (sbuf){ NULL, 0, LUA_NOREF };
     return 0;
   }
   size_t cap = n < 4096 ? 4096 : n;
@@ -316,10 +345,15 @@ static int l_send(lua_State *L) {
 
 /* mpi.recv([decode]): one message if any has arrived (never waits):
 ** source, tag, kind, payload (a string, or the value decoded in place
-** when decode is true). Nothing: nil. */
+** when decode is true). Nothing: nil. decode "view": a frame (kind 1-3,
+** tag > 0) comes as a view of the receive buffer and its size instead of
+** a string, valid until the next recv (an agent's relay: no copy). */
 static int l_recv(lua_State *L) {
   check(L, "recv");
-  int decode = lua_toboolean(L, 1);
+  int view = lua_type(L, 1) == LUA_TSTRING &&
+             strcmp(lua_tostring(L, 1), "view") == 0;
+  int decode = !view && lua_toboolean(L, 1);
+  viewok = 0;
   reap(L, 0);
   int flag = 0;
   MPI_Message m;
@@ -333,13 +367,14 @@ static int l_recv(lua_State *L) {
   if ((size_t)count > rcap) {
     size_t cap = rcap ? rcap : 65536;
     while (cap < (size_t)count) cap *= 2;
-    char *p = realloc(rbuf, cap);
+    char *p = malloc(cap);  /* not realloc: the old bytes are done with */
     if (!p) {  /* the message is still matched: take it somewhere */
       char c[1];
       MPI_Mrecv(c, 0, MPI_BYTE, &m, MPI_STATUS_IGNORE);
       return luaL_error(L, "pcrun.mpi.recv: out of memory for a message of "
                            "%d bytes", count);
     }
+    free(rbuf);
     rbuf = p;
     rcap = cap;
   }
@@ -354,6 +389,13 @@ static int l_recv(lua_State *L) {
     return 4;
   }
   lua_pushinteger(L, kind);
+  if (view && kind >= 1 && st.MPI_TAG >> 2 > 0) {
+    viewn = (size_t)count;
+    viewok = 1;
+    lua_pushlightuserdata(L, &viewkey);
+    lua_pushinteger(L, count);
+    return 5;
+  }
   if (decode && kind <= 1) pcr__ser_decode(L, rbuf, (size_t)count, PCR_SER_TRUSTED);
   else lua_pushlstring(L, rbuf, (size_t)count);
   return 4;

@@ -168,7 +168,9 @@ local function agent(o, tm)
       end
       -- MPI: batches for the workers, orders from rank 0.
       while true do
-        local src, tag, kind, v = mpi.recv(false)
+        -- A frame stays in MPI's receive buffer until written to the
+        -- worker (a view, not a string): no copy on the way through.
+        local src, tag, kind, v = mpi.recv("view")
         if not src then break end
         last = now()
         if kind == tm.BYE then return end
