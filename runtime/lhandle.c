@@ -218,12 +218,10 @@ static int encode_p(lua_State *L) {
 const char *pcr__msg_encode(lua_State *L, int idx, size_t *n,
                             const char *root) {
   encargs a = { root, NULL, 0 };
-  int inmsg = pcr__ser_msg;
   lua_pushcfunction(L, encode_p);
   lua_pushlightuserdata(L, &a);
   lua_pushvalue(L, idx);
   if (lua_pcall(L, 2, 0, 0)) {
-    pcr__ser_msg = inmsg;  /* a raising encode leaves it set */
     pcr__msg_end(0);       /* what the encode took before it raised */
     lua_error(L);
   }
@@ -245,12 +243,9 @@ static int decode_p(lua_State *L) {
 
 void pcr__msg_decode(lua_State *L, const char *p, size_t n, size_t mark) {
   decargs a = { p, n };
-  int msg = pcr__ser_msg, trusted = pcr__ser_trusted;
   lua_pushcfunction(L, decode_p);
   lua_pushlightuserdata(L, &a);
   int e = lua_pcall(L, 1, 1, 0);
-  pcr__ser_msg = msg;  /* a raising decode leaves them set */
-  pcr__ser_trusted = trusted;
   pcr__taken_end(mark);  /* what it did not adopt */
   if (e) lua_error(L);
 }
@@ -390,7 +385,8 @@ static int h_serialize(lua_State *L) {
   if (k < 0 || !h->open || !h->o)
     return luaL_error(L, "cannot send a released object");
   wireobj w = { pcr__shm_offset(h->o), k, h->o->type };
-  if (pcr__ser_msg && pcr__msg_ref(h->o, PCR_REF_PLAIN) < 0)  /* the receiver adopts it */
+  if ((pcr__ser_hookflags(L, 2) & PCR_SER_MSG) &&
+      pcr__msg_ref(h->o, PCR_REF_PLAIN) < 0)  /* the receiver adopts it */
     return luaL_error(L, "out of memory");
   lua_pushlstring(L, (const char *)&w, sizeof w);
   return 1;
@@ -403,7 +399,8 @@ static int h_deserialize(lua_State *L) {
   if (n != sizeof w) return luaL_error(L, "bad pcrun object encoding");
   memcpy(&w, s, sizeof w);
   pcr_obj *o = pcr__shm_at(w.off, sizeof(pcr_obj));
-  if (!pcr__ser_msg && !pcr__ser_trusted)
+  int how = pcr__ser_hookflags(L, 2), msg = how & PCR_SER_MSG;
+  if (!how)
     return luaL_error(L, "pcrun.decode: a shared object in untrusted input "
                          "(decode with { trusted = true })");
   if (!o || o->magic != PCR_OBJ_MAGIC || o->type != w.type || w.kind < 0 ||
@@ -414,7 +411,7 @@ static int h_deserialize(lua_State *L) {
   h->o = o;
   /* In a message, the handle adopts the message's reference and its
   ** ledger entry; else it takes its own. */
-  if (!pcr__ser_msg)
+  if (!msg)
     pcr__ledger_take(o, PCR_REF_PLAIN, &h->lidx[0]);
   else if (pcr__taken_adopt(w.off | PCR_REF_PLAIN, &h->lidx[0]) < 0)
     pcr__handle_own(h);  /* a frame that does not list it: as before */
