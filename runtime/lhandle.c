@@ -183,25 +183,42 @@ int pcr__lua_collect(lua_State *L) {
 
 /* -- Messages --------------------------------------------------------- */
 
-/* References taken by the message being encoded, as tagged offsets
-** (frame.h): the frame's list of what it carries. */
+/* References taken by the messages being encoded, as tagged offsets
+** (frame.h): each frame's list of what it carries is the part of pend
+** above its message's mark. Messages nest (a hook or a finalizer that
+** sends while one is encoded), innermost last. A message whose C frame
+** is gone (a raise unwound it) is rolled back by the next begin at the
+** same depth or a shallower one, as the encoder finds its free levels. */
 static uint64_t *pend;
 static size_t npend, cappend;
+#define MAXTX 256  /* above LuaJIT's C call limit */
+static struct { size_t mark; uintptr_t frame; } txs[MAXTX];
+static int ntx;
+
+static void rollback(int sent) {
+  size_t mark = ntx ? txs[--ntx].mark : 0;
+  pcr__ledger_unpend_to(mark);  /* a transport that published did it already */
+  if (!sent)
+    for (size_t i = mark; i < npend; i++) pcr__frame_drop(pend[i]);
+  npend = mark;
+}
 
 void pcr__msg_end(int sent) {
-  pcr__ledger_unpend();  /* a transport that published did it already */
-  if (!sent)
-    for (size_t i = 0; i < npend; i++) pcr__frame_drop(pend[i]);
-  npend = 0;
+  rollback(sent);
 }
 
 void pcr__msg_begin(void) {
-  pcr__msg_end(0);  /* an encode that raised left its references here */
+  uintptr_t here = (uintptr_t)__builtin_frame_address(0);
+  while (ntx && txs[ntx - 1].frame <= here) rollback(0);
+  while (ntx >= MAXTX) rollback(0);
+  txs[ntx].mark = npend;
+  txs[ntx++].frame = here;
 }
 
 size_t pcr__msg_refs(const uint64_t **out) {
-  *out = pend;
-  return npend;
+  size_t mark = ntx ? txs[ntx - 1].mark : 0;
+  *out = pend + mark;
+  return npend - mark;
 }
 
 typedef struct encargs {
@@ -218,10 +235,13 @@ static int encode_p(lua_State *L) {
 const char *pcr__msg_encode(lua_State *L, int idx, size_t *n,
                             const char *root) {
   encargs a = { root, NULL, 0 };
+  int depth = ntx;  /* this message's, begun by the caller */
   lua_pushcfunction(L, encode_p);
   lua_pushlightuserdata(L, &a);
   lua_pushvalue(L, idx);
-  if (lua_pcall(L, 2, 0, 0)) {
+  int e = lua_pcall(L, 2, 0, 0);
+  while (ntx > depth) rollback(0);  /* hooks' messages a raise left open */
+  if (e) {
     pcr__msg_end(0);       /* what the encode took before it raised */
     lua_error(L);
   }
@@ -258,7 +278,8 @@ int pcr__msg_ref(pcr_obj *o, unsigned role) {
     pend = p;
     cappend = cap;
   }
-  pend[npend++] = pcr__ledger_pend(o, role);  /* ours until published */
+  if (pcr__ledger_pend(o, role, &pend[npend]) < 0) return -1;
+  npend++;  /* ours until published */
   return 0;
 }
 

@@ -466,4 +466,42 @@ describe("ownership", function()
     assert.are.equal(0, r.status, r.stderr)
     assert.are.equal("nil\ttimeout\nused\t0\n", r.stdout)
   end)
+
+  -- The message transaction was one per process: a hook that sent while
+  -- a message was encoded rolled back the references that message had
+  -- taken, and its frame went without them (freed early, then twice).
+  it("keeps an outer message's handles when a hook sends a message",
+     function()
+    local r = run([[
+      local pcrun = require "pcrun"
+      local base = pcrun.arena().used
+      local side, held = pcrun.queue(), pcrun.queue()
+      local W = {}
+      W.__serialize = function()
+        side:put({ held })  -- a message of its own, inside this one
+        return 1
+      end
+      W.__deserialize = function() return setmetatable({}, W) end
+      pcrun.register_type("SendsInHook", W)
+      local q, box = pcrun.queue(), pcrun.queue()
+      for i = 1, 20 do
+        box:put({ q, setmetatable({}, W) })
+        local got = box:get(5)
+        got[1]:put(i)
+        local inner = side:get(5)
+        inner[1]:put(-i)
+        got, inner = nil, nil
+        collectgarbage() collectgarbage()
+        assert(q:get(5) == i and held:get(5) == -i)
+      end
+      q:put("last")
+      print(q:get(5))
+      q:close() box:close() side:close() held:close()
+      q, box, side, held = nil, nil, nil, nil
+      collectgarbage() collectgarbage()
+      print("used", pcrun.arena().used - base)
+    ]])
+    assert.are.equal(0, r.status, r.stderr)
+    assert.are.equal("last\nused\t0\n", r.stdout)
+  end)
 end)
