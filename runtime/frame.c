@@ -206,22 +206,30 @@ void pcr__frame_obj_drop(pcr_obj *o, long *idx) {
   else if (o) pcr__obj_unref(o);
 }
 
-uint64_t pcr__ledger_pend(pcr_obj *o, unsigned role) {
-  if (stale()) return pcr__frame_take(o, role);
-  if (npidx == cappidx) {
+int pcr__ledger_pend(pcr_obj *o, unsigned role, uint64_t *ref) {
+  if (npidx == cappidx) {  /* one entry per pending reference, always */
     size_t cap = cappidx ? 2 * cappidx : 16;
     long *p = realloc(pidx, sizeof *p * cap);
-    if (!p)  /* unrecorded: a death before the publish leaks it */
-      return pcr__frame_take(o, role);
+    if (!p) return -1;
     pidx = p;
     cappidx = cap;
   }
-  return pcr__ledger_take(o, role, &pidx[npidx++]);
+  long *idx = &pidx[npidx++];
+  *idx = -1;
+  *ref = stale() ? pcr__frame_take(o, role)
+                 : pcr__ledger_take(o, role, idx);
+  return 0;
 }
 
-void pcr__ledger_unpend(void) {
-  for (size_t j = 0; j < npidx; j++) pcr__ledger_remove(&pidx[j]);
-  npidx = 0;
+void pcr__ledger_unpend(size_t n) {
+  for (size_t j = npidx - (n < npidx ? n : npidx); j < npidx; j++)
+    pcr__ledger_remove(&pidx[j]);
+}
+
+void pcr__ledger_unpend_to(size_t mark) {
+  if (mark > npidx) return;
+  pcr__ledger_unpend(npidx - mark);
+  npidx = mark;
 }
 
 /* -- Taken frames -------------------------------------------------------

@@ -55,14 +55,18 @@ pcr_obj *pcr__frame_obj_new(size_t size, uint32_t type, long *idx);
 /* Drop the reference pcr__frame_obj_new gave (recorded at *idx or not). */
 void pcr__frame_obj_drop(pcr_obj *o, long *idx);
 
-/* The references of the message being encoded (pcr__msg_ref) are the
-** sender's until its frame is published: pend records one in the ledger;
-** unpend unrecords them all, right before the store that publishes the
-** frame (or before a rolled-back message drops them). A death between
-** the two leaks them, never frees twice. pend takes one reference of o in
-** role (pcr__ledger_take) and returns its tagged offset. */
-uint64_t pcr__ledger_pend(pcr_obj *o, unsigned role);
-void pcr__ledger_unpend(void);
+/* The references of the messages being encoded (pcr__msg_ref) are the
+** sender's until their frame is published. They form a stack (a message
+** encoded inside another's hook goes above it): pend takes one reference
+** of o in role (pcr__ledger_take), records it in the ledger, pushes its
+** entry and stores its tagged offset in *ref (-1: out of memory, nothing
+** taken). unpend(n) unrecords the top n (the frame's own), right before
+** the store that publishes the frame; unpend_to(mark) unrecords and pops
+** what is above mark (a message ended, sent or rolled back). A death
+** between the record and the publish leaks them, never frees twice. */
+int pcr__ledger_pend(pcr_obj *o, unsigned role, uint64_t *ref);
+void pcr__ledger_unpend(size_t n);
+void pcr__ledger_unpend_to(size_t mark);
 
 /* Frames taken by a receiver. ensure(n): room for n more entries, before
 ** the frame is consumed (growing allocates). After the consuming store:

@@ -432,7 +432,8 @@ static int conn_serialize(lua_State *L) {
   wireconn w = {lc->c.in ? pcr__shm_offset(lc->c.in) : 0,
                 lc->c.out ? pcr__shm_offset(lc->c.out) : 0,
                 (uint64_t)st.st_ino, 0, (int32_t)getpid(), lc->c.fd};
-  if (pcr__ser_msg) {
+  int msg = pcr__ser_hookflags(L, 2) & PCR_SER_MSG;
+  if (msg) {
     if (!lc->lend) {
       lc->lend = lend_new();
       if (!lc->lend) return luaL_error(L, "out of shared arena space");
@@ -442,7 +443,7 @@ static int conn_serialize(lua_State *L) {
   }
   /* In a message the receiver adopts a hold; pcrun.encode's output may be
   ** decoded many times or never, so each decode takes its own. */
-  if (pcr__ser_msg &&
+  if (msg &&
       ((lc->c.in && pcr__msg_ref(&lc->c.in->hdr, PCR_REF_READER) < 0) ||
        (lc->c.out && pcr__msg_ref(&lc->c.out->hdr, PCR_REF_WRITER) < 0)))
     return luaL_error(L, "out of memory");
@@ -467,7 +468,8 @@ static int conn_deserialize(lua_State *L) {
   wireconn w;
   if (n != sizeof w) return luaL_error(L, "bad pcrun.Connection encoding");
   memcpy(&w, s, sizeof w);
-  if (!pcr__ser_msg && !pcr__ser_trusted)
+  int how = pcr__ser_hookflags(L, 2), msg = how & PCR_SER_MSG;
+  if (!how)
     return luaL_error(L, "pcrun.decode: a connection in untrusted input "
                          "(decode with { trusted = true })");
   pcr_ring *in = ringat(w.in), *out = ringat(w.out);
@@ -497,7 +499,7 @@ static int conn_deserialize(lua_State *L) {
   }
   /* The sender may close its descriptor now (the message's reference to
   ** its lend, adopted here). */
-  if (w.lend && pcr__ser_msg) {
+  if (w.lend && msg) {
     pcr_obj *lend = pcr__shm_at(w.lend, sizeof(pcr_obj));
     long li;
     if (lend && lend->magic == PCR_OBJ_MAGIC && lend->type == PCR_OBJ_LEND) {
@@ -526,12 +528,12 @@ static int conn_deserialize(lua_State *L) {
   lc->c.fd = fd;
   /* The message's references become the handle's (their ledger entries
   ** with them); outside a message, it takes its own. */
-  int k = 0, all = pcr__ser_msg;
+  int k = 0, all = msg;
   if (in && all) all = pcr__taken_adopt(w.in | PCR_REF_READER,
                                         &h->lidx[k++]) == 0;
   if (out && all) all = pcr__taken_adopt(w.out | PCR_REF_WRITER,
                                          &h->lidx[k]) == 0;
-  if (!pcr__ser_msg) {
+  if (!msg) {
     k = 0;
     if (in) pcr__ledger_take(&in->hdr, PCR_REF_READER, &h->lidx[k++]);
     if (out) pcr__ledger_take(&out->hdr, PCR_REF_WRITER, &h->lidx[k]);

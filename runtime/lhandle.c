@@ -183,25 +183,42 @@ int pcr__lua_collect(lua_State *L) {
 
 /* -- Messages --------------------------------------------------------- */
 
-/* References taken by the message being encoded, as tagged offsets
-** (frame.h): the frame's list of what it carries. */
+/* References taken by the messages being encoded, as tagged offsets
+** (frame.h): each frame's list of what it carries is the part of pend
+** above its message's mark. Messages nest (a hook or a finalizer that
+** sends while one is encoded), innermost last. A message whose C frame
+** is gone (a raise unwound it) is rolled back by the next begin at the
+** same depth or a shallower one, as the encoder finds its free levels. */
 static uint64_t *pend;
 static size_t npend, cappend;
+#define MAXTX 256  /* above LuaJIT's C call limit */
+static struct { size_t mark; uintptr_t frame; } txs[MAXTX];
+static int ntx;
+
+static void rollback(int sent) {
+  size_t mark = ntx ? txs[--ntx].mark : 0;
+  pcr__ledger_unpend_to(mark);  /* a transport that published did it already */
+  if (!sent)
+    for (size_t i = mark; i < npend; i++) pcr__frame_drop(pend[i]);
+  npend = mark;
+}
 
 void pcr__msg_end(int sent) {
-  pcr__ledger_unpend();  /* a transport that published did it already */
-  if (!sent)
-    for (size_t i = 0; i < npend; i++) pcr__frame_drop(pend[i]);
-  npend = 0;
+  rollback(sent);
 }
 
 void pcr__msg_begin(void) {
-  pcr__msg_end(0);  /* an encode that raised left its references here */
+  uintptr_t here = (uintptr_t)__builtin_frame_address(0);
+  while (ntx && txs[ntx - 1].frame <= here) rollback(0);
+  while (ntx >= MAXTX) rollback(0);
+  txs[ntx].mark = npend;
+  txs[ntx++].frame = here;
 }
 
 size_t pcr__msg_refs(const uint64_t **out) {
-  *out = pend;
-  return npend;
+  size_t mark = ntx ? txs[ntx - 1].mark : 0;
+  *out = pend + mark;
+  return npend - mark;
 }
 
 typedef struct encargs {
@@ -218,12 +235,13 @@ static int encode_p(lua_State *L) {
 const char *pcr__msg_encode(lua_State *L, int idx, size_t *n,
                             const char *root) {
   encargs a = { root, NULL, 0 };
-  int inmsg = pcr__ser_msg;
+  int depth = ntx;  /* this message's, begun by the caller */
   lua_pushcfunction(L, encode_p);
   lua_pushlightuserdata(L, &a);
   lua_pushvalue(L, idx);
-  if (lua_pcall(L, 2, 0, 0)) {
-    pcr__ser_msg = inmsg;  /* a raising encode leaves it set */
+  int e = lua_pcall(L, 2, 0, 0);
+  while (ntx > depth) rollback(0);  /* hooks' messages a raise left open */
+  if (e) {
     pcr__msg_end(0);       /* what the encode took before it raised */
     lua_error(L);
   }
@@ -245,12 +263,9 @@ static int decode_p(lua_State *L) {
 
 void pcr__msg_decode(lua_State *L, const char *p, size_t n, size_t mark) {
   decargs a = { p, n };
-  int msg = pcr__ser_msg, trusted = pcr__ser_trusted;
   lua_pushcfunction(L, decode_p);
   lua_pushlightuserdata(L, &a);
   int e = lua_pcall(L, 1, 1, 0);
-  pcr__ser_msg = msg;  /* a raising decode leaves them set */
-  pcr__ser_trusted = trusted;
   pcr__taken_end(mark);  /* what it did not adopt */
   if (e) lua_error(L);
 }
@@ -263,7 +278,8 @@ int pcr__msg_ref(pcr_obj *o, unsigned role) {
     pend = p;
     cappend = cap;
   }
-  pend[npend++] = pcr__ledger_pend(o, role);  /* ours until published */
+  if (pcr__ledger_pend(o, role, &pend[npend]) < 0) return -1;
+  npend++;  /* ours until published */
   return 0;
 }
 
@@ -390,7 +406,8 @@ static int h_serialize(lua_State *L) {
   if (k < 0 || !h->open || !h->o)
     return luaL_error(L, "cannot send a released object");
   wireobj w = { pcr__shm_offset(h->o), k, h->o->type };
-  if (pcr__ser_msg && pcr__msg_ref(h->o, PCR_REF_PLAIN) < 0)  /* the receiver adopts it */
+  if ((pcr__ser_hookflags(L, 2) & PCR_SER_MSG) &&
+      pcr__msg_ref(h->o, PCR_REF_PLAIN) < 0)  /* the receiver adopts it */
     return luaL_error(L, "out of memory");
   lua_pushlstring(L, (const char *)&w, sizeof w);
   return 1;
@@ -403,7 +420,8 @@ static int h_deserialize(lua_State *L) {
   if (n != sizeof w) return luaL_error(L, "bad pcrun object encoding");
   memcpy(&w, s, sizeof w);
   pcr_obj *o = pcr__shm_at(w.off, sizeof(pcr_obj));
-  if (!pcr__ser_msg && !pcr__ser_trusted)
+  int how = pcr__ser_hookflags(L, 2), msg = how & PCR_SER_MSG;
+  if (!how)
     return luaL_error(L, "pcrun.decode: a shared object in untrusted input "
                          "(decode with { trusted = true })");
   if (!o || o->magic != PCR_OBJ_MAGIC || o->type != w.type || w.kind < 0 ||
@@ -414,7 +432,7 @@ static int h_deserialize(lua_State *L) {
   h->o = o;
   /* In a message, the handle adopts the message's reference and its
   ** ledger entry; else it takes its own. */
-  if (!pcr__ser_msg)
+  if (!msg)
     pcr__ledger_take(o, PCR_REF_PLAIN, &h->lidx[0]);
   else if (pcr__taken_adopt(w.off | PCR_REF_PLAIN, &h->lidx[0]) < 0)
     pcr__handle_own(h);  /* a frame that does not list it: as before */

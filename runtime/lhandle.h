@@ -113,11 +113,14 @@ double pcr__handle_timeout(lua_State *L, int idx, int id, const char *m);
 ** and the caller should try once more, else 0. */
 int pcr__lua_collect(lua_State *L);
 
-/* The message-reference transaction. begin drops what a failed encode
-** left; ref takes a reference of o in role (PCR_REF_*, frame.h) for the
-** receiver (0, or -1 out of memory); refs lists those taken so far as
-** tagged offsets, the frame's list of what it carries; end commits (sent)
-** or rolls back (each reference dropped). */
+/* The message-reference transaction. begin opens one for a new message,
+** above any being encoded (a hook or finalizer that sends while another
+** message is encoded gets its own), and rolls back those a raise left
+** open at its depth or a shallower one; ref takes a reference of o in
+** role (PCR_REF_*, frame.h) for the receiver (0, or -1 out of memory);
+** refs lists those the innermost message took so far as tagged offsets,
+** its frame's list of what it carries; end commits (sent) or rolls back
+** (each reference dropped) the innermost message. */
 void pcr__msg_begin(void);
 int pcr__msg_ref(pcr_obj *o, unsigned role);
 size_t pcr__msg_refs(const uint64_t **out);

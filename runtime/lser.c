@@ -31,11 +31,9 @@ static int ser_encode(lua_State *L)
                      luaL_optstring(L, 2, "value");
   lua_settop(L, 1);
   lua_pushvalue(L, lua_upvalueindex(1));
-  int msg = pcr__ser_msg;
-  pcr__ser_msg = 0;  /* the output may be decoded any number of times */
+  /* Not a message: the output may be decoded any number of times. */
   const char *p = pcr__ser_encode_state(L, lua_touserdata(L, 2), 2, 1, &n,
-                                        root);
-  pcr__ser_msg = msg;
+                                        root, 0);
   lua_pushlstring(L, p, n);
   return 1;
 }
@@ -63,14 +61,9 @@ static int ser_decode(lua_State *L)
     return luaL_error(L, "pcrun.decode: options must be a table, got %s",
                       luaL_typename(L, 2));
   }
-  int msg = pcr__ser_msg, trusted = pcr__ser_trusted;
-  pcr__ser_msg = 0;
-  pcr__ser_trusted = flags & PCR_SER_TRUSTED;
   pcr__ser_decode_state(L,
       &((sstate *)lua_touserdata(L, lua_upvalueindex(1)))->fl, s, n, flags,
       max);
-  pcr__ser_msg = msg;
-  pcr__ser_trusted = trusted;
   return 1;
 }
 

@@ -237,7 +237,8 @@ static int stream(pcr_conn *c, pcr_ring *r, const char *head, size_t hn,
     }
     uint64_t k = room - 2 * HDR;
     if (k > n - done) k = n - done;
-    if (done + k == n && hn > HDR) pcr__ledger_unpend();  /* the frame's now */
+    if (done + k == n && hn > HDR)  /* the frame's now */
+      pcr__ledger_unpend((hn - HDR) / 8 - 1);
     pcr__ring_write_frame(r, &k, HDR, s + done, (size_t)k);
     done += (size_t)k;
     wake(c, &r->rsleep);
@@ -287,7 +288,7 @@ int pcr__conn_send(pcr_conn *c, unsigned kind, const void *p, size_t n,
   }
   if (e == 0 && room >= total) {  /* it all fits */
     pcr__shm_handoff(blk);  /* the frame owns it from the publish on */
-    if (nrefs) pcr__ledger_unpend();  /* and its references */
+    if (nrefs) pcr__ledger_unpend(nrefs);  /* and its references */
     pcr__ring_write_frame(r, head, hn, s, n);
     wake(c, &r->rsleep);
   } else if (e == 0) {

@@ -259,7 +259,7 @@ int pcr__queue_put(pcr_queue *q, unsigned kind, const void *p, size_t n,
     segcopyin(s, at + 8, refs, 8 * nrefs);
   }
   pcr__shm_handoff(blk);  /* the frame owns it from the publish on */
-  if (nrefs) pcr__ledger_unpend();  /* and its references */
+  if (nrefs) pcr__ledger_unpend(nrefs);  /* and its references */
   atomic_store_explicit(&s->head, h + need, memory_order_release);
   /* Counted after the publish: a death in between undercounts by one,
   ** which lets a bounded queue take one item more; the other order would

@@ -469,3 +469,22 @@ void pcr__ser_names_reset(lua_State *L)
   S->names_ok = 0;
   lua_pop(L, 1);
 }
+
+/* Light userdata into this array name the flags of the encode or decode
+   calling a hook: pure Lua cannot make one, a hook cannot keep one that
+   goes stale, and reading it needs no memory of the caller. */
+static const char hooktok[4];
+
+int pcr__ser_pushflags(lua_State *L, int idx, int flags)
+{
+  if (!lua_iscfunction(L, idx)) return 0;  /* users' hooks: (value) only */
+  lua_pushlightuserdata(L, (void *)&hooktok[flags & 3]);
+  return 1;
+}
+
+int pcr__ser_hookflags(lua_State *L, int arg)
+{
+  const char *p = lua_type(L, arg) == LUA_TLIGHTUSERDATA
+                      ? lua_touserdata(L, arg) : NULL;
+  return p >= hooktok && p < hooktok + 4 ? (int)(p - hooktok) : 0;
+}

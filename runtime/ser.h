@@ -12,12 +12,16 @@
 #define PCR_SER_TRUSTED 1      /* decode flag: allow code and capabilities */
 #define PCR_SER_MSG 2          /* decode flag: a transport's message */
 
-/* What the encode or decode under way is, for hooks of shared objects:
-** pcr__ser_msg is 1 in a transport's message (a queue, a pipe: decoded
-** exactly once), where a handle's reference travels with the message;
-** pcr__ser_trusted is 1 when the decode trusts its input. Every encode and
-** decode sets them on entry and restores them on return. */
-extern int pcr__ser_msg, pcr__ser_trusted;
+/* What the encode or decode calling a hook is, for pcrun's own hooks:
+** PCR_SER_MSG in a transport's message (a queue, a pipe: decoded exactly
+** once), where a handle's reference travels with the message;
+** PCR_SER_TRUSTED when the decode trusts its input. It is the state of
+** that encode or decode, not of the process: a hook written in C gets it
+** as a second argument (a light userdata that only the serializer makes),
+** so an encode or decode nested in a hook, or one that raised, cannot
+** change what an outer one's hooks see. Returns those flags for argument
+** arg of a hook; 0 when the hook was called otherwise. */
+int pcr__ser_hookflags(lua_State *L, int arg);
 /* Set while encoding a message for another node (pcrun.cluster): values
 ** of capability types (arena handles, processes) are refused. */
 extern int pcr__ser_remote;
@@ -36,7 +40,7 @@ const char *pcr__ser_encode(lua_State *L, int idx, size_t *len);
 const char *pcr__ser_encode_named(lua_State *L, int idx, size_t *len,
                                   const char *root);
 
-/* As pcr__ser_encode_named, for a transport's message (pcr__ser_msg). */
+/* As pcr__ser_encode_named, for a transport's message (PCR_SER_MSG). */
 const char *pcr__ser_encode_msg(lua_State *L, int idx, size_t *len,
                                 const char *root);
 
@@ -45,6 +49,7 @@ const char *pcr__ser_encode_msg(lua_State *L, int idx, size_t *len,
    modules, module fields, capability types (pcrun's processes, connections
    and shared objects) and unregistered metatables are refused, and table
    sizes are bounded by the input (docs/format.md, Threat model).
+   PCR_SER_MSG may be added for a transport's message.
    Truncated or corrupt input raises a Lua error; buf is only read, within
    [buf, buf + len), and may be freed once the call returns. */
 void pcr__ser_decode(lua_State *L, const char *buf, size_t len, int flags);

@@ -719,7 +719,7 @@ static void decext(dec *d)
   lua_replace(L, -3);
   lua_pop(L, 1);
   decval(d);
-  lua_call(L, 1, 1);
+  lua_call(L, 1 + pcr__ser_pushflags(L, -2, d->flags), 1);
   reg(d, ord);
   d->depth--;
 }
@@ -864,15 +864,10 @@ void pcr__ser_decode_state(lua_State *L, const flayout *fl,
   if (refs) lua_remove(L, base + 1);
 }
 
-int pcr__ser_msg, pcr__ser_trusted;
 int pcr__ser_remote;  /* encoding for another node: no arena handles */
 
 void pcr__ser_decode(lua_State *L, const char *buf, size_t len, int flags)
 {
-  int msg = pcr__ser_msg, trusted = pcr__ser_trusted;
-  pcr__ser_msg = (flags & PCR_SER_MSG) != 0;
-  pcr__ser_trusted = (flags & PCR_SER_TRUSTED) != 0;
-  pcr__ser_decode_state(L, NULL, buf, len, flags & PCR_SER_TRUSTED, 0);
-  pcr__ser_msg = msg;
-  pcr__ser_trusted = trusted;
+  pcr__ser_decode_state(L, NULL, buf, len,
+                        flags & (PCR_SER_TRUSTED | PCR_SER_MSG), 0);
 }

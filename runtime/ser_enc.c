@@ -132,6 +132,7 @@ typedef struct enc {
   uint32_t epoch;    /* bumped whenever Lua code may have run */
   int np;            /* entries in path */
   int hasrefs, refreshed;
+  int flags;         /* PCR_SER_MSG: what this encode's hooks are told */
   int sud, env, nm, anch; /* stack slots: state, its env, names, anchors */
   pathent path[PCR_SER_MAXDEPTH + 2];
 } enc;
@@ -469,9 +470,10 @@ static void encext(enc *e, int obj, int mt)
   tflush(L, &e->b->tabs, &e->b->seen);  /* a table may be listed only */
   pcr__ser_pfind(&e->b->seen, lua_topointer(L, obj))->v = ord | INPROG;
   lua_pushvalue(L, obj);
+  int na = 1 + pcr__ser_pushflags(L, -2, e->flags);
   /* A hook that refuses its value (a pool) says why; its message gets
      the path. */
-  if (lua_pcall(L, 1, 1, 0) != 0) {
+  if (lua_pcall(L, na, 1, 0) != 0) {
     if (lua_type(L, -1) != LUA_TSTRING) lua_error(L);
     fail(e, lua_tostring(L, -1));
   }
@@ -991,7 +993,8 @@ static level *takelevel(lua_State *L, sstate *S, uintptr_t here)
 
 /* Encodes the value at idx (absolute) with the state S at slot sud. */
 const char *pcr__ser_encode_state(lua_State *L, sstate *S, int sud,
-                                  int idx, size_t *len, const char *root)
+                                  int idx, size_t *len, const char *root,
+                                  int flags)
 {
   enc ctx, *e = &ctx;  /* 24 KB of path: fine on the C stack */
   uintptr_t here = (uintptr_t)__builtin_frame_address(0);
@@ -1000,6 +1003,7 @@ const char *pcr__ser_encode_state(lua_State *L, sstate *S, int sud,
   e->S = S;
   e->b = b;
   e->root = root;
+  e->flags = flags & PCR_SER_MSG;
   e->fl = S->fl.ok ? &S->fl : NULL;
   e->nobj = e->epoch = 0;
   e->np = e->hasrefs = e->refreshed = e->env = e->nm = e->anch = 0;
@@ -1033,13 +1037,12 @@ static const char *encode_as(lua_State *L, int idx, size_t *len,
                              const char *root, int msg)
 {
   if (idx < 0 && idx > LUA_REGISTRYINDEX) idx = lua_gettop(L) + idx + 1;
-  int top = lua_gettop(L), saved = pcr__ser_msg;
+  int top = lua_gettop(L);
   luaL_checkstack(L, 16, "pcrun.encode");
   sstate *S = pcr__ser_getstate(L);
-  pcr__ser_msg = msg;
   const char *p = pcr__ser_encode_state(L, S, top + 1, idx, len,
-                                        root ? root : "value");
-  pcr__ser_msg = saved;
+                                        root ? root : "value",
+                                        msg ? PCR_SER_MSG : 0);
   lua_settop(L, top);
   return p;
 }

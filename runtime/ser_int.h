@@ -124,6 +124,10 @@ static inline int nfmaybe(const sstate *S, const void *k)
 
 /* -- Defined in ser.c ----------------------------------------------------- */
 
+/* Pushes the hook argument that says flags (PCR_SER_MSG, PCR_SER_TRUSTED)
+   when the hook at idx is a C function; returns the arguments pushed. */
+int pcr__ser_pushflags(lua_State *L, int idx, int flags);
+
 void pcr__ser_pclear(pmap *m);
 pslot *pcr__ser_pfind(pmap *m, const void *k);
 pslot *pcr__ser_plook(lua_State *L, pmap *m, const void *k, uint32_t v);
@@ -137,7 +141,7 @@ void pcr__ser_cdhooks(lua_State *L);
 
 void pcr__ser_tfree(tseen *t);
 const char *pcr__ser_encode_state(lua_State *L, sstate *S, int sud, int idx,
-                                  size_t *len, const char *root);
+                                  size_t *len, const char *root, int flags);
 
 /* -- Defined in ser_dec.c ------------------------------------------------- */
 

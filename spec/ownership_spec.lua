@@ -393,4 +393,115 @@ describe("ownership", function()
       .. "false\tpcrun.decode: a shared object in untrusted input "
       .. "(decode with { trusted = true })\ntrue\n", r.stdout)
   end)
+
+  -- "Inside a message" was a process global: an encode or decode nested
+  -- in a hook that raised left it cleared for the rest of the outer
+  -- message, so a handle after it crossed without the message's
+  -- reference (freed early, then twice) or was refused.
+  it("keeps a message's handles owned across an encode raising in a hook",
+     function()
+    local r = run([[
+      local pcrun = require "pcrun"
+      local base = pcrun.arena().used
+      local W = {}
+      W.__serialize = function()
+        assert(not pcall(pcrun.encode, coroutine.create(print)))
+        local other = pcrun.queue()  -- encoded outside a message
+        local s = pcrun.encode({ other })
+        other:close()
+        return #s
+      end
+      W.__deserialize = function(n) return setmetatable({ n = n }, W) end
+      pcrun.register_type("NestedEnc", W)
+      local q, box = pcrun.queue(), pcrun.queue()
+      for i = 1, 20 do
+        box:put({ setmetatable({}, W), q })
+        local got = box:get(5)
+        got[2]:put(i)
+        got = nil
+        collectgarbage() collectgarbage()
+        assert(q:get(5) == i)
+      end
+      q:put("last")
+      print(q:get(5))
+      q:close() box:close() q, box = nil, nil
+      collectgarbage() collectgarbage()
+      print("used", pcrun.arena().used - base)
+    ]])
+    assert.are.equal(0, r.status, r.stderr)
+    assert.are.equal("last\nused\t0\n", r.stdout)
+  end)
+
+  it("decodes a message's handles as such after a decode raising in a hook",
+     function()
+    local r = run([[
+      local pcrun = require "pcrun"
+      local base = pcrun.arena().used
+      local W = {}
+      local held
+      W.__serialize = function() return pcrun.encode(held) end
+      W.__deserialize = function(s)
+        assert(not pcall(pcrun.decode, "junk"))
+        local t = pcrun.decode(s, { trusted = true })  -- outside a message
+        t[1]:put("inner")
+        return setmetatable({ t = t }, W)
+      end
+      pcrun.register_type("NestedDec", W)
+      local q, box = pcrun.queue(), pcrun.queue()
+      held = { pcrun.queue() }
+      for i = 1, 20 do
+        box:put({ setmetatable({}, W), q })
+        local got = box:get(5)
+        got[2]:put(i)
+        assert(got[1].t[1]:get(5) == "inner")
+        got = nil
+        collectgarbage() collectgarbage()
+        assert(q:get(5) == i)
+      end
+      print(q:get(0.01))
+      held[1]:close() q:close() box:close() held, q, box = nil, nil, nil
+      collectgarbage() collectgarbage()
+      print("used", pcrun.arena().used - base)
+    ]])
+    assert.are.equal(0, r.status, r.stderr)
+    assert.are.equal("nil\ttimeout\nused\t0\n", r.stdout)
+  end)
+
+  -- The message transaction was one per process: a hook that sent while
+  -- a message was encoded rolled back the references that message had
+  -- taken, and its frame went without them (freed early, then twice).
+  it("keeps an outer message's handles when a hook sends a message",
+     function()
+    local r = run([[
+      local pcrun = require "pcrun"
+      local base = pcrun.arena().used
+      local side, held = pcrun.queue(), pcrun.queue()
+      local W = {}
+      W.__serialize = function()
+        side:put({ held })  -- a message of its own, inside this one
+        return 1
+      end
+      W.__deserialize = function() return setmetatable({}, W) end
+      pcrun.register_type("SendsInHook", W)
+      local q, box = pcrun.queue(), pcrun.queue()
+      for i = 1, 20 do
+        box:put({ q, setmetatable({}, W) })
+        local got = box:get(5)
+        got[1]:put(i)
+        local inner = side:get(5)
+        inner[1]:put(-i)
+        got, inner = nil, nil
+        collectgarbage() collectgarbage()
+        assert(q:get(5) == i and held:get(5) == -i)
+      end
+      q:put("last")
+      print(q:get(5))
+      q:close() box:close() side:close() held:close()
+      q, box, side, held = nil, nil, nil, nil
+      collectgarbage() collectgarbage()
+      print("used", pcrun.arena().used - base)
+    ]])
+    assert.are.equal(0, r.status, r.stderr)
+    assert.are.equal("last\nused\t0\n", r.stdout)
+  end)
 end)
