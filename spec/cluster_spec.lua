@@ -394,7 +394,7 @@ local agents = {}
 for _, r in ipairs(pool:ranks()) do
   if r.rank > 0 then agents[#agents + 1] = r.pid end
 end
-pcrun.sleep(1)  -- idle from here on
+pcrun.sleep(2.5)  -- idle from here on (the agents' longest nap)
 local c0, t0 = {}, pcrun.now()
 for i, p in ipairs(agents) do c0[i] = cpu(p) end
 pcrun.sleep(4)

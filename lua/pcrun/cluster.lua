@@ -143,11 +143,12 @@ local function agent(o, tm)
     while true do
       -- Spin about 100 us after traffic, else sleep on the workers' pipes
       -- (a reply wakes us at once) before the next probe of MPI: 1 ms
-      -- while work is about, 5 ms after 0.25 s without traffic (a
-      -- wake-up costs ~30 us on a loaded VM: 1 ms naps alone would take
-      -- 3 % of a core; idle, the agent stays near 1 %).
+      -- while work is about, 5 ms after 0.25 s without traffic, 20 ms
+      -- after 2 s (a wake-up costs 30-100 us on a loaded VM: 1 ms naps
+      -- alone would take 3 % of a core, 5 ms ones measured 2.2 % there).
       local quiet = now() - last
-      local nap = quiet < 100e-6 and 0 or quiet < 0.25 and 1e-3 or 5e-3
+      local nap = quiet < 100e-6 and 0 or quiet < 0.25 and 1e-3
+                  or quiet < 2 and 5e-3 or 20e-3
       local i
       if #busy > 0 then i = LT.select(busy, nap, 0)
       elseif nap > 0 then ffi.C.usleep(nap * 1e6) end
