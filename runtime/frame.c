@@ -6,23 +6,87 @@
 #include <stdlib.h>
 #include <string.h>
 
-uint64_t pcr__frame_take(pcr_obj *o, unsigned role) {
+/* The ring counter a role changes with the reference, or NULL. */
+static _Atomic uint32_t *rolecount(pcr_obj *o, unsigned role) {
   pcr_ring *r = (pcr_ring *)o;
-  if (role == PCR_REF_READER) atomic_fetch_add(&r->readers, 1);
-  if (role == PCR_REF_WRITER) atomic_fetch_add(&r->writers, 1);
-  pcr__obj_ref(o);
+  if (!role || o->type != PCR_OBJ_RING) return NULL;
+  return role == PCR_REF_READER ? &r->readers : &r->writers;
+}
+
+uint64_t pcr__frame_take(pcr_obj *o, unsigned role) {
+  pcr__obj_refop(o, 1, rolecount(o, role), NULL, 0, 0);
   return pcr__shm_offset(o) | role;
 }
 
-void pcr__frame_drop(uint64_t ref) {
-  unsigned role = (unsigned)(ref & PCR_REF_ROLES);
+static pcr_obj *refobj(uint64_t ref) {
   pcr_obj *o = pcr__shm_at(ref & ~(uint64_t)15, sizeof(pcr_obj));
-  if (!o || o->magic != PCR_OBJ_MAGIC) return;
-  if (role && o->type == PCR_OBJ_RING) {
-    pcr_ring *r = (pcr_ring *)o;
-    atomic_fetch_sub(role == PCR_REF_READER ? &r->readers : &r->writers, 1);
+  return o && o->magic == PCR_OBJ_MAGIC ? o : NULL;
+}
+
+void pcr__frame_drop(uint64_t ref) {
+  pcr_obj *o = refobj(ref);
+  if (!o) return;
+  unsigned role = (unsigned)(ref & PCR_REF_ROLES);
+  if (!pcr__obj_refop(o, -1, rolecount(o, role), NULL, 0, 0))
+    pcr__obj_finish(o, NULL);
+}
+
+/* -- Frames ------------------------------------------------------------ */
+
+int pcr__frame_peek(const char *data, uint64_t cap, unsigned align,
+                    uint64_t t, uint64_t h, pcr_frame *f) {
+  uint64_t at = t + PCR_FRAME_HDR;
+  if (h - t < PCR_FRAME_HDR) return -1;
+  pcr__wrap_out(data, cap, t, &f->head, 8);
+  f->nrefs = f->block = 0;
+  f->whole = 1;
+  if (f->head & PCR_FRAME_REFS) {
+    if (h - at < 8) return -1;
+    pcr__wrap_out(data, cap, at, &f->nrefs, 8);
+    at += 8;
+    if (f->nrefs > (h - at) / 8) return -1;
   }
-  pcr__obj_unref(o);
+  f->refs = at;
+  at += 8 * f->nrefs;
+  f->body = at;
+  if (f->head & PCR_FRAME_STREAM) {
+    uint64_t left = f->head >> 8, seg;
+    while (left) {
+      if (h - at < 8) return -1;
+      pcr__wrap_out(data, cap, at, &seg, 8);
+      at += 8;
+      if (seg == PCR_FRAME_ABORT) {
+        f->whole = 0;
+        break;
+      }
+      if (seg > left || h - at < seg) return -1;
+      at += seg;
+      left -= seg;
+    }
+  } else {
+    uint64_t len = (f->head & PCR_FRAME_INDIRECT) ? 8 : f->head >> 8;
+    len = (len + align - 1) & ~(uint64_t)(align - 1);
+    if (h - at < len) return -1;
+    if (f->head & PCR_FRAME_INDIRECT)
+      pcr__wrap_out(data, cap, at, &f->block, 8);
+    at += len;
+  }
+  f->end = at;
+  return 0;
+}
+
+void pcr__frame_release(const char *data, uint64_t cap, unsigned align,
+                        _Atomic uint64_t *tail, uint64_t h) {
+  pcr_frame f;
+  while (pcr__frame_peek(data, cap, align, atomic_load(tail), h, &f) == 0) {
+    atomic_store(tail, f.end);
+    if (f.block) pcr__shm_free(pcr__shm_at(f.block, (size_t)(f.head >> 8)));
+    for (uint64_t i = 0; f.whole && i < f.nrefs; i++) {
+      uint64_t ref;
+      pcr__wrap_out(data, cap, f.refs + 8 * i, &ref, 8);
+      pcr__frame_drop(ref);
+    }
+  }
 }
 
 /* -- The ledger ---------------------------------------------------------
@@ -121,12 +185,11 @@ static long reserve(void) {
 
 uint64_t pcr__ledger_take(pcr_obj *o, unsigned role, long *idx) {
   long i = reserve();  /* before the reference: growing may wait */
-  uint64_t ref = pcr__frame_take(o, role);
+  uint64_t ref = pcr__shm_offset(o) | role;
   *idx = i;
-  if (i >= 0) {
-    nfree--;
-    atomic_store(entry(i), ref);
-  }
+  if (i < 0) return pcr__frame_take(o, role);
+  nfree--;
+  pcr__obj_refop(o, 1, rolecount(o, role), entry(i), ref, ref);  /* as one */
   return ref;
 }
 
@@ -146,42 +209,26 @@ void pcr__ledger_remove(long *idx) {
   freeidx[nfree++] = i;
 }
 
-static pcr_obj *refobj(uint64_t ref) {
-  pcr_obj *o = pcr__shm_at(ref & ~(uint64_t)15, sizeof(pcr_obj));
-  return o && o->magic == PCR_OBJ_MAGIC ? o : NULL;
-}
-
-static void rolesub(pcr_obj *o, unsigned role) {
-  if (role && o->type == PCR_OBJ_RING) {
-    pcr_ring *r = (pcr_ring *)o;
-    atomic_fetch_sub(role == PCR_REF_READER ? &r->readers : &r->writers, 1);
-  }
-}
-
-/* The last reference (nobody else can take one: taking one needs one)
-** goes recorded: the entry says DYING while the dtor runs and is cleared
-** with the free, so a death anywhere in it leaves the reaper to finish.
-** Another goes unrecorded, then dropped. */
+/* The reference goes and the entry with it, as one (pcr__obj_refop). The
+** last one leaves the entry DYING while the dtor runs, cleared with the
+** free, so a death anywhere in it leaves the reaper to finish. */
 void pcr__ledger_drop(long *idx) {
   long i = *idx;
-  if (i < 0 || stale() || (uint64_t)i >= total) {
-    *idx = -1;
-    return;
-  }
+  *idx = -1;
+  if (i < 0 || stale() || (uint64_t)i >= total) return;
   _Atomic uint64_t *e = entry(i);
   uint64_t ref = atomic_load(e);
   pcr_obj *o = refobj(ref);
-  if (o && atomic_load(&o->refs) == 1) {
-    atomic_store(e, (ref & ~(uint64_t)15) | PCR_REF_DYING);
-    rolesub(o, (unsigned)(ref & PCR_REF_ROLES));
-    atomic_store(&o->refs, 0);
-    pcr__obj_finish(o, (void *)e);  /* clears e with the free */
+  if (!o) {  /* nothing live: only the entry */
+    atomic_store(e, 0);
     freeidx[nfree++] = i;
-    *idx = -1;
     return;
   }
-  pcr__ledger_remove(idx);  /* unrecorded, then dropped */
-  if (ref) pcr__frame_drop(ref);
+  unsigned role = (unsigned)(ref & PCR_REF_ROLES);
+  uint64_t dying = (ref & ~(uint64_t)15) | PCR_REF_DYING;
+  if (!pcr__obj_refop(o, -1, rolecount(o, role), e, 0, dying))
+    pcr__obj_finish(o, (void *)e);  /* clears e with the free */
+  freeidx[nfree++] = i;
 }
 
 pcr_obj *pcr__frame_obj_new(size_t size, uint32_t type, long *idx) {

@@ -10,7 +10,71 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include "shm.h"
+
+/* -- Frames --------------------------------------------------------------
+** Pipes' rings and queues' segments hold the same frames (docs/format.md,
+** "Frames"): an 8-byte header word (payload length << 8 | flags | kind),
+** then with REFS the count and the tagged offsets of the references the
+** frame carries, then the payload: its bytes, the 8-byte offset of an arena
+** block holding them (INDIRECT), or segments, each an 8-byte length and
+** that many bytes, ended early by ABORT (STREAM, rings only). A queue pads
+** each frame to 8 bytes (align 8), a ring packs them (align 1). */
+#define PCR_FRAME_HDR 8
+#define PCR_FRAME_INDIRECT 0x80u
+#define PCR_FRAME_STREAM 0x40u
+#define PCR_FRAME_REFS 0x20u
+#define PCR_FRAME_KIND(h) ((unsigned)((h) & 0x1f))
+#define PCR_FRAME_ABORT UINT64_MAX  /* a segment length: the sender gave up */
+
+/* Copy n bytes in or out at counter at of a circular area of cap bytes (a
+** power of two). */
+static inline void pcr__wrap_in(char *data, uint64_t cap, uint64_t at,
+                                const void *p, size_t n) {
+  size_t i = (size_t)(at & (cap - 1)), first = (size_t)cap - i;
+  if (first >= n) {
+    memcpy(data + i, p, n);
+  } else {
+    memcpy(data + i, p, first);
+    memcpy(data, (const char *)p + first, n - first);
+  }
+}
+
+static inline void pcr__wrap_out(const char *data, uint64_t cap,
+                                 uint64_t at, void *p, size_t n) {
+  size_t i = (size_t)(at & (cap - 1)), first = (size_t)cap - i;
+  if (first >= n) {
+    memcpy(p, data + i, n);
+  } else {
+    memcpy(p, data + i, first);
+    memcpy((char *)p + first, data, n - first);
+  }
+}
+
+/* Where a frame's parts lie (counters in its area). */
+typedef struct pcr_frame {
+  uint64_t head;    /* the header word */
+  uint64_t nrefs;   /* references listed, at refs, refs + 8, ... */
+  uint64_t refs;
+  uint64_t body;    /* the payload (STREAM: the first segment) */
+  uint64_t end;     /* past the frame (STREAM: past its last segment) */
+  uint64_t block;   /* INDIRECT: the block's offset */
+  int whole;        /* STREAM: every segment is there (no ABORT) */
+} pcr_frame;
+
+/* The frame at counter t of data, of whose bytes those before h are
+** published: 0, or -1 when it is not all there (a writer died in it). */
+int pcr__frame_peek(const char *data, uint64_t cap, unsigned align,
+                    uint64_t t, uint64_t h, pcr_frame *f);
+
+/* Release the frames from *tail to h nobody read: free their blocks and
+** drop their references (not those of a stream its writer aborted or did
+** not finish: they were still the writer's). Each frame is consumed
+** (*tail) before what it holds goes: run again after a death in it, it
+** leaks rather than frees twice. */
+void pcr__frame_release(const char *data, uint64_t cap, unsigned align,
+                        _Atomic uint64_t *tail, uint64_t h);
 
 enum { PCR_REF_PLAIN = 0, PCR_REF_READER = 1, PCR_REF_WRITER = 2 };
 #define PCR_REF_ROLES 3u

@@ -671,11 +671,11 @@ static int c_hold(pcr_handle *h, int (*add)(pcr_obj *, pcr_hold_fn)) {
   if (c->fd < 0) return 0;
   if (c->in) {
     if (add(&c->in->hdr, drop_reader) < 0) return -1;
-    atomic_fetch_add(&c->in->readers, 1);
+    pcr__shm_count(&c->in->readers, 1);  /* add took the reference */
   }
   if (c->out) {
     if (add(&c->out->hdr, drop_writer) < 0) return -1;
-    atomic_fetch_add(&c->out->writers, 1);
+    pcr__shm_count(&c->out->writers, 1);
   }
   return 0;
 }

@@ -15,78 +15,23 @@
 ** on virtual machines, more than most waits between two messages. */
 #define SPIN_SECONDS 100e-6
 #define RECHECK 1.0        /* seconds; see pcr_conn.shared */
-#define HDR 8
-#define INDIRECT 0x80     /* frame kind flag: payload is an arena block */
-#define STREAM 0x40       /* frame kind flag: payload comes in segments */
-#define REFS 0x20         /* frame kind flag: a list of references (count,
-                             tagged offsets) follows the header */
-#define ABORT UINT64_MAX  /* segment header: the sender gave up, drop it */
+#define HDR PCR_FRAME_HDR
 #define BIG ((size_t)1 << 18)  /* frames from here on go through a block */
 
-/* Copy n bytes at counter t of r out (no locking: a dtor or the reader). */
-static void peek(pcr_ring *r, uint64_t t, void *p, size_t n) {
-  for (size_t i = 0; i < n; i++)
-    ((char *)p)[i] = r->data[(t + i) & (r->cap - 1)];
-}
-
-/* A ring's last reference: free the arena blocks of frames nobody read
-** and drop the references they carry (not those of a frame its writer
-** withdrew or died writing: those were the writer's). Each frame is
-** consumed (tail) before what it holds goes: run again after a death in
-** it, it leaks rather than frees twice. */
+/* A ring's last reference: what frames nobody read hold goes. */
 static void ringdtor(pcr_obj *o) {
   pcr_ring *r = (pcr_ring *)o;
-  uint64_t t = atomic_load(&r->tail), h = atomic_load(&r->head);
-  while (h - t >= HDR) {
-    uint64_t hdr, off = 0, seg, nrefs = 0, at = 0;
-    peek(r, t, &hdr, HDR);
-    t += HDR;
-    if (hdr & REFS) {
-      if (h - t < 8) break;
-      peek(r, t, &nrefs, 8);
-      at = t + 8;
-      t = at + 8 * nrefs;
-      if (h < t) break;
-    }
-    int whole = 1;
-    if (hdr & STREAM) {  /* segments up to the length, or an abort */
-      uint64_t left = hdr >> 8;
-      while (left) {
-        if (h - t < HDR) break;
-        peek(r, t, &seg, HDR);
-        t += HDR;
-        if (seg == ABORT || seg > left || h - t < seg) break;
-        t += seg;
-        left -= seg;
-      }
-      whole = left == 0;
-    } else {
-      size_t len = (hdr & INDIRECT) ? sizeof off : (size_t)(hdr >> 8);
-      if (h - t < len) break;  /* a writer died mid-frame */
-      if (hdr & INDIRECT) peek(r, t, &off, sizeof off);
-      t += len;
-    }
-    atomic_store(&r->tail, t);
-    if (off) pcr__shm_free(pcr__shm_at(off, (size_t)(hdr >> 8)));
-    for (uint64_t i = 0; whole && i < nrefs; i++) {
-      uint64_t ref;
-      peek(r, at + 8 * i, &ref, 8);
-      pcr__frame_drop(ref);
-    }
-  }
+  pcr__frame_release(r->data, r->cap, 1, &r->tail, atomic_load(&r->head));
 }
 
 void pcr__conn_hold(pcr_ring *in, pcr_ring *out) {
-  if (in) { atomic_fetch_add(&in->readers, 1); pcr__obj_ref(&in->hdr); }
-  if (out) { atomic_fetch_add(&out->writers, 1); pcr__obj_ref(&out->hdr); }
+  if (in) pcr__frame_take(&in->hdr, PCR_REF_READER);
+  if (out) pcr__frame_take(&out->hdr, PCR_REF_WRITER);
 }
 
 void pcr__conn_drop(pcr_ring *in, pcr_ring *out) {
-  if (in) { atomic_fetch_sub(&in->readers, 1); pcr__obj_unref(&in->hdr); }
-  if (out) {
-    atomic_fetch_sub(&out->writers, 1);
-    pcr__obj_unref(&out->hdr);
-  }
+  if (in) pcr__frame_drop(pcr__shm_offset(in) | PCR_REF_READER);
+  if (out) pcr__frame_drop(pcr__shm_offset(out) | PCR_REF_WRITER);
 }
 
 /* Take an end's references (reader of in, writer of out) and record
@@ -244,7 +189,7 @@ static int stream(pcr_conn *c, pcr_ring *r, const char *head, size_t hn,
     wake(c, &r->rsleep);
   }
   if (e < 0 && started) {  /* room for it was kept */
-    uint64_t abort_ = ABORT;
+    uint64_t abort_ = PCR_FRAME_ABORT;
     pcr__ring_write(r, &abort_, HDR);
     wake(c, &r->rsleep);
   }
@@ -264,7 +209,7 @@ int pcr__conn_send(pcr_conn *c, unsigned kind, const void *p, size_t n,
   if (nrefs) {
     head[1] = nrefs;
     memcpy(head + 2, refs, 8 * nrefs);
-    kind |= REFS;
+    kind |= PCR_FRAME_REFS;
   }
   int e = lockring(&r->wlock, deadline);
   if (e < 0) goto done;
@@ -274,7 +219,7 @@ int pcr__conn_send(pcr_conn *c, unsigned kind, const void *p, size_t n,
     memcpy(blk, p, n);
     off = pcr__shm_offset(blk);
     p = &off;
-    kind |= INDIRECT;
+    kind |= PCR_FRAME_INDIRECT;
   }
   size_t len = n;
   if (blk) n = sizeof off;
@@ -292,7 +237,7 @@ int pcr__conn_send(pcr_conn *c, unsigned kind, const void *p, size_t n,
     pcr__ring_write_frame(r, head, hn, s, n);
     wake(c, &r->rsleep);
   } else if (e == 0) {
-    head[0] |= STREAM;
+    head[0] |= PCR_FRAME_STREAM;
     e = stream(c, r, (const char *)head, hn, s, n, deadline);
   }
   if (e < 0 && blk) pcr__shm_free(blk);
@@ -332,23 +277,12 @@ static int readstream(pcr_conn *c, pcr_ring *r, size_t len) {
     uint64_t seg;
     int e = readall(c, r, (char *)&seg, HDR);
     if (e < 0) return e;
-    if (seg == ABORT) return -EAGAIN;
+    if (seg == PCR_FRAME_ABORT) return -EAGAIN;
     if (seg > len - got) return -EPROTO;
     if ((e = readall(c, r, c->buf + got, (size_t)seg)) < 0) return e;
     got += (size_t)seg;
   }
   return 0;
-}
-
-/* Copy n bytes at counter t of r out, without consuming them. */
-static void copyout(pcr_ring *r, uint64_t t, void *p, size_t n) {
-  size_t at = (size_t)(t & (r->cap - 1)), first = r->cap - at;
-  if (first >= n) {
-    memcpy(p, r->data + at, n);
-  } else {
-    memcpy(p, r->data + at, first);
-    memcpy((char *)p + first, r->data, n - first);
-  }
 }
 
 /* The frame just consumed is this process's: its references and block
@@ -373,21 +307,21 @@ again:;
   /* headseen stays at or past tail, as pcr__ring_read expects */
   r->headseen = atomic_load_explicit(&r->head, memory_order_acquire);
   uint64_t t = atomic_load_explicit(&r->tail, memory_order_relaxed);
-  copyout(r, t, &h, HDR);
+  pcr__wrap_out(r->data, r->cap, t, &h, HDR);
   size_t len = (size_t)(h >> 8), at = HDR;
-  if (h & INDIRECT) len = sizeof(uint64_t);
-  if (h & REFS) {  /* the decoder adopts them by their handles' offsets */
-    copyout(r, t + HDR, &nrefs, 8);
+  if (h & PCR_FRAME_INDIRECT) len = sizeof(uint64_t);
+  if (h & PCR_FRAME_REFS) {  /* the decoder adopts them by their offsets */
+    pcr__wrap_out(r->data, r->cap, t + HDR, &nrefs, 8);
     at += 8 + 8 * (size_t)nrefs;
     if (nrefs > 16 && !(refs = malloc(8 * (size_t)nrefs))) {
       e = -ENOMEM;
       goto out;
     }
-    copyout(r, t + HDR + 8, refs, 8 * (size_t)nrefs);
+    pcr__wrap_out(r->data, r->cap, t + HDR + 8, refs, 8 * (size_t)nrefs);
   }
   if ((e = reserve(c, len + 1)) < 0) goto out;
   pcr__ledger_ensure((size_t)nrefs + 1);  /* else they go unrecorded */
-  if (h & STREAM) {  /* the header and list are there, the rest comes */
+  if (h & PCR_FRAME_STREAM) {  /* header and list are there; the rest comes */
     atomic_store_explicit(&r->tail, t + at, memory_order_release);
     e = readstream(c, r, len);
     if (e == -EAGAIN) {  /* the sender gave up (its references): next */
@@ -399,9 +333,9 @@ again:;
     if (e < 0) goto out;
     taken(c, refs, nrefs);
   } else {  /* published whole: consumed with one store */
-    copyout(r, t + at, c->buf, len);
+    pcr__wrap_out(r->data, r->cap, t + at, c->buf, len);
     c->held = NULL;
-    if (h & INDIRECT) {
+    if (h & PCR_FRAME_INDIRECT) {
       memcpy(&off, c->buf, sizeof off);
       c->held = pcr__shm_at(off, (size_t)(h >> 8));
     }
@@ -409,10 +343,10 @@ again:;
     taken(c, refs, nrefs);
   }
   wake(c, &r->wsleep);
-  *kind = (unsigned)(h & 0x1f);
+  *kind = PCR_FRAME_KIND(h);
   *p = c->buf;
   *n = len;
-  if (h & INDIRECT) {
+  if (h & PCR_FRAME_INDIRECT) {
     if (!c->held) { e = -EPROTO; goto out; }
     *p = c->held;
     *n = (size_t)(h >> 8);

@@ -1,8 +1,8 @@
-/* Queues in the arena: frames in a chain of ring segments. A frame is an
-** 8-byte header (payload length << 8 | kind) and its payload, padded to 8
-** bytes so that a header never wraps; a frame never spans two segments. Writers publish a frame by moving head after copying
-** it, readers consume one by moving tail after copying it out, so a
-** process killed mid-put or mid-get leaves no half frame behind. */
+/* Queues in the arena: frames (frame.h) in a chain of ring segments, each
+** padded to 8 bytes so that a header never wraps; a frame never spans two
+** segments. Writers publish a frame by moving head after copying it,
+** readers consume one by moving tail after copying it out, so a process
+** killed mid-put or mid-get leaves no half frame behind. */
 #include "queue.h"
 #include "frame.h"
 #include "pcrdef.h"
@@ -11,12 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define HDR 8
+#define HDR PCR_FRAME_HDR
 #define PAD8(n) (((n) + 7) & ~(size_t)7)
-#define INDIRECT 0x80u                 /* payload is an arena block */
-#define REFS 0x40u                     /* a trailer lists the arena objects
-                                          whose references ride with it */
-#define KIND(h) ((unsigned)((h) & 0x3f))
 #define BIG ((size_t)1 << 16)          /* payloads from here on go apart */
 #define SEG_FIRST ((size_t)1 << 14)
 #define SEG_MAX ((size_t)1 << 24)
@@ -38,26 +34,6 @@ static pcr_qseg *segnew(pcr_queue *q, size_t cap) {
   return s;
 }
 
-static void segcopyin(pcr_qseg *s, uint64_t at, const void *p, size_t n) {
-  size_t i = (size_t)(at & (s->cap - 1)), first = s->cap - i;
-  if (first >= n) {
-    memcpy(s->data + i, p, n);
-  } else {
-    memcpy(s->data + i, p, first);
-    memcpy(s->data, (const char *)p + first, n - first);
-  }
-}
-
-static void segcopyout(pcr_qseg *s, uint64_t at, void *p, size_t n) {
-  size_t i = (size_t)(at & (s->cap - 1)), first = s->cap - i;
-  if (first >= n) {
-    memcpy(p, s->data + i, n);
-  } else {
-    memcpy(p, s->data + i, first);
-    memcpy((char *)p + first, s->data, n - first);
-  }
-}
-
 /* The two hot cases inline: a header, and an 8-byte payload. */
 static inline void put8(pcr_qseg *s, uint64_t at, const void *p) {
   memcpy(s->data + (at & (s->cap - 1)), p, 8);
@@ -67,47 +43,14 @@ static inline void get8(pcr_qseg *s, uint64_t at, void *p) {
   memcpy(p, s->data + (at & (s->cap - 1)), 8);
 }
 
-/* Drop the references a frame's trailer lists (at t: count, offsets). */
-static void droprefs(pcr_qseg *s, uint64_t t) {
-  uint64_t n, off;
-  get8(s, t, &n);
-  for (uint64_t i = 0; i < n; i++) {
-    get8(s, t + 8 * (i + 1), &off);
-    pcr__frame_drop(off);
-  }
-}
-
-/* Bytes a frame takes after its header. */
-static uint64_t framelen(pcr_qseg *s, uint64_t t, uint64_t hdr) {
-  uint64_t len = PAD8((hdr & INDIRECT) ? 8 : (size_t)(hdr >> 8));
-  if (hdr & REFS) {
-    uint64_t n;
-    get8(s, t + HDR + len, &n);
-    len += 8 * (n + 1);
-  }
-  return len;
-}
-
-/* Free q's segments, with what unread frames hold: their blocks, and the
-** references of the objects they carry. Each frame is consumed (tail),
-** and each segment unlinked, before what it holds goes: run again after
-** a death in it (pcr__obj_finish), it leaks rather than frees twice. */
+/* Free q's segments, with what unread frames hold. Each segment is
+** unlinked with its free (pcr__shm_free_set): run again after a death in
+** it (pcr__obj_finish), it goes on from where it was. */
 static void segfree_all(pcr_queue *q) {
   pcr_qseg *s;
-  while ((s = q->rseg)) {
-    uint64_t t = atomic_load(&s->tail), h = atomic_load(&s->head);
-    while (h - t >= HDR) {  /* a dead writer published nothing half */
-      uint64_t hdr, off = 0, at = t;
-      get8(s, t, &hdr);
-      if (hdr & INDIRECT) get8(s, t + HDR, &off);
-      t += HDR + framelen(s, t, hdr);
-      atomic_store(&s->tail, t);
-      if (off) pcr__shm_free(pcr__shm_at(off, (size_t)(hdr >> 8)));
-      if (hdr & REFS)
-        droprefs(s, at + HDR + PAD8((hdr & INDIRECT) ? 8 : hdr >> 8));
-    }
-    q->rseg = atomic_load(&s->next);
-    pcr__shm_free(s);
+  while ((s = q->rseg)) {  /* a dead writer published nothing half */
+    pcr__frame_release(s->data, s->cap, 8, &s->tail, atomic_load(&s->head));
+    pcr__shm_free_set(s, &q->rseg, (uint64_t)(uintptr_t)atomic_load(&s->next));
   }
 }
 
@@ -202,9 +145,9 @@ int pcr__queue_put(pcr_queue *q, unsigned kind, const void *p, size_t n,
     off = pcr__shm_offset(blk);
     p = &off;
     plen = sizeof off;
-    kind |= INDIRECT;
+    kind |= PCR_FRAME_INDIRECT;
   }
-  if (nrefs) kind |= REFS;
+  if (nrefs) kind |= PCR_FRAME_REFS;
   uint64_t hdr = ((uint64_t)n << 8) | kind;
   int e;
   for (;;) {
@@ -227,7 +170,8 @@ int pcr__queue_put(pcr_queue *q, unsigned kind, const void *p, size_t n,
   }
   pcr_qseg *s = atomic_load_explicit(&q->wseg, memory_order_relaxed);
   uint64_t h = atomic_load_explicit(&s->head, memory_order_relaxed);
-  size_t need = HDR + PAD8(plen) + (nrefs ? 8 * (nrefs + 1) : 0);
+  size_t rn = nrefs ? 8 * (nrefs + 1) : 0;  /* the list of references */
+  size_t need = HDR + rn + PAD8(plen);
   if (s->cap - (h - q->tailseen) < need) {
     q->tailseen = atomic_load_explicit(&s->tail, memory_order_acquire);
     if (s->cap - (h - q->tailseen) < need) {
@@ -251,13 +195,13 @@ int pcr__queue_put(pcr_queue *q, unsigned kind, const void *p, size_t n,
     }
   }
   put8(s, h, &hdr);
-  if (plen == 8) put8(s, h + HDR, p);
-  else segcopyin(s, h + HDR, p, plen);
   if (nrefs) {
-    uint64_t at = h + HDR + PAD8(plen), cnt = nrefs;
-    put8(s, at, &cnt);
-    segcopyin(s, at + 8, refs, 8 * nrefs);
+    uint64_t cnt = nrefs;
+    put8(s, h + HDR, &cnt);
+    pcr__wrap_in(s->data, s->cap, h + HDR + 8, refs, 8 * nrefs);
   }
+  if (plen == 8) put8(s, h + HDR + rn, p);
+  else pcr__wrap_in(s->data, s->cap, h + HDR + rn, p, plen);
   pcr__shm_handoff(blk);  /* the frame owns it from the publish on */
   if (nrefs) pcr__ledger_unpend(nrefs);  /* and its references */
   atomic_store_explicit(&s->head, h + need, memory_order_release);
@@ -310,11 +254,23 @@ static int tryget(pcr_queue *q, pcr_qmsg *m, double deadline, int number) {
     return -EAGAIN;
   }
   size_t n = (size_t)(hdr >> 8);
-  m->kind = KIND(hdr);  /* a trailer's references go to the decoder */
+  m->kind = PCR_FRAME_KIND(hdr);  /* the references go to the decoder */
   m->blk = NULL;
-  if (hdr & INDIRECT) {
+  /* The references the frame carries, copied out before it is consumed
+  ** (writers may reuse its space from then on) and recorded right after. */
+  uint64_t nrefs = 0, local[16], *refs = local, body = t + HDR;
+  if (hdr & PCR_FRAME_REFS) {
+    get8(s, body, &nrefs);
+    if (nrefs > 16 && !(refs = malloc(8 * (size_t)nrefs))) {
+      pcr__lock_unlock(&q->rlock);
+      return -ENOMEM;
+    }
+    pcr__wrap_out(s->data, s->cap, body + 8, refs, 8 * (size_t)nrefs);
+    body += 8 * (nrefs + 1);
+  }
+  if (hdr & PCR_FRAME_INDIRECT) {
     uint64_t off;
-    get8(s, t + HDR, &off);
+    get8(s, body, &off);
     m->blk = pcr__shm_at(off, n);
     m->p = m->blk;
   } else {
@@ -323,33 +279,23 @@ static int tryget(pcr_queue *q, pcr_qmsg *m, double deadline, int number) {
       while (cap < n + 1) cap *= 2;
       char *b = realloc(m->buf, cap);
       if (!b) {
+        if (refs != local) free(refs);
         pcr__lock_unlock(&q->rlock);
         return -ENOMEM;
       }
       m->buf = b;
       m->bufcap = cap;
     }
-    if (n == 8) get8(s, t + HDR, m->buf);
-    else segcopyout(s, t + HDR, m->buf, n);
+    if (n == 8) get8(s, body, m->buf);
+    else pcr__wrap_out(s->data, s->cap, body, m->buf, n);
     m->p = m->buf;
   }
   m->n = n;
-  /* The references the frame carries, copied out before it is consumed
-  ** (writers may reuse its space from then on) and recorded right after. */
-  uint64_t nrefs = 0, local[16], *refs = local;
-  if (hdr & REFS) {
-    uint64_t at = t + HDR + PAD8((hdr & INDIRECT) ? 8 : n);
-    get8(s, at, &nrefs);
-    if (nrefs > 16 && !(refs = malloc(8 * (size_t)nrefs))) {
-      pcr__lock_unlock(&q->rlock);
-      return -ENOMEM;
-    }
-    segcopyout(s, at + 8, refs, 8 * (size_t)nrefs);
-  }
   pcr__ledger_ensure((size_t)nrefs + 1);  /* else they go unrecorded */
   atomic_store_explicit(&q->nget, atomic_load_explicit(&q->nget,
                         memory_order_relaxed) + 1, memory_order_relaxed);
-  atomic_store_explicit(&s->tail, t + HDR + framelen(s, t, hdr),
+  atomic_store_explicit(&s->tail,
+                        body + PAD8((hdr & PCR_FRAME_INDIRECT) ? 8 : n),
                         memory_order_release);
   for (uint64_t i = 0; i < nrefs; i++) pcr__taken_ref(refs[i]);
   pcr__taken_block(m->blk, &m->blkidx);

@@ -39,7 +39,7 @@ typedef struct pcr_queue {
   pcr_waitq joinq;               /* join() waiting for unfinished == 0 */
 } pcr_queue;
 
-/* Frame kinds (low 7 bits of a frame header). Numbers, booleans and nil
+/* Frame kinds (PCR_FRAME_KIND, frame.h). Numbers, booleans and nil
 ** skip the serializer. */
 enum { PCR_QF_VALUE = 1, PCR_QF_STRING, PCR_QF_NUMBER, PCR_QF_TRUE,
        PCR_QF_FALSE, PCR_QF_NIL };

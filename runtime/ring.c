@@ -20,13 +20,7 @@ size_t pcr__ring_write(pcr_ring *r, const void *p, size_t n) {
   size_t space = pcr__ring_room(r, n);
   if (n > space) n = space;
   if (n == 0) return 0;
-  size_t at = (size_t)(h & (r->cap - 1)), first = r->cap - at;
-  if (first >= n) {
-    memcpy(r->data + at, p, n);
-  } else {
-    memcpy(r->data + at, p, first);
-    memcpy(r->data, (const char *)p + first, n - first);
-  }
+  pcr__wrap_in(r->data, r->cap, h, p, n);
   atomic_store_explicit(&r->head, h + n, memory_order_release);
   return n;
 }
@@ -36,13 +30,7 @@ size_t pcr__ring_read(pcr_ring *r, void *p, size_t n) {
   size_t avail = pcr__ring_ready(r, n);
   if (n > avail) n = avail;
   if (n == 0) return 0;
-  size_t at = (size_t)(t & (r->cap - 1)), first = r->cap - at;
-  if (first >= n) {
-    memcpy(p, r->data + at, n);
-  } else {
-    memcpy(p, r->data + at, first);
-    memcpy((char *)p + first, r->data, n - first);
-  }
+  pcr__wrap_out(r->data, r->cap, t, p, n);
   atomic_store_explicit(&r->tail, t + n, memory_order_release);
   return n;
 }
@@ -50,17 +38,13 @@ size_t pcr__ring_read(pcr_ring *r, void *p, size_t n) {
 void pcr__ring_write_frame(pcr_ring *r, const void *hdr, size_t hn,
                            const void *p, size_t n) {
   uint64_t h = atomic_load_explicit(&r->head, memory_order_relaxed);
-  size_t mask = r->cap - 1, at = (size_t)(h & mask);
+  size_t at = (size_t)(h & (r->cap - 1));
   if (at + hn + n <= r->cap) {  /* common: no wrap */
     memcpy(r->data + at, hdr, hn);
     memcpy(r->data + at + hn, p, n);
   } else {
-    for (size_t i = 0; i < hn; i++)
-      r->data[(at + i) & mask] = ((const char *)hdr)[i];
-    at = (at + hn) & mask;
-    size_t first = r->cap - at < n ? r->cap - at : n;
-    memcpy(r->data + at, p, first);
-    memcpy(r->data, (const char *)p + first, n - first);
+    pcr__wrap_in(r->data, r->cap, h, hdr, hn);
+    pcr__wrap_in(r->data, r->cap, h + hn, p, n);
   }
   atomic_store_explicit(&r->head, h + hn + n, memory_order_release);
 }

@@ -10,7 +10,15 @@
 ** space at each step (a split writes the upper halves before the block
 ** it splits, a merge the lower header before it clears the upper). The
 ** free lists, the mask and `used` are derived from the headers, and the
-** next owner, told by the robust lock, rebuilds them (repair). */
+** next owner, told by the robust lock, rebuilds them (repair).
+**
+** Stores that must land together (a block's header and the record that
+** owns it; an object's reference count and the ledger entry of the
+** reference) go through a redo journal under the lock: the words and
+** their values, then the count (the commit), then the stores. A death
+** before the commit did nothing; one after it is finished by the next
+** owner. Every change of a reference count is made under the lock, so
+** the value a journal holds is still the right one when it is redone. */
 #include "shm.h"
 #include "futex.h"
 #include "pcrdef.h"
@@ -22,7 +30,7 @@
 #include <unistd.h>
 
 #define ARENA_MAGIC 0x41524350u   /* "PCRA" */
-#define ARENA_VERSION 3
+#define ARENA_VERSION 4
 #define MIN_SHIFT 5               /* smallest block: 32 bytes */
 #define NCLASS 48
 #define BLOCK_HDR 16
@@ -62,6 +70,11 @@ typedef struct arena {
   /* Per process (not the root): the arena offset of its ledger of the
   ** references it owns, for whoever reaps it (frame.c). */
   struct { _Atomic uint32_t pid; _Atomic uint64_t off; } ledger[NLEDGER];
+  /* The redo journal: n stores of val[i] at offset at[i] (8 bytes wide
+  ** where bit i of wide is set, else 4), n set last. */
+  _Atomic uint32_t jn;
+  uint32_t jwide;
+  uint64_t jat[PCR_JOURNAL], jval[PCR_JOURNAL];
 } arena;
 
 static char *base;
@@ -170,11 +183,59 @@ static int tagok(const arena *a, uint64_t rel, uint64_t t) {
          rel % BSIZE(cls) == 0 && rel + BSIZE(cls) <= a->limit;
 }
 
+/* -- The journal (callers hold the lock) ------------------------------ */
+
+static struct { uint32_t n, wide; uint64_t at[PCR_JOURNAL], val[PCR_JOURNAL];
+} jr;  /* this process's stores, until the commit */
+
+static int inarena(const void *p) {
+  return (const char *)p >= base && (const char *)p < base + mapsize;
+}
+
+static void jput(void *p, uint64_t v, int wide) {
+  if (!inarena(p)) {  /* this process's memory: nobody else redoes it */
+    if (wide) memcpy(p, &v, 8);
+    else *(uint32_t *)p = (uint32_t)v;
+    return;
+  }
+  if (jr.n == PCR_JOURNAL) abort();  /* a caller's bug */
+  jr.at[jr.n] = (uint64_t)((char *)p - base);
+  jr.val[jr.n] = v;
+  jr.wide = wide ? jr.wide | 1u << jr.n : jr.wide & ~(1u << jr.n);
+  jr.n++;
+}
+
+static void jstores(uint32_t n, uint32_t wide, const uint64_t *at,
+                    const uint64_t *val) {
+  for (uint32_t i = 0; i < n; i++) {
+    char *p = base + at[i];
+    if (wide >> i & 1) atomic_store((_Atomic uint64_t *)(void *)p, val[i]);
+    else atomic_store((_Atomic uint32_t *)(void *)p, (uint32_t)val[i]);
+  }
+}
+
+static void jcommit(arena *a) {
+  if (!jr.n) return;
+  memcpy(a->jat, jr.at, 8 * jr.n);
+  memcpy(a->jval, jr.val, 8 * jr.n);
+  a->jwide = jr.wide;
+  atomic_store_explicit(&a->jn, jr.n, memory_order_release);  /* commit */
+  jstores(jr.n, jr.wide, jr.at, jr.val);
+  atomic_store_explicit(&a->jn, 0, memory_order_release);
+  jr.n = 0;
+}
+
 /* Rebuild what the headers imply after an owner died holding the lock:
 ** the free lists, the mask, `used`, merged buddies, the in-flight count.
 ** The headers form a valid partition at every step (see the top). */
 static void repair(arena *a) {
   uint64_t o = a->origin, used = 0, rel;
+  uint32_t jn = atomic_load(&a->jn);
+  if (jn) {  /* committed: finish it (the same values again) */
+    jstores(jn < PCR_JOURNAL ? jn : PCR_JOURNAL, a->jwide, a->jat, a->jval);
+    atomic_store(&a->jn, 0);
+  }
+  jr.n = 0;
   for (rel = 0; rel < a->limit; rel += BSIZE(gettag(blk(o + rel)) >> 32)) {
     uint64_t t = gettag(blk(o + rel));
     if (!tagok(a, rel, t)) {
@@ -296,15 +357,15 @@ static void *alloc(size_t n, void *slot, uint64_t tag) {
     settag(blk(half), BLOCK_FREE, from);
     push(a, half, from);
   }
-  settag(blk(off), BLOCK_LIVE, c);
-  a->used += BSIZE(c);
-  if (slot) {  /* recorded before the lock goes (issue 9): a death right
-                  after the header store leaks it, never frees it twice */
+  if (slot) {  /* live and recorded as one (the journal) */
     uint64_t v = tag == PCR_SHM_ADDR
                      ? (uint64_t)(uintptr_t)(base + off + BLOCK_HDR)
                      : (off + BLOCK_HDR) | tag;
-    memcpy(slot, &v, sizeof v);
+    jput(slot, v, 1);
   }
+  jput(&blk(off)->tag, TAG(BLOCK_LIVE, c), 1);
+  jcommit(a);
+  a->used += BSIZE(c);
   pcr__lock_unlock(&a->lock);
   return base + off + BLOCK_HDR;
 }
@@ -409,8 +470,8 @@ void pcr__shm_ledger_clear(uint32_t pid) {
     }
 }
 
-/* slot: see pcr__shm_free_from; NULL for none. */
-static void freeb(void *p, void *slot) {
+/* slot: see pcr__shm_free_set; NULL for none. */
+static void freeb(void *p, void *slot, uint64_t val) {
   if (!p) return;
   arena *a = (arena *)base;
   block *b = (block *)((char *)p - BLOCK_HDR);
@@ -429,8 +490,9 @@ static void freeb(void *p, void *slot) {
   lock(a);
   if (atomic_load(&a->ninflight)) unrecord(a, pcr__shm_offset(p));
   a->used -= bsize;
-  if (slot) memset(slot, 0, 8);  /* unrecorded with the free (issue 9) */
-  settag(b, BLOCK_FREE, cls);
+  if (slot) jput(slot, val, 1);  /* unrecorded with the free (issue 9) */
+  jput(&b->tag, TAG(BLOCK_FREE, cls), 1);
+  jcommit(a);
   /* Merge with the buddy while it is free and whole: the pair's header
   ** (the lower one) first, then the upper one is cleared. */
   while ((bud = buddy(a, rel, cls)) != UINT64_MAX &&
@@ -446,9 +508,13 @@ static void freeb(void *p, void *slot) {
   pcr__lock_unlock(&a->lock);
 }
 
-void pcr__shm_free(void *p) { freeb(p, NULL); }
+void pcr__shm_free(void *p) { freeb(p, NULL, 0); }
 
-void pcr__shm_free_from(void *p, void *slot) { freeb(p, slot); }
+void pcr__shm_free_from(void *p, void *slot) { freeb(p, slot, 0); }
+
+void pcr__shm_free_set(void *p, void *slot, uint64_t val) {
+  freeb(p, slot, val);
+}
 
 int pcr__shm_check(char *why, size_t n) {
   arena *a = (arena *)base;
@@ -540,8 +606,27 @@ pcr_obj *pcr__obj_new(size_t size, uint32_t type) {
   return o;
 }
 
-void pcr__obj_ref(pcr_obj *o) {
-  atomic_fetch_add_explicit(&o->refs, 1, memory_order_relaxed);
+uint32_t pcr__obj_refop(pcr_obj *o, int delta, _Atomic uint32_t *also,
+                        _Atomic uint64_t *e, uint64_t ev, uint64_t evlast) {
+  arena *a = (arena *)base;
+  lock(a);
+  uint32_t n = atomic_load_explicit(&o->refs, memory_order_relaxed) +
+               (uint32_t)delta;
+  jput(&o->refs, n, 0);
+  if (also) jput(also, atomic_load(also) + (uint32_t)delta, 0);
+  if (e) jput(e, n ? ev : evlast, 1);
+  jcommit(a);
+  pcr__lock_unlock(&a->lock);
+  return n;
+}
+
+void pcr__obj_ref(pcr_obj *o) { pcr__obj_refop(o, 1, NULL, NULL, 0, 0); }
+
+void pcr__shm_count(_Atomic uint32_t *c, int delta) {
+  arena *a = (arena *)base;
+  lock(a);
+  atomic_store(c, atomic_load(c) + (uint32_t)delta);
+  pcr__lock_unlock(&a->lock);
 }
 
 void pcr__obj_finish(pcr_obj *o, void *slot) {
@@ -552,10 +637,7 @@ void pcr__obj_finish(pcr_obj *o, void *slot) {
 }
 
 int pcr__obj_unref(pcr_obj *o) {
-  if (atomic_fetch_sub_explicit(&o->refs, 1, memory_order_acq_rel) != 1)
-    return 0;
-  if (o->type < 8 && dtors[o->type]) dtors[o->type](o);
-  o->magic = 0;
-  pcr__shm_free(o);
+  if (pcr__obj_refop(o, -1, NULL, NULL, 0, 0)) return 0;
+  pcr__obj_finish(o, NULL);
   return 1;
 }

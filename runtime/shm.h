@@ -42,6 +42,11 @@ void pcr__shm_free(void *p);
 /* As pcr__shm_free, and the 8 bytes at slot (the block's record, see
 ** pcr__shm_alloc_into) are zeroed before the arena lock is released. */
 void pcr__shm_free_from(void *p, void *slot);
+/* As pcr__shm_free_from, storing val at slot (8 bytes, in the arena)
+** instead of zero: the free and the store land together. */
+void pcr__shm_free_set(void *p, void *slot, uint64_t val);
+/* Stores one journal commit may hold (see shm.c). */
+#define PCR_JOURNAL 8
 
 /* Tests and diagnosis: the largest n pcr__shm_alloc could serve now, and a
 ** check of the allocator's whole state (headers, free lists, `used`, no
@@ -89,6 +94,17 @@ enum { PCR_OBJ_RING = 1, PCR_OBJ_QUEUE, PCR_OBJ_ARRAY, PCR_OBJ_SYNC,
 ** the rest zeroed. NULL when the arena is full. */
 pcr_obj *pcr__obj_new(size_t size, uint32_t type);
 void pcr__obj_ref(pcr_obj *o);
+/* Change o's references by delta, and the counter *also (a ring's
+** readers or writers; NULL: none) by delta too, and store at *e (a ledger
+** entry; NULL: none) ev, or evlast when no reference is left: all as one
+** under the arena lock, so a death at any instant leaves all or none
+** done. Every change of refs goes through here. Returns the references
+** left. */
+uint32_t pcr__obj_refop(pcr_obj *o, int delta, _Atomic uint32_t *also,
+                        _Atomic uint64_t *e, uint64_t ev, uint64_t evlast);
+/* A reference count's companion (a ring's readers or writers) changed
+** alone, under the arena lock as pcr__obj_refop's changes are. */
+void pcr__shm_count(_Atomic uint32_t *c, int delta);
 /* Run dtor on an object of this type when its last reference goes, before
 ** its memory is freed. Set once per type, before any fork. */
 void pcr__obj_set_dtor(uint32_t type, void (*dtor)(pcr_obj *));

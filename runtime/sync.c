@@ -6,13 +6,14 @@
 
 #include <string.h>
 
+/* Each part is given up with its release, as one (a death in it leaves
+** the rest to the dtor run again: pcr__obj_finish). */
 static void syncdtor(pcr_obj *o) {
   pcr_sync *s = (pcr_sync *)o, *c = s->cond_lock;
-  void *b = s->blob;
-  s->cond_lock = NULL;  /* given up before released: see pcr__obj_finish */
-  s->blob = NULL;
-  if (c) pcr__obj_unref(&c->hdr);
-  pcr__shm_free(b);
+  if (c && !pcr__obj_refop(&c->hdr, -1, NULL,
+                           (_Atomic uint64_t *)(void *)&s->cond_lock, 0, 0))
+    pcr__obj_finish(&c->hdr, NULL);
+  if (s->blob) pcr__shm_free_from(s->blob, &s->blob);
 }
 
 void pcr__sync_init(void) { pcr__obj_set_dtor(PCR_OBJ_SYNC, syncdtor); }
