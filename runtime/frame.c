@@ -393,6 +393,8 @@ void pcr__ledger_exit(void) {
 }
 
 void pcr__frame_reap(uint32_t pid) {
+  /* pid may have died in a commit: its entries are read once it is done */
+  pcr__shm_settle();
   _Atomic uint64_t *s = pcr__shm_ledger(pid, 0);
   if (s) {
     uint64_t link = atomic_load(s);

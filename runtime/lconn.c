@@ -66,8 +66,7 @@ static pcr_obj *lend_new(void) {
 }
 
 static void lend_drop(pcr_obj *o) {
-  pcr__ledger_remove(&((lendobj *)o)->lidx);  /* unrecorded, then dropped */
-  pcr__obj_unref(o);
+  pcr__frame_obj_drop(o, &((lendobj *)o)->lidx);  /* unrecorded with it */
 }
 
 static void sweep(void) {

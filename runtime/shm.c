@@ -508,6 +508,13 @@ static void freeb(void *p, void *slot, uint64_t val) {
   pcr__lock_unlock(&a->lock);
 }
 
+void pcr__shm_settle(void) {
+  arena *a = (arena *)base;
+  if (!a) return;
+  lock(a);
+  pcr__lock_unlock(&a->lock);
+}
+
 void pcr__shm_free(void *p) { freeb(p, NULL, 0); }
 
 void pcr__shm_free_from(void *p, void *slot) { freeb(p, slot, 0); }
@@ -641,3 +648,4 @@ int pcr__obj_unref(pcr_obj *o) {
   pcr__obj_finish(o, NULL);
   return 1;
 }
+

@@ -45,6 +45,9 @@ void pcr__shm_free_from(void *p, void *slot);
 /* As pcr__shm_free_from, storing val at slot (8 bytes, in the arena)
 ** instead of zero: the free and the store land together. */
 void pcr__shm_free_set(void *p, void *slot, uint64_t val);
+/* Take and release the arena lock: a commit a dead process left half
+** done is finished (see shm.c), so its records may be read. */
+void pcr__shm_settle(void);
 /* Stores one journal commit may hold (see shm.c). */
 #define PCR_JOURNAL 8
 
