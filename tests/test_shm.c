@@ -154,6 +154,37 @@ static void release(void) {
   CHECK(pcr__shm_used() == base);
 }
 
+/* Fork a child that runs churn(round, arg) until it is SIGKILLed at a
+** random moment within 5 ms; reap it. */
+static void killed_child(int round, void (*churn)(int, void *), void *arg) {
+  pid_t parent = getpid(), pid = fork();
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(0);
+    churn(round, arg);
+    _exit(0);
+  }
+  struct timespec ts = { 0, (long)(rnd() % 5000) * 1000 };
+  nanosleep(&ts, NULL);
+  kill(pid, SIGKILL);
+  int st;
+  waitpid(pid, &st, 0);
+  CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+}
+
+enum { HOLD = 256 };
+
+static void allocate_free(int round, void *arg) {
+  _Atomic uint64_t *held = arg;
+  for (uint64_t i = (uint64_t)round * 7919;; i++) {
+    unsigned slot = (unsigned)(i * 2654435761u) % HOLD;
+    uint64_t off = atomic_load(&held[slot]);
+    if (off) pcr__shm_free_from(pcr__shm_base() + off, &held[slot]);
+    size_t n = i % 7 == 0 ? 16 + i % 60000 : 16 + i % 500;
+    pcr__shm_alloc_into(n, &held[slot], 0);
+  }
+}
+
 /* Children in a tight alloc/free loop, SIGKILLed at random moments, often
 ** while they hold the allocator's lock. Each block is recorded in a slot
 ** in the arena as it is allocated and unrecorded as it is freed (the
@@ -164,31 +195,13 @@ static void killed_allocators(void) {
   void *big[64];
   int nbig = reserve(big, (size_t)2 << 20);
   /* The blocks a child holds, for the parent to free after its death. */
-  enum { HOLD = 256 };
   _Atomic uint64_t *held = pcr__shm_alloc(HOLD * 8);
   CHECK(held != NULL);
   memset((void *)held, 0, HOLD * 8);
   size_t used0 = pcr__shm_used(), room = take_all_small() * 32;
   uint64_t repairs0 = pcr__shm_repairs();
   for (int round = 0; round < KILLS; round++) {
-    pid_t parent = getpid(), pid = fork();
-    if (pid == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (getppid() != parent) _exit(0);
-      for (uint64_t i = (uint64_t)round * 7919;; i++) {
-        unsigned slot = (unsigned)(i * 2654435761u) % HOLD;
-        uint64_t off = atomic_load(&held[slot]);
-        if (off) pcr__shm_free_from(pcr__shm_base() + off, &held[slot]);
-        size_t n = i % 7 == 0 ? 16 + i % 60000 : 16 + i % 500;
-        pcr__shm_alloc_into(n, &held[slot], 0);
-      }
-    }
-    struct timespec ts = { 0, (long)(rnd() % 5000) * 1000 };
-    nanosleep(&ts, NULL);
-    kill(pid, SIGKILL);
-    int st;
-    waitpid(pid, &st, 0);
-    CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+    killed_child(round, allocate_free, (void *)held);
     CHECK(consistent());
     for (int i = 0; i < HOLD; i++) {
       uint64_t off = atomic_exchange(&held[i], 0);
@@ -213,36 +226,33 @@ static void killed_allocators(void) {
 ** SIGKILLed at random moments: after each, the count is the parent's one
 ** plus one per entry set. Taken and recorded in two steps, as before the
 ** journal, a death between them broke this. */
+typedef struct holders { pcr_obj *o; _Atomic uint64_t *ent; } holders;
+
+static void take_drop(int round, void *arg) {
+  holders *h = arg;
+  uint64_t ref = pcr__shm_offset(h->o);
+  for (uint64_t i = (uint64_t)round * 7919;; i++) {
+    unsigned k = (unsigned)(i * 2654435761u) % 64;
+    if (atomic_load(&h->ent[k]))
+      pcr__obj_refop(h->o, -1, NULL, &h->ent[k], 0, 0);
+    else
+      pcr__obj_refop(h->o, 1, NULL, &h->ent[k], ref, ref);
+  }
+}
+
 static void killed_holders(void) {
-  enum { HOLD = 64 };
   pcr_obj *o = pcr__obj_new(64, 7);  /* a type without a dtor */
-  _Atomic uint64_t *ent = pcr__shm_alloc(HOLD * 8);
+  _Atomic uint64_t *ent = pcr__shm_alloc(64 * 8);
   CHECK(o && ent);
-  memset((void *)ent, 0, HOLD * 8);
-  uint64_t ref = pcr__shm_offset(o);
+  memset((void *)ent, 0, 64 * 8);
+  holders h = { o, ent };
   for (int round = 0; round < KILLS; round++) {
-    pid_t parent = getpid(), pid = fork();
-    if (pid == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (getppid() != parent) _exit(0);
-      for (uint64_t i = (uint64_t)round * 7919;; i++) {
-        unsigned k = (unsigned)(i * 2654435761u) % HOLD;
-        if (atomic_load(&ent[k]))
-          pcr__obj_refop(o, -1, NULL, &ent[k], 0, 0);
-        else
-          pcr__obj_refop(o, 1, NULL, &ent[k], ref, ref);
-      }
-    }
-    struct timespec ts = { 0, (long)(rnd() % 5000) * 1000 };
-    nanosleep(&ts, NULL);
-    kill(pid, SIGKILL);
-    int st;
-    waitpid(pid, &st, 0);
+    killed_child(round, take_drop, &h);
     pcr__shm_free(pcr__shm_alloc(16));  /* takes the lock: a repair */
     uint32_t set = 0;
-    for (int k = 0; k < HOLD; k++) set += atomic_load(&ent[k]) != 0;
+    for (int k = 0; k < 64; k++) set += atomic_load(&ent[k]) != 0;
     CHECK(atomic_load(&o->refs) == 1 + set);
-    for (int k = 0; k < HOLD; k++)
+    for (int k = 0; k < 64; k++)
       if (atomic_load(&ent[k])) pcr__obj_refop(o, -1, NULL, &ent[k], 0, 0);
     CHECK(atomic_load(&o->refs) == 1);
   }
