@@ -97,17 +97,20 @@ local function tasks(TASKS)
       if #pids > 0 then ffi.C.kill(tonumber(pids[math.random(#pids)]), 9) end
     end
   end, core.getpid()):start()
-  local MB = ("m"):rep(2^20)
-  local ok, failed, i = 0, 0, 0
+  local MB = ("m"):rep(2^20 - 8)
+  local ok, failed, big, i = 0, 0, 0, 0
+  -- Each 1 MB result its own string: one sent twice in a chunk would be
+  -- written once (a back-reference).
   local it = p:imap_unordered(function(x)
-    if x % 2 == 0 then return MB end
+    if x % 2 == 0 then return MB .. ("%8d"):format(x) end
     return x
   end, function() i = i + 1 if i <= TASKS then return i end end, 64)
   while true do
-    local good, v = pcall(it)
+    local good, k, v = pcall(it)
     if good then
-      if v == nil then break end
+      if k == nil then break end
       ok = ok + 1
+      if type(v) == "string" and #v == 2^20 then big = big + 1 end
     else
       failed = failed + 1
     end
@@ -115,7 +118,7 @@ local function tasks(TASKS)
   killer:terminate()
   killer:join(5)
   p:close() p:join()
-  return ok, failed
+  return ok, failed, big
 end
 
 -- 3. Pipes and queues carrying handles, killed on both sides.
@@ -157,9 +160,9 @@ local s0, t0 = start, core.now()
 pools(POOLS)
 s0 = report(("%d pools left to the GC"):format(POOLS), t0, s0)
 t0 = core.now()
-local ok, failed = tasks(TASKS)
-print(("  %d results, %d tasks failed with their killed worker")
-      :format(ok, failed))
+local ok, failed, big = tasks(TASKS)
+print(("  %d results (%d of 1 MiB), %d tasks failed with their killed "
+       .. "worker"):format(ok, big, failed))
 s0 = report(("%d tasks, a worker killed every 100 ms"):format(TASKS), t0,
             s0)
 t0 = core.now()
