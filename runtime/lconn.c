@@ -208,10 +208,7 @@ static int conn_send(lua_State *L) {
   if (lua_type(L, 2) == LUA_TSTRING) {  /* strings go raw: no copy */
     p = lua_tolstring(L, 2, &n);
   } else {
-    int saved = pcr__ser_remote;
-    pcr__ser_remote = lc->remote;
-    p = pcr__msg_encode(L, 2, &n, "message");
-    pcr__ser_remote = saved;
+    p = pcr__msg_encode(L, 2, &n, "message", lc->remote);
     kind = PCR_FRAME_VALUE;
   }
   int r = sendframe(L, lc, kind, p, n, deadline, "send");

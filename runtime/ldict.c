@@ -103,7 +103,7 @@ static pcr_dval *toval(lua_State *L, int idx, pcr_dval *v, int kidx,
                                        keyname(L, kidx));
     pcr__msg_begin();
     v->kind = PCR_DV_VALUE;
-    v->p = pcr__msg_encode(L, idx, &v->n, root);
+    v->p = pcr__msg_encode(L, idx, &v->n, root, 0);
     v->nrefs = pcr__msg_refs(&v->refs);
     if (v->nrefs > 0xffff) {
       pcr__msg_end(0);

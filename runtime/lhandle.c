@@ -224,17 +224,18 @@ size_t pcr__msg_refs(const uint64_t **out) {
 typedef struct encargs {
   const char *root, *p;
   size_t n;
+  int flags;
 } encargs;
 
 static int encode_p(lua_State *L) {
   encargs *a = lua_touserdata(L, 1);
-  a->p = pcr__ser_encode_msg(L, 2, &a->n, a->root);
+  a->p = pcr__ser_encode_as(L, 2, &a->n, a->root, a->flags);
   return 0;
 }
 
 const char *pcr__msg_encode(lua_State *L, int idx, size_t *n,
-                            const char *root) {
-  encargs a = { root, NULL, 0 };
+                            const char *root, int remote) {
+  encargs a = { root, NULL, 0, PCR_SER_MSG | (remote ? PCR_SER_REMOTE : 0) };
   int depth = ntx;  /* this message's, begun by the caller */
   lua_pushcfunction(L, encode_p);
   lua_pushlightuserdata(L, &a);

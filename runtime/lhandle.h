@@ -130,10 +130,11 @@ void pcr__msg_end(int sent);
 ** not adopted are dropped, whether the decode succeeds or raises. mark:
 ** pcr__taken_mark() read before the frame was received. */
 void pcr__msg_decode(lua_State *L, const char *p, size_t n, size_t mark);
-/* Encode the value at idx as a message (pcr__ser_encode_msg); if the
-** encode raises, the references it took are rolled back first. */
+/* Encode the value at idx as a message (PCR_SER_MSG; with remote, for
+** another node: PCR_SER_REMOTE); if the encode raises, the references it
+** took are rolled back first. */
 const char *pcr__msg_encode(lua_State *L, int idx, size_t *n,
-                            const char *root);
+                            const char *root, int remote);
 
 /* Fork and exit. hold takes the child's references of every live handle
 ** (*out, malloc'd, for pcr__lhandle_drop at reap); forked runs in the

@@ -72,7 +72,7 @@ static int q_put_(lua_State *L, int nowait, const char *m) {
     break;
   case LUA_TNIL: kind = PCR_QF_NIL; p = ""; n = 0; break;
   default:
-    p = pcr__msg_encode(L, 2, &n, "value");
+    p = pcr__msg_encode(L, 2, &n, "value", 0);
     kind = PCR_QF_VALUE;
   }
   putctx c = { q, kind, p, n, NULL, 0 };

@@ -253,38 +253,13 @@ static int growreqs(void) {
   return 0;
 }
 
-typedef struct encargs {
-  const char *root, *p;
-  size_t n;
-} encargs;
-
-/* Arena handles refuse to encode while pcr__ser_remote is set, so a
-** remote message takes no references. */
-static int encode_p(lua_State *L) {
-  encargs *a = lua_touserdata(L, 1);
-  a->p = pcr__ser_encode_named(L, 2, &a->n, a->root);
-  return 0;
-}
-
-/* Encode the value at idx for another node into a.p/a.n; raises (with
-** the path under root) when it holds an arena handle. */
-static void remote_encode(lua_State *L, int idx, encargs *a) {
-  int saved = pcr__ser_remote;
-  pcr__ser_remote = 1;
-  lua_pushcfunction(L, encode_p);
-  lua_pushlightuserdata(L, a);
-  lua_pushvalue(L, idx);
-  int r = lua_pcall(L, 2, 0, 0);
-  pcr__ser_remote = saved;
-  if (r) lua_error(L);
-}
-
 /* mpi.encode(v [, root]): pcrun.encode's bytes, as for another node. */
 static int l_encode(lua_State *L) {
   luaL_checkany(L, 1);
-  encargs a = { luaL_optstring(L, 2, "value"), NULL, 0 };
-  remote_encode(L, 1, &a);
-  lua_pushlstring(L, a.p, a.n);
+  size_t n;
+  const char *p = pcr__ser_encode_as(L, 1, &n, luaL_optstring(L, 2, "value"),
+                                     PCR_SER_REMOTE);
+  lua_pushlstring(L, p, n);
   return 1;
 }
 
@@ -318,12 +293,11 @@ static int l_send(lua_State *L) {
     lua_pushvalue(L, 4);
     b.ref = luaL_ref(L, LUA_REGISTRYINDEX);
   } else {
-    encargs a = { root, NULL, 0 };
-    remote_encode(L, 4, &a);  /* raises naming the path */
-    n = a.n;
+    /* raises naming the path */
+    const char *p = pcr__ser_encode_as(L, 4, &n, root, PCR_SER_REMOTE);
     if (getbuf(&b, n) < 0)
       return luaL_error(L, "pcrun.mpi.send: out of memory");
-    memcpy(b.p, a.p, n);
+    memcpy(b.p, p, n);
   }
   if (n > (size_t)INT32_MAX) {
     if (b.ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, b.ref);

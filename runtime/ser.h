@@ -11,6 +11,7 @@
 #define PCR_SER_MAXDEPTH 1000  /* nesting limit, encoder and decoder */
 #define PCR_SER_TRUSTED 1      /* decode flag: allow code and capabilities */
 #define PCR_SER_MSG 2          /* decode flag: a transport's message */
+#define PCR_SER_REMOTE 4       /* encode flag: for another node */
 
 /* What the encode or decode calling a hook is, for pcrun's own hooks:
 ** PCR_SER_MSG in a transport's message (a queue, a pipe: decoded exactly
@@ -22,9 +23,6 @@
 ** change what an outer one's hooks see. Returns those flags for argument
 ** arg of a hook; 0 when the hook was called otherwise. */
 int pcr__ser_hookflags(lua_State *L, int arg);
-/* Set while encoding a message for another node (pcrun.cluster): values
-** of capability types (arena handles, processes) are refused. */
-extern int pcr__ser_remote;
 
 /* Encodes the value at stack index idx. Returns a buffer owned by the
    encoder state of L (a userdata in the registry, reused): it stays valid
@@ -40,9 +38,13 @@ const char *pcr__ser_encode(lua_State *L, int idx, size_t *len);
 const char *pcr__ser_encode_named(lua_State *L, int idx, size_t *len,
                                   const char *root);
 
-/* As pcr__ser_encode_named, for a transport's message (PCR_SER_MSG). */
-const char *pcr__ser_encode_msg(lua_State *L, int idx, size_t *len,
-                                const char *root);
+/* As pcr__ser_encode_named, with flags: PCR_SER_MSG for a transport's
+   message; PCR_SER_REMOTE for another node (pcrun.cluster), where values
+   of capability types (arena handles, processes) are refused. Hooks are
+   told PCR_SER_MSG (pcr__ser_hookflags); an encode nested in a hook has
+   flags of its own. */
+const char *pcr__ser_encode_as(lua_State *L, int idx, size_t *len,
+                               const char *root, int flags);
 
 /* Decodes len bytes at buf and pushes exactly one value. flags is 0 or
    PCR_SER_TRUSTED; without it only plain data is built: functions,

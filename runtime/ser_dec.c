@@ -864,7 +864,6 @@ void pcr__ser_decode_state(lua_State *L, const flayout *fl,
   if (refs) lua_remove(L, base + 1);
 }
 
-int pcr__ser_remote;  /* encoding for another node: no arena handles */
 
 void pcr__ser_decode(lua_State *L, const char *buf, size_t len, int flags)
 {

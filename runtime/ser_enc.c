@@ -132,7 +132,7 @@ typedef struct enc {
   uint32_t epoch;    /* bumped whenever Lua code may have run */
   int np;            /* entries in path */
   int hasrefs, refreshed;
-  int flags;         /* PCR_SER_MSG: what this encode's hooks are told */
+  int flags;         /* PCR_SER_MSG, PCR_SER_REMOTE: for hooks and caps */
   int sud, env, nm, anch; /* stack slots: state, its env, names, anchors */
   pathent path[PCR_SER_MAXDEPTH + 2];
 } enc;
@@ -451,7 +451,7 @@ static void encext(enc *e, int obj, int mt)
   name = lua_tolstring(L, -1, &n);
   if (lua_type(L, -1) != LUA_TSTRING)
     fail(e, "__serialize without __name (use pcrun.register_type)");
-  if (pcr__ser_remote) {  /* a message for another node (cluster) */
+  if (e->flags & PCR_SER_REMOTE) {  /* for another node (cluster) */
     lua_rawgeti(L, getenv_e(e), E_CAPS);
     lua_pushvalue(L, mt);
     lua_rawget(L, -2);
@@ -1003,7 +1003,7 @@ const char *pcr__ser_encode_state(lua_State *L, sstate *S, int sud,
   e->S = S;
   e->b = b;
   e->root = root;
-  e->flags = flags & PCR_SER_MSG;
+  e->flags = flags & (PCR_SER_MSG | PCR_SER_REMOTE);
   e->fl = S->fl.ok ? &S->fl : NULL;
   e->nobj = e->epoch = 0;
   e->np = e->hasrefs = e->refreshed = e->env = e->nm = e->anch = 0;
@@ -1033,16 +1033,15 @@ const char *pcr__ser_encode_state(lua_State *L, sstate *S, int sud,
   return b->p;
 }
 
-static const char *encode_as(lua_State *L, int idx, size_t *len,
-                             const char *root, int msg)
+const char *pcr__ser_encode_as(lua_State *L, int idx, size_t *len,
+                               const char *root, int flags)
 {
   if (idx < 0 && idx > LUA_REGISTRYINDEX) idx = lua_gettop(L) + idx + 1;
   int top = lua_gettop(L);
   luaL_checkstack(L, 16, "pcrun.encode");
   sstate *S = pcr__ser_getstate(L);
   const char *p = pcr__ser_encode_state(L, S, top + 1, idx, len,
-                                        root ? root : "value",
-                                        msg ? PCR_SER_MSG : 0);
+                                        root ? root : "value", flags);
   lua_settop(L, top);
   return p;
 }
@@ -1050,13 +1049,7 @@ static const char *encode_as(lua_State *L, int idx, size_t *len,
 const char *pcr__ser_encode_named(lua_State *L, int idx, size_t *len,
                                   const char *root)
 {
-  return encode_as(L, idx, len, root, 0);
-}
-
-const char *pcr__ser_encode_msg(lua_State *L, int idx, size_t *len,
-                                const char *root)
-{
-  return encode_as(L, idx, len, root, 1);
+  return pcr__ser_encode_as(L, idx, len, root, 0);
 }
 
 const char *pcr__ser_encode(lua_State *L, int idx, size_t *len)
