@@ -273,6 +273,34 @@ void pcr__ledger_unpend(size_t n) {
     pcr__ledger_remove(&pidx[j]);
 }
 
+void pcr__frame_publish(_Atomic uint64_t *head, uint64_t h, void *blk,
+                        size_t n) {
+  size_t from = npidx - (n < npidx ? n : npidx);
+  if (!blk && from == npidx) {
+    atomic_store_explicit(head, h, memory_order_release);
+    return;
+  }
+  if (npidx - from + 2 > PCR_JOURNAL) {  /* too many for one commit */
+    pcr__shm_handoff(blk);
+    pcr__ledger_unpend(n);
+    atomic_store_explicit(head, h, memory_order_release);
+    return;
+  }
+  int rec = !stale();
+  pcr__shm_jbegin();
+  pcr__shm_jhandoff(blk);
+  for (size_t j = from; rec && j < npidx; j++)
+    if (pidx[j] >= 0 && (uint64_t)pidx[j] < total)
+      pcr__shm_jput((void *)entry(pidx[j]), 0, 1);
+  pcr__shm_jput((void *)head, h, 1);
+  pcr__shm_jend();
+  for (size_t j = from; j < npidx; j++) {
+    if (rec && pidx[j] >= 0 && (uint64_t)pidx[j] < total)
+      freeidx[nfree++] = pidx[j];
+    pidx[j] = -1;
+  }
+}
+
 void pcr__ledger_unpend_to(size_t mark) {
   if (mark > npidx) return;
   pcr__ledger_unpend(npidx - mark);
@@ -333,6 +361,33 @@ void pcr__ledger_free(void *blk, long *idx) {
   }
   pcr__shm_free_from(blk, (void *)entry(i));  /* unrecorded with it */
   freeidx[nfree++] = i;
+}
+
+void pcr__frame_consume(_Atomic uint64_t *tail, uint64_t t,
+                        const uint64_t *refs, size_t n, void *blk,
+                        long *blkidx) {
+  if (blkidx) *blkidx = -1;
+  if ((!n && !blk) || stale() || n + 2 > PCR_JOURNAL || nfree < n + 1 ||
+      ntk + n > captk) {
+    atomic_store_explicit(tail, t, memory_order_release);
+    for (size_t i = 0; i < n; i++) pcr__taken_ref(refs[i]);
+    if (blk) pcr__taken_block(blk, blkidx);
+    return;
+  }
+  pcr__shm_jbegin();
+  for (size_t i = 0; i < n; i++) {
+    long k = freeidx[--nfree];
+    pcr__shm_jput((void *)entry(k), refs[i], 1);
+    tk[ntk].ref = refs[i];
+    tk[ntk++].idx = k;
+  }
+  if (blk) {
+    long k = freeidx[--nfree];
+    pcr__shm_jput((void *)entry(k), pcr__shm_offset(blk) | PCR_REF_RAW, 1);
+    *blkidx = k;
+  }
+  pcr__shm_jput((void *)tail, t, 1);
+  pcr__shm_jend();
 }
 
 int pcr__taken_adopt(uint64_t ref, long *idx) {

@@ -132,6 +132,14 @@ int pcr__ledger_pend(pcr_obj *o, unsigned role, uint64_t *ref);
 void pcr__ledger_unpend(size_t n);
 void pcr__ledger_unpend_to(size_t mark);
 
+/* Publish a frame: store h at *head (the ring's or segment's, in the
+** arena), and with the same commit (shm.h, the journal) end the sender's
+** records of what the frame owns from then on: blk's in-flight record and
+** the top n pending references. A death at any instant leaves them the
+** sender's or the frame's, never neither. */
+void pcr__frame_publish(_Atomic uint64_t *head, uint64_t h, void *blk,
+                        size_t n);
+
 /* Frames taken by a receiver. ensure(n): room for n more entries, before
 ** the frame is consumed (growing allocates). After the consuming store:
 ** taken_ref(ref) records each reference the frame carries, taken_block
@@ -145,6 +153,14 @@ int pcr__ledger_ensure(size_t n);
 void pcr__taken_ref(uint64_t ref);
 void pcr__taken_block(void *blk, long *idx);
 void pcr__ledger_free(void *blk, long *idx);
+/* Consume a frame: store t at *tail and, with the same commit, record its
+** n references and its block (at *blkidx) as this process's taken ones
+** (taken_ref, taken_block), so that a receiver killed at any instant
+** leaves them to the frame or to its reaper. pcr__ledger_ensure(n + 1)
+** first. */
+void pcr__frame_consume(_Atomic uint64_t *tail, uint64_t t,
+                        const uint64_t *refs, size_t n, void *blk,
+                        long *blkidx);
 int pcr__taken_adopt(uint64_t ref, long *idx);
 size_t pcr__taken_mark(void);
 void pcr__taken_end(size_t mark);

@@ -183,8 +183,11 @@ static int stream(pcr_conn *c, pcr_ring *r, const char *head, size_t hn,
     uint64_t k = room - 2 * HDR;
     if (k > n - done) k = n - done;
     if (done + k == n && hn > HDR)  /* the frame's now */
-      pcr__ledger_unpend((hn - HDR) / 8 - 1);
-    pcr__ring_write_frame(r, &k, HDR, s + done, (size_t)k);
+      pcr__frame_publish(&r->head,
+                         pcr__ring_put_frame(r, &k, HDR, s + done, (size_t)k),
+                         NULL, (hn - HDR) / 8 - 1);
+    else
+      pcr__ring_write_frame(r, &k, HDR, s + done, (size_t)k);
     done += (size_t)k;
     wake(c, &r->rsleep);
   }
@@ -232,9 +235,9 @@ int pcr__conn_send(pcr_conn *c, unsigned kind, const void *p, size_t n,
     room = e == 0 ? pcr__ring_room(r, total) : 0;
   }
   if (e == 0 && room >= total) {  /* it all fits */
-    pcr__shm_handoff(blk);  /* the frame owns it from the publish on */
-    if (nrefs) pcr__ledger_unpend(nrefs);  /* and its references */
-    pcr__ring_write_frame(r, head, hn, s, n);
+    /* the frame owns its block and references from the publish on */
+    pcr__frame_publish(&r->head, pcr__ring_put_frame(r, head, hn, s, n),
+                       blk, nrefs);
     wake(c, &r->rsleep);
   } else if (e == 0) {
     head[0] |= PCR_FRAME_STREAM;
@@ -339,8 +342,8 @@ again:;
       memcpy(&off, c->buf, sizeof off);
       c->held = pcr__shm_at(off, (size_t)(h >> 8));
     }
-    atomic_store_explicit(&r->tail, t + at + len, memory_order_release);
-    taken(c, refs, nrefs);
+    pcr__frame_consume(&r->tail, t + at + len, refs, (size_t)nrefs,
+                       c->held, &c->heldidx);
   }
   wake(c, &r->wsleep);
   *kind = PCR_FRAME_KIND(h);

@@ -202,9 +202,8 @@ int pcr__queue_put(pcr_queue *q, unsigned kind, const void *p, size_t n,
   }
   if (plen == 8) put8(s, h + HDR + rn, p);
   else pcr__wrap_in(s->data, s->cap, h + HDR + rn, p, plen);
-  pcr__shm_handoff(blk);  /* the frame owns it from the publish on */
-  if (nrefs) pcr__ledger_unpend(nrefs);  /* and its references */
-  atomic_store_explicit(&s->head, h + need, memory_order_release);
+  /* the frame owns its block and references from the publish on */
+  pcr__frame_publish(&s->head, h + need, blk, nrefs);
   /* Counted after the publish: a death in between undercounts by one,
   ** which lets a bounded queue take one item more; the other order would
   ** leave it full of an item that is not there. */
@@ -294,11 +293,9 @@ static int tryget(pcr_queue *q, pcr_qmsg *m, double deadline, int number) {
   pcr__ledger_ensure((size_t)nrefs + 1);  /* else they go unrecorded */
   atomic_store_explicit(&q->nget, atomic_load_explicit(&q->nget,
                         memory_order_relaxed) + 1, memory_order_relaxed);
-  atomic_store_explicit(&s->tail,
-                        body + PAD8((hdr & PCR_FRAME_INDIRECT) ? 8 : n),
-                        memory_order_release);
-  for (uint64_t i = 0; i < nrefs; i++) pcr__taken_ref(refs[i]);
-  pcr__taken_block(m->blk, &m->blkidx);
+  uint64_t end = body + PAD8((hdr & PCR_FRAME_INDIRECT) ? 8 : n);
+  pcr__frame_consume(&s->tail, end, refs, (size_t)nrefs, m->blk,
+                     &m->blkidx);
   if (refs != local) free(refs);
   pcr__lock_unlock(&q->rlock);
   if (q->maxsize) pcr__wq_wake(&q->putq, 1);

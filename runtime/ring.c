@@ -37,6 +37,12 @@ size_t pcr__ring_read(pcr_ring *r, void *p, size_t n) {
 
 void pcr__ring_write_frame(pcr_ring *r, const void *hdr, size_t hn,
                            const void *p, size_t n) {
+  atomic_store_explicit(&r->head, pcr__ring_put_frame(r, hdr, hn, p, n),
+                        memory_order_release);
+}
+
+uint64_t pcr__ring_put_frame(pcr_ring *r, const void *hdr, size_t hn,
+                             const void *p, size_t n) {
   uint64_t h = atomic_load_explicit(&r->head, memory_order_relaxed);
   size_t at = (size_t)(h & (r->cap - 1));
   if (at + hn + n <= r->cap) {  /* common: no wrap */
@@ -46,5 +52,5 @@ void pcr__ring_write_frame(pcr_ring *r, const void *hdr, size_t hn,
     pcr__wrap_in(r->data, r->cap, h, hdr, hn);
     pcr__wrap_in(r->data, r->cap, h + hn, p, n);
   }
-  atomic_store_explicit(&r->head, h + hn + n, memory_order_release);
+  return h + hn + n;
 }

@@ -61,6 +61,10 @@ static inline size_t pcr__ring_ready(pcr_ring *r, size_t want) {
 ** hn + n bytes of space are free. Caller holds wlock. */
 void pcr__ring_write_frame(pcr_ring *r, const void *hdr, size_t hn,
                            const void *p, size_t n);
+/* As pcr__ring_write_frame, but unpublished: returns the head that
+** publishes it (pcr__frame_publish). */
+uint64_t pcr__ring_put_frame(pcr_ring *r, const void *hdr, size_t hn,
+                             const void *p, size_t n);
 
 static inline size_t pcr__ring_avail(pcr_ring *r) {
   return (size_t)(atomic_load_explicit(&r->head, memory_order_acquire) -

@@ -508,6 +508,29 @@ static void freeb(void *p, void *slot, uint64_t val) {
   pcr__lock_unlock(&a->lock);
 }
 
+void pcr__shm_jbegin(void) { lock((arena *)base); }
+
+void pcr__shm_jput(void *p, uint64_t v, int wide) { jput(p, v, wide); }
+
+void pcr__shm_jend(void) {
+  arena *a = (arena *)base;
+  jcommit(a);
+  pcr__lock_unlock(&a->lock);
+}
+
+void pcr__shm_jhandoff(void *p) {
+  arena *a = (arena *)base;
+  if (!p || !atomic_load(&a->ninflight)) return;
+  uint64_t off = pcr__shm_offset(p);
+  uint32_t me = pcr__self();
+  for (int i = 0; i < NINFLIGHT; i++)
+    if (a->inflight[i].pid == me && a->inflight[i].off == off) {
+      jput(&a->inflight[i].pid, 0, 0);
+      atomic_fetch_sub(&a->ninflight, 1);  /* derived: repair recounts */
+      return;
+    }
+}
+
 void pcr__shm_settle(void) {
   arena *a = (arena *)base;
   if (!a) return;

@@ -48,8 +48,17 @@ void pcr__shm_free_set(void *p, void *slot, uint64_t val);
 /* Take and release the arena lock: a commit a dead process left half
 ** done is finished (see shm.c), so its records may be read. */
 void pcr__shm_settle(void);
+/* A commit of the journal (see shm.c) for stores of the caller's: begin
+** takes the arena lock; put adds a store (p in the arena; 8 bytes wide,
+** else 4), at most PCR_JOURNAL in all; end makes them land together and
+** releases the lock. jhandoff adds the end of p's in-flight record
+** (pcr__shm_handoff) to the commit. */
+void pcr__shm_jbegin(void);
+void pcr__shm_jput(void *p, uint64_t v, int wide);
+void pcr__shm_jend(void);
+void pcr__shm_jhandoff(void *p);
 /* Stores one journal commit may hold (see shm.c). */
-#define PCR_JOURNAL 8
+#define PCR_JOURNAL 32
 
 /* Tests and diagnosis: the largest n pcr__shm_alloc could serve now, and a
 ** check of the allocator's whole state (headers, free lists, `used`, no

@@ -285,6 +285,51 @@ describe("ownership", function()
     assert.are.equal("1\t0\n2\t0\n", r.stdout)
   end)
 
+  -- A frame takes over its handles and its large block with the store
+  -- that publishes it, and a receiver records them with the store that
+  -- consumes it (one journal commit each): a sender or receiver killed
+  -- anywhere in a loop of such messages leaves each of them to the frame
+  -- or to its reaper, never to nobody.
+  it("frees what children killed sending and receiving handles left",
+     function()
+    local r = run([[
+      local pcrun = require "pcrun"
+      collectgarbage()
+      local base = pcrun.arena().used
+      local leaks = {}
+      local big = ("b"):rep(300000)  -- over both block thresholds
+      for round = 1, 60 do
+        local a, b = pcrun.pipe()
+        local q = pcrun.queue()
+        local ready = pcrun.queue()
+        local sender = pcrun.process(function()
+          ready:put(true)
+          while true do
+            b:send({ pcrun.lock(), big })
+            q:put({ pcrun.queue(), big })
+          end
+        end):start()
+        local receiver = pcrun.process(function()
+          ready:put(true)
+          while true do a:recv() q:get() end
+        end):start()
+        ready:get(5) ready:get(5)
+        pcrun.sleep(0.005 + 0.03 * math.random())
+        if round % 2 == 0 then sender:kill() receiver:kill()
+        else receiver:kill() sender:kill() end
+        sender:join(5) receiver:join(5)
+        a:close() b:close() q = nil ready = nil
+        collectgarbage() collectgarbage()
+        local left = pcrun.arena().used - base
+        if left ~= 0 then leaks[#leaks + 1] = round .. ":" .. left end
+      end
+      print("leaks", table.concat(leaks, " "))
+      print("used", pcrun.arena().used - base)
+    ]], nil, 120)
+    assert.are.equal(0, r.status, r.stderr)
+    assert.are.equal("leaks\t\nused\t0\n", r.stdout)
+  end)
+
   -- An arena object is its creator's from its allocation on: a child
   -- killed anywhere in a create/close loop (a ring allocated but not yet
   -- in a handle, a queue's segment being linked, an object being freed)
