@@ -124,10 +124,11 @@ void pcr__frame_obj_drop(pcr_obj *o, long *idx);
 ** encoded inside another's hook goes above it): pend takes one reference
 ** of o in role (pcr__ledger_take), records it in the ledger, pushes its
 ** entry and stores its tagged offset in *ref (-1: out of memory, nothing
-** taken). unpend(n) unrecords the top n (the frame's own), right before
-** the store that publishes the frame; unpend_to(mark) unrecords and pops
-** what is above mark (a message ended, sent or rolled back). A death
-** between the record and the publish leaks them, never frees twice. */
+** taken). pcr__frame_publish (below) ends the top n entries with the store
+** that publishes their frame; unpend(n) unrecords them by themselves (a
+** frame of more than PCR_JOURNAL - 2: a death between that and the
+** publish leaks them, never frees twice); unpend_to(mark) unrecords and
+** pops what is above mark (a message ended, sent or rolled back). */
 int pcr__ledger_pend(pcr_obj *o, unsigned role, uint64_t *ref);
 void pcr__ledger_unpend(size_t n);
 void pcr__ledger_unpend_to(size_t mark);
