@@ -75,6 +75,24 @@ describe("pcrun.select", function()
     p:join()
   end))
 
+  -- The pass looks at e before p: an event set between those two looks
+  -- (here by p's is_alive, standing in for a child that sets it and
+  -- exits) must be reported with the process, not missed.
+  it("reports what became ready while it looked", run(20, function()
+    local e = pcrun.event()
+    local p = pcrun.process(function() end):start()
+    p:join()
+    local is_alive = p.is_alive
+    p.is_alive = function(self)
+      e:set()
+      return is_alive(self)
+    end
+    local r = pcrun.select({ e, p }, 10)
+    assert.equal(2, #r)
+    assert.equal(e, r[1])
+    assert.equal(p, r[2])
+  end))
+
   it("checks its arguments", function()
     error_has("pcrun.select: objects must be a non-empty list",
               pcrun.select, {})

@@ -54,11 +54,19 @@ function M.select(objs, timeout)
   end
   local deadline = timeout and core.now() + math.max(timeout, 0)
   local spin = core.now() + 50e-6
-  while true do
+  local function scan()
     local ready = {}
     for i, o in ipairs(objs) do
       if isready(kinds[i], o) then ready[#ready + 1] = o end
     end
+    return ready
+  end
+  while true do
+    local ready = scan()
+    -- One pass looks at each object at a different moment: a process seen
+    -- exited may have set an event the pass had already looked at. A
+    -- second pass reports all that was ready when the first one ended.
+    if #ready > 0 and #ready < #objs then ready = scan() end
     local now = core.now()
     if #ready > 0 or (deadline and now >= deadline) then return ready end
     if now >= spin then
