@@ -226,7 +226,9 @@ end
 -- killed; its pcrun children die with it). Use it for bodies that would
 -- hang or crash the test process on a bug. The copy leaves with _exit:
 -- nothing it did to this process's Lua values is undone, so fn must
--- create the pcrun objects it uses.
+-- create the pcrun objects it uses. With PCRUN_SPEC_ONHANG set, the
+-- command it names runs with the copy's pid before the kill, to take
+-- stacks of a hang that is rare (`gdb -p`).
 function M.with_timeout(secs, fn)
   collectgarbage()
   collectgarbage()  -- nothing left for the copy to collect twice
@@ -240,6 +242,8 @@ function M.with_timeout(secs, fn)
   local err = M.read_file(errfile)
   os.remove(errfile)
   if code == nil then
+    local onhang = os.getenv("PCRUN_SPEC_ONHANG")
+    if onhang then os.execute(onhang .. " " .. pid) end
     C.kill(pid, M.SIGKILL)
     M.reap(pid, 5)
     error(("timed out after %g s"):format(secs), 2)
