@@ -13,6 +13,33 @@ local function run(src, env, timeout)
                          { env = env or {}, timeout = timeout or 60 })
 end
 
+-- Run body (Lua source for one round; it sees pcrun and round) n times
+-- in a CLI process of its own. After each round and a full collection
+-- the arena must hold what it held at the start: any other figure is a
+-- leak, reported with its round.
+local function leakfree(n, body)
+  local r = run([[
+    local pcrun = require "pcrun"
+    collectgarbage()
+    local base = pcrun.arena().used
+    local leaks = {}
+    local function once(round)
+]] .. body .. [[
+    end
+    for round = 1, ]] .. n .. [[ do
+      once(round)
+      collectgarbage() collectgarbage()
+      local x, y = pcrun.pipe()  -- a pipe operation sweeps lent sockets
+      x:send(1) y:recv() x:close() y:close()
+      local left = pcrun.arena().used - base
+      if left ~= 0 then leaks[#leaks + 1] = round .. ":" .. left end
+    end
+    print("leaks", table.concat(leaks, " "))
+  ]], nil, 120)
+  assert.are.equal(0, r.status, r.stderr)
+  assert.are.equal("leaks\t\n", r.stdout)
+end
+
 describe("ownership", function()
   after_each(function()
     helpers.assert_no_children()
@@ -292,42 +319,29 @@ describe("ownership", function()
   -- or to its reaper, never to nobody.
   it("frees what children killed sending and receiving handles left",
      function()
-    local r = run([[
-      local pcrun = require "pcrun"
-      collectgarbage()
-      local base = pcrun.arena().used
-      local leaks = {}
+    leakfree(60, [[
       local big = ("b"):rep(300000)  -- over both block thresholds
-      for round = 1, 60 do
-        local a, b = pcrun.pipe()
-        local q = pcrun.queue()
-        local ready = pcrun.queue()
-        local sender = pcrun.process(function()
-          ready:put(true)
-          while true do
-            b:send({ pcrun.lock(), big })
-            q:put({ pcrun.queue(), big })
-          end
-        end):start()
-        local receiver = pcrun.process(function()
-          ready:put(true)
-          while true do a:recv() q:get() end
-        end):start()
-        ready:get(5) ready:get(5)
-        pcrun.sleep(0.005 + 0.03 * math.random())
-        if round % 2 == 0 then sender:kill() receiver:kill()
-        else receiver:kill() sender:kill() end
-        sender:join(5) receiver:join(5)
-        a:close() b:close() q = nil ready = nil
-        collectgarbage() collectgarbage()
-        local left = pcrun.arena().used - base
-        if left ~= 0 then leaks[#leaks + 1] = round .. ":" .. left end
-      end
-      print("leaks", table.concat(leaks, " "))
-      print("used", pcrun.arena().used - base)
-    ]], nil, 120)
-    assert.are.equal(0, r.status, r.stderr)
-    assert.are.equal("leaks\t\nused\t0\n", r.stdout)
+      local a, b = pcrun.pipe()
+      local q = pcrun.queue()
+      local ready = pcrun.queue()
+      local sender = pcrun.process(function()
+        ready:put(true)
+        while true do
+          b:send({ pcrun.lock(), big })
+          q:put({ pcrun.queue(), big })
+        end
+      end):start()
+      local receiver = pcrun.process(function()
+        ready:put(true)
+        while true do a:recv() q:get() end
+      end):start()
+      ready:get(5) ready:get(5)
+      pcrun.sleep(0.005 + 0.03 * math.random())
+      if round % 2 == 0 then sender:kill() receiver:kill()
+      else receiver:kill() sender:kill() end
+      sender:join(5) receiver:join(5)
+      a:close() b:close()
+    ]])
   end)
 
   -- An arena object is its creator's from its allocation on: a child
@@ -336,81 +350,53 @@ describe("ownership", function()
   -- left it to nobody (about 2 MiB a kill before).
   it("frees what a child killed in a create/close loop was making",
      function()
-    local r = run([[
-      local pcrun = require "pcrun"
-      collectgarbage()
-      local base = pcrun.arena().used
-      local leaks = {}
-      for round = 1, 120 do
-        local ready = pcrun.queue()
-        local p = pcrun.process(function()
-          ready:put(true)
-          while true do
-            local a, b = pcrun.pipe()
-            local q = pcrun.queue()
-            q:put(("x"):rep(20000))  -- a second segment, linked
-            local l = pcrun.lock()
-            local arr = pcrun.array("double", 1000)
-            a:close() b:close()
-            q = nil l = nil arr = nil
-            if math.random() < 0.2 then collectgarbage() end
-          end
-        end):start()
-        ready:get(5)
-        pcrun.sleep(0.002 + 0.02 * math.random())
-        p:kill()
-        p:join(5)
-        ready = nil
-        collectgarbage() collectgarbage()
-        local left = pcrun.arena().used - base
-        if left ~= 0 then leaks[#leaks + 1] = round .. ":" .. left end
-      end
-      print("leaks", table.concat(leaks, " "))
-      print("used", pcrun.arena().used - base)
-    ]], nil, 120)
-    assert.are.equal(0, r.status, r.stderr)
-    assert.are.equal("leaks\t\nused\t0\n", r.stdout)
+    leakfree(120, [[
+      local ready = pcrun.queue()
+      local p = pcrun.process(function()
+        ready:put(true)
+        while true do
+          local a, b = pcrun.pipe()
+          local q = pcrun.queue()
+          q:put(("x"):rep(20000))  -- a second segment, linked
+          local l = pcrun.lock()
+          local arr = pcrun.array("double", 1000)
+          a:close() b:close()
+          q = nil l = nil arr = nil
+          if math.random() < 0.2 then collectgarbage() end
+        end
+      end):start()
+      ready:get(5)
+      pcrun.sleep(0.002 + 0.02 * math.random())
+      p:kill()
+      p:join(5)
+    ]])
   end)
 
   -- Case 7, the receiver's side: a frame taken is the receiver's (its
   -- block and the references it carries) until decoded; a receiver killed
   -- between taking and decoding it stranded them (2 MiB a round before).
   it("drops what a receiver killed while decoding had taken", function()
-    local r = run([[
-      local pcrun = require "pcrun"
-      collectgarbage()
-      local base = pcrun.arena().used
-      local leaks = {}
+    leakfree(30, [[
       local big = ("r"):rep(2^20)
-      for round = 1, 30 do
-        local a, b = pcrun.pipe()
-        local q = pcrun.queue()
-        local p = pcrun.process(function()
-          while true do
-            local m = b:recv()
-            local v = q:get()
-          end
-        end):start()
-        for k = 1, 30 do
-          local c, d = pcrun.pipe()
-          if not a:send({ c, big, k }, 1) then break end
-          q:put({ d, pcrun.lock(), big })
-          c:close() d:close()
+      local a, b = pcrun.pipe()
+      local q = pcrun.queue()
+      local p = pcrun.process(function()
+        while true do
+          local m = b:recv()
+          local v = q:get()
         end
-        pcrun.sleep(0.001 * math.random(0, 20))
-        p:kill()
-        p:join(5)
-        a:close() b:close() q = nil
-        collectgarbage() collectgarbage()
-        local x, y = pcrun.pipe()  -- a pipe operation sweeps lent sockets
-        x:send(1) y:recv() x:close() y:close()
-        local left = pcrun.arena().used - base
-        if left ~= 0 then leaks[#leaks + 1] = round .. ":" .. left end
+      end):start()
+      for k = 1, 30 do
+        local c, d = pcrun.pipe()
+        if not a:send({ c, big, k }, 1) then break end
+        q:put({ d, pcrun.lock(), big })
+        c:close() d:close()
       end
-      print("leaks", table.concat(leaks, " "))
-    ]], nil, 120)
-    assert.are.equal(0, r.status, r.stderr)
-    assert.are.equal("leaks\t\n", r.stdout)
+      pcrun.sleep(0.001 * math.random(0, 20))
+      p:kill()
+      p:join(5)
+      a:close() b:close()
+    ]])
   end)
 
   -- A message decode that raised left "inside a message" set: a later
