@@ -416,18 +416,24 @@ static void unrecord(arena *a, uint64_t off) {
 /* Without the lock: one store ends the record, right before the frame
 ** is published (a death inside the lock between the two would leave the
 ** block to nobody; the repair keeps it live). */
-void pcr__shm_handoff(void *p) {
-  arena *a = (arena *)base;
-  if (!p || !atomic_load(&a->ninflight)) return;
+/* This process's in-flight record of p: its index, or -1. */
+static int mine(arena *a, void *p) {
+  if (!p || !atomic_load(&a->ninflight)) return -1;
   uint64_t off = pcr__shm_offset(p);
   uint32_t me = pcr__self();
   for (int i = 0; i < NINFLIGHT; i++)
     if (__atomic_load_n(&a->inflight[i].pid, __ATOMIC_ACQUIRE) == me &&
-        a->inflight[i].off == off) {
-      __atomic_store_n(&a->inflight[i].pid, 0, __ATOMIC_RELEASE);
-      atomic_fetch_sub(&a->ninflight, 1);
-      return;
-    }
+        a->inflight[i].off == off)
+      return i;
+  return -1;
+}
+
+void pcr__shm_handoff(void *p) {
+  arena *a = (arena *)base;
+  int i = mine(a, p);
+  if (i < 0) return;
+  __atomic_store_n(&a->inflight[i].pid, 0, __ATOMIC_RELEASE);
+  atomic_fetch_sub(&a->ninflight, 1);
 }
 
 void pcr__shm_reap(uint32_t pid) {
@@ -520,15 +526,10 @@ void pcr__shm_jend(void) {
 
 void pcr__shm_jhandoff(void *p) {
   arena *a = (arena *)base;
-  if (!p || !atomic_load(&a->ninflight)) return;
-  uint64_t off = pcr__shm_offset(p);
-  uint32_t me = pcr__self();
-  for (int i = 0; i < NINFLIGHT; i++)
-    if (a->inflight[i].pid == me && a->inflight[i].off == off) {
-      jput(&a->inflight[i].pid, 0, 0);
-      atomic_fetch_sub(&a->ninflight, 1);  /* derived: repair recounts */
-      return;
-    }
+  int i = mine(a, p);
+  if (i < 0) return;
+  jput(&a->inflight[i].pid, 0, 0);
+  atomic_fetch_sub(&a->ninflight, 1);  /* derived: repair recounts */
 }
 
 void pcr__shm_settle(void) {
