@@ -413,9 +413,6 @@ static void unrecord(arena *a, uint64_t off) {
     }
 }
 
-/* Without the lock: one store ends the record, right before the frame
-** is published (a death inside the lock between the two would leave the
-** block to nobody; the repair keeps it live). */
 /* This process's in-flight record of p: its index, or -1. */
 static int mine(arena *a, void *p) {
   if (!p || !atomic_load(&a->ninflight)) return -1;
@@ -428,6 +425,9 @@ static int mine(arena *a, void *p) {
   return -1;
 }
 
+/* Without the lock: one store ends the record, right before the frame
+** is published (a death inside the lock between the two would leave the
+** block to nobody; the repair keeps it live). */
 void pcr__shm_handoff(void *p) {
   arena *a = (arena *)base;
   int i = mine(a, p);
@@ -672,4 +672,3 @@ int pcr__obj_unref(pcr_obj *o) {
   pcr__obj_finish(o, NULL);
   return 1;
 }
-
