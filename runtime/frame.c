@@ -209,25 +209,33 @@ void pcr__ledger_remove(long *idx) {
   freeidx[nfree++] = i;
 }
 
-/* The reference goes and the entry with it, as one (pcr__obj_refop). The
-** last one leaves the entry DYING while the dtor runs, cleared with the
-** free, so a death anywhere in it leaves the reaper to finish. */
+/* End what entry e records, e cleared with it (one journal commit): a
+** reference goes (the last one leaves e DYING while the dtor runs,
+** cleared with the free), a raw block or a DYING object is freed. A death
+** anywhere leaves e naming what is left to do, for the reaper. */
+static void endentry(_Atomic uint64_t *e) {
+  uint64_t ref = atomic_load(e);
+  if (!ref) return;
+  pcr_obj *o = pcr__shm_at(ref & ~(uint64_t)15, sizeof(pcr_obj));
+  if (o && (ref & PCR_REF_RAW)) {  /* a block whose object was not set up */
+    pcr__shm_free_from(o, (void *)e);
+  } else if (o && (ref & PCR_REF_DYING)) {  /* it died ending an object */
+    pcr__obj_finish(o, (void *)e);
+  } else if (o && o->magic == PCR_OBJ_MAGIC) {
+    unsigned role = (unsigned)(ref & PCR_REF_ROLES);
+    uint64_t dying = (ref & ~(uint64_t)15) | PCR_REF_DYING;
+    if (!pcr__obj_refop(o, -1, rolecount(o, role), e, 0, dying))
+      pcr__obj_finish(o, (void *)e);
+  } else {  /* nothing live: only the entry */
+    atomic_store(e, 0);
+  }
+}
+
 void pcr__ledger_drop(long *idx) {
   long i = *idx;
   *idx = -1;
   if (i < 0 || stale() || (uint64_t)i >= total) return;
-  _Atomic uint64_t *e = entry(i);
-  uint64_t ref = atomic_load(e);
-  pcr_obj *o = refobj(ref);
-  if (!o) {  /* nothing live: only the entry */
-    atomic_store(e, 0);
-    freeidx[nfree++] = i;
-    return;
-  }
-  unsigned role = (unsigned)(ref & PCR_REF_ROLES);
-  uint64_t dying = (ref & ~(uint64_t)15) | PCR_REF_DYING;
-  if (!pcr__obj_refop(o, -1, rolecount(o, role), e, 0, dying))
-    pcr__obj_finish(o, (void *)e);  /* clears e with the free */
+  endentry(entry(i));
   freeidx[nfree++] = i;
 }
 
@@ -412,28 +420,26 @@ void pcr__taken_end(size_t mark) {
 }
 
 /* Drop what a chain of chunks records, and free the chunks. */
-static void dropchain(uint64_t link) {
-  while (link) {
+/* End what the chain of chunks at *head records and free the chunks, the
+** first one each time: each entry is cleared with its end and each chunk
+** unlinked with its free (one journal commit each), so a death anywhere
+** leaves the rest named at *head for whoever goes on, and nothing goes
+** twice. (Named off the table first, a ledger its process was killed
+** dropping at exit was nobody's: a pool worker's, 1 KiB.) */
+static void dropchain(_Atomic uint64_t *head) {
+  uint64_t link;
+  while ((link = atomic_load(head))) {
     chunk *c = pcr__shm_at(link & ~(uint64_t)NOTREADY, sizeof(chunk));
-    if (!c) return;
-    if (link & NOTREADY) {  /* allocated, never set up */
-      pcr__shm_free(c);
+    uint64_t next = 0;
+    if (!c) {
+      atomic_store(head, 0);
       return;
     }
-    for (uint64_t i = 0; i < c->cap; i++) {
-      uint64_t ref = atomic_load(&c->e[i]);
-      if (!ref) continue;
-      pcr_obj *o = pcr__shm_at(ref & ~(uint64_t)15, sizeof(pcr_obj));
-      if (!o) continue;
-      if (ref & PCR_REF_RAW)  /* a block whose object was not set up */
-        pcr__shm_free(o);
-      else if (ref & PCR_REF_DYING)  /* it died ending an object */
-        pcr__obj_finish(o, NULL);
-      else
-        pcr__frame_drop(ref);
+    if (!(link & NOTREADY)) {  /* else allocated, never set up */
+      for (uint64_t i = 0; i < c->cap; i++) endentry(&c->e[i]);
+      next = atomic_load(&c->next);
     }
-    link = atomic_load(&c->next);
-    pcr__shm_free(c);
+    pcr__shm_free_set(c, (void *)head, next);
   }
 }
 
@@ -441,10 +447,9 @@ static void dropchain(uint64_t link) {
 ** were released) goes as it would at its reaping. */
 void pcr__ledger_exit(void) {
   if (stale() || !slot) return;
-  uint64_t link = atomic_load(slot);
+  dropchain(slot);
   pcr__shm_ledger_clear(me);
   forget();
-  dropchain(link);
 }
 
 void pcr__frame_reap(uint32_t pid) {
@@ -452,9 +457,8 @@ void pcr__frame_reap(uint32_t pid) {
   pcr__shm_settle();
   _Atomic uint64_t *s = pcr__shm_ledger(pid, 0);
   if (s) {
-    uint64_t link = atomic_load(s);
+    dropchain(s);
     pcr__shm_ledger_clear(pid);
-    dropchain(link);
   }
   pcr__shm_reap(pid);
 }

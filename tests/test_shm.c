@@ -3,6 +3,8 @@
 ** page release of large blocks next to live ones, and recovery from
 ** processes SIGKILLed while they hold the allocator's lock. Runs under
 ** ASan too. */
+#include "../runtime/frame.h"
+#include "../runtime/futex.h"
 #include "../runtime/shm.h"
 #include "testlib.h"
 
@@ -155,8 +157,8 @@ static void release(void) {
 }
 
 /* Fork a child that runs churn(round, arg) until it is SIGKILLed at a
-** random moment within 5 ms; reap it. */
-static void killed_child(int round, void (*churn)(int, void *), void *arg) {
+** random moment within 5 ms; reap it and return its pid. */
+static pid_t killed_child(int round, void (*churn)(int, void *), void *arg) {
   pid_t parent = getpid(), pid = fork();
   if (pid == 0) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -170,6 +172,7 @@ static void killed_child(int round, void (*churn)(int, void *), void *arg) {
   int st;
   waitpid(pid, &st, 0);
   CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+  return pid;
 }
 
 enum { HOLD = 256 };
@@ -260,6 +263,45 @@ static void killed_holders(void) {
   CHECK(pcr__obj_unref(o) == 1);
 }
 
+/* Children that record references in a ledger and give it up as at exit
+** (pcr__ledger_exit), over and over, SIGKILLed at random moments; then
+** their reaper drops what each one's ledger still names (pcr__frame_reap).
+** Every reference and every chunk of the ledgers must come back: a child
+** killed after it had taken its ledger's name off the table and before it
+** freed the chunks left them to nobody (a pool worker killed as it
+** exited: 1 KiB, one run of ownership_spec in 7). */
+static void record_exit(int round, void *arg) {
+  pcr_obj *o = arg;
+  (void)round;
+  pcr__self_reset();
+  for (;;) {
+    long idx[3];
+    pcr__ledger_forked();
+    for (int k = 0; k < 3; k++) pcr__ledger_take(o, PCR_REF_PLAIN, &idx[k]);
+    pcr__ledger_exit();
+  }
+}
+
+static void killed_exiters(void) {
+  pcr_obj *o = pcr__obj_new(64, 7);  /* a type without a dtor */
+  CHECK(o != NULL);
+  size_t used0 = pcr__shm_used();
+  int leaks = 0;
+  for (int round = 0; round < KILLS; round++) {
+    size_t used = pcr__shm_used();
+    uint32_t refs = atomic_load(&o->refs);
+    pcr__frame_reap((uint32_t)killed_child(round, record_exit, o));
+    leaks += atomic_load(&o->refs) != refs || pcr__shm_used() != used;
+    CHECK(consistent());
+  }
+  CHECK(atomic_load(&o->refs) == 1 && pcr__shm_used() == used0);
+  if (leaks)
+    fprintf(stderr, "test_shm: %d of %d killed exits left references "
+            "or chunks\n", leaks, KILLS);
+  CHECK(leaks == 0);
+  CHECK(pcr__obj_unref(o) == 1);
+}
+
 int main(void) {
   CHECK(pcr__shm_attach((size_t)1 << 30) == 0);
   CHECK(pcr__shm_used() == 0);
@@ -269,6 +311,7 @@ int main(void) {
   release();
   killed_allocators();
   killed_holders();
+  killed_exiters();
   CHECK(consistent());
   CHECK(descendants() == 0);
   return finish("test_shm");
