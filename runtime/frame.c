@@ -97,9 +97,10 @@ void pcr__frame_release(const char *data, uint64_t cap, unsigned align,
 ** owner's (a handle's lidx). An object is recorded from its allocation
 ** on (pcr__shm_alloc_into stores the raw block's entry under the arena
 ** lock; once the object is set up, one store makes it a reference). A
-** reference taken later is taken before it is recorded and unrecorded
-** before it is dropped: a death in between leaks it, never frees twice.
-** A chunk is linked (as not ready) when it is allocated and marked ready
+** reference taken later is taken and recorded with one journal commit
+** (pcr__ledger_take), and dropped and unrecorded with one (endentry); one
+** recorded after it was taken (pcr__ledger_add) leaks on a death in
+** between, never frees twice. A chunk is linked (as not ready) when it is allocated and marked ready
 ** once zeroed, so a reaper never reads a chunk's old bytes. */
 
 #define NOTREADY 1u  /* in a link: the chunk is not set up yet */
