@@ -23,12 +23,18 @@ static pcr_obj *refobj(uint64_t ref) {
   return o && o->magic == PCR_OBJ_MAGIC ? o : NULL;
 }
 
+/* Drop reference ref of o, and clear entry e (NULL: none) with it; the
+** last one leaves e DYING while the dtor runs, cleared with the free. */
+static void unref(pcr_obj *o, uint64_t ref, _Atomic uint64_t *e) {
+  unsigned role = (unsigned)(ref & PCR_REF_ROLES);
+  uint64_t dying = (ref & ~(uint64_t)15) | PCR_REF_DYING;
+  if (!pcr__obj_refop(o, -1, rolecount(o, role), e, 0, dying))
+    pcr__obj_finish(o, (void *)e);
+}
+
 void pcr__frame_drop(uint64_t ref) {
   pcr_obj *o = refobj(ref);
-  if (!o) return;
-  unsigned role = (unsigned)(ref & PCR_REF_ROLES);
-  if (!pcr__obj_refop(o, -1, rolecount(o, role), NULL, 0, 0))
-    pcr__obj_finish(o, NULL);
+  if (o) unref(o, ref, NULL);
 }
 
 /* -- Frames ------------------------------------------------------------ */
@@ -100,8 +106,9 @@ void pcr__frame_release(const char *data, uint64_t cap, unsigned align,
 ** reference taken later is taken and recorded with one journal commit
 ** (pcr__ledger_take), and dropped and unrecorded with one (endentry); one
 ** recorded after it was taken (pcr__ledger_add) leaks on a death in
-** between, never frees twice. A chunk is linked (as not ready) when it is allocated and marked ready
-** once zeroed, so a reaper never reads a chunk's old bytes. */
+** between, never frees twice. A chunk is linked (as not ready) when it is
+** allocated and marked ready once zeroed, so a reaper never reads a
+** chunk's old bytes. */
 
 #define NOTREADY 1u  /* in a link: the chunk is not set up yet */
 #define MAXCHUNKS 40
@@ -211,8 +218,7 @@ void pcr__ledger_remove(long *idx) {
 }
 
 /* End what entry e records, e cleared with it (one journal commit): a
-** reference goes (the last one leaves e DYING while the dtor runs,
-** cleared with the free), a raw block or a DYING object is freed. A death
+** reference goes (unref), a raw block or a DYING object is freed. A death
 ** anywhere leaves e naming what is left to do, for the reaper. */
 static void endentry(_Atomic uint64_t *e) {
   uint64_t ref = atomic_load(e);
@@ -223,10 +229,7 @@ static void endentry(_Atomic uint64_t *e) {
   } else if (o && (ref & PCR_REF_DYING)) {  /* it died ending an object */
     pcr__obj_finish(o, (void *)e);
   } else if (o && o->magic == PCR_OBJ_MAGIC) {
-    unsigned role = (unsigned)(ref & PCR_REF_ROLES);
-    uint64_t dying = (ref & ~(uint64_t)15) | PCR_REF_DYING;
-    if (!pcr__obj_refop(o, -1, rolecount(o, role), e, 0, dying))
-      pcr__obj_finish(o, (void *)e);
+    unref(o, ref, e);
   } else {  /* nothing live: only the entry */
     atomic_store(e, 0);
   }
@@ -420,7 +423,6 @@ void pcr__taken_end(size_t mark) {
   }
 }
 
-/* Drop what a chain of chunks records, and free the chunks. */
 /* End what the chain of chunks at *head records and free the chunks, the
 ** first one each time: each entry is cleared with its end and each chunk
 ** unlinked with its free (one journal commit each), so a death anywhere

@@ -1157,15 +1157,14 @@ describe("pcrun.pool", function()
     assert.are.equal(0, #helpers.children())
   end))
 
-  -- 400 rounds took 117 s on 2 cores under a load average of 12: the
-  -- deadline is there to catch a hang, not to time it.
   it("survives many pools whose workers are replaced and joined",
      forked(600, function()
     -- Each round forks replacements (maxtasksperchild) right before
     -- the other workers exit: the shared rings must stay consistent.
     -- 400 rounds, about 3,000 forks, or at least 100 once 60 s have
     -- passed: 400 took 84 s at load 5 on 2 cores, and a run at load 10
-    -- ran out of the 300 s this spec had.
+    -- ran out of the 300 s this spec had. The deadline is there to catch
+    -- a hang, not to time it.
     local list = range(10)
     local t0 = pcrun.now()
     for round = 1, 400 do

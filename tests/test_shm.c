@@ -269,7 +269,7 @@ static void killed_holders(void) {
 ** Every reference and every chunk of the ledgers must come back: a child
 ** killed after it had taken its ledger's name off the table and before it
 ** freed the chunks left them to nobody (a pool worker killed as it
-** exited: 1 KiB, one run of ownership_spec in 7). */
+** exited: 1 KiB, 2 of 25 make test-repeat runs). */
 static void record_exit(int round, void *arg) {
   pcr_obj *o = arg;
   (void)round;
