@@ -20,10 +20,33 @@ local function with_script(src, fn)
   if not ok then error(err, 0) end
 end
 
+-- Between printing its pids and reaching the code a test signals, a
+-- script stalls as a CLI the scheduler left waiting would: Ctrl-C sent on
+-- the pids line alone lands before that code, every time.
+local STALL = [[
+local t = os.clock() + 0.3
+while os.clock() < t do end
+]]
+
+-- Wait until the CLI of h is where its test signals it: asleep in its
+-- blocking call, or (ready, a pattern) past printing that line.
+local function wait_ready(h, me, ready)
+  local ok
+  if ready then ok = helpers.wait_output(h, ready, 10)
+  else ok = helpers.wait_asleep(me, 10) end
+  if not ok then
+    helpers.kill(h.pid, helpers.SIGKILL)
+    local r = helpers.wait_cli(h, 5)
+    os.remove(h.script)
+    error("the script did not get ready: " .. r.stdout .. r.stderr, 3)
+  end
+end
+
 -- Start a script that forks two children sleeping in a loop, prints
--- "pids <pcrun> <child> <child>" and then blocks in recv; return the
--- handle and the three pids.
-local function start_blocked(extra_opts, tail)
+-- "pids <pcrun> <child> <child>" and then runs tail (by default it blocks
+-- in recv); return the handle and the three pids once the script is asleep
+-- in tail's wait, or has printed a line matching ready.
+local function start_blocked(extra_opts, tail, ready)
   local path = helpers.script(SLEEPER .. [[
     local pcrun = require "pcrun"
     local a, b = pcrun.pipe()
@@ -35,7 +58,7 @@ local function start_blocked(extra_opts, tail)
     end
     print("pids", pcrun.getpid(), ps[1].pid, ps[2].pid)
     io.stdout:flush()
-  ]] .. (tail or "a:recv()\nprint('not reached')\n"))
+  ]] .. STALL .. (tail or "a:recv()\nprint('not reached')\n"))
   local h = helpers.spawn_cli({ path }, extra_opts)
   h.script = path
   local me, c1, c2 = helpers.wait_output(h, "pids%s+(%d+)%s+(%d+)%s+(%d+)",
@@ -46,8 +69,7 @@ local function start_blocked(extra_opts, tail)
     os.remove(path)
     error("the script did not start: " .. r.stdout .. r.stderr, 2)
   end
-  -- let it reach the recv
-  helpers.sleep(0.2)
+  wait_ready(h, tonumber(me), ready)
   return h, tonumber(me), tonumber(c1), tonumber(c2)
 end
 
@@ -330,6 +352,7 @@ describe("pcrun (the CLI)", function()
     local pids = pool:pids()
     print("pids", pcrun.getpid(), pids[1], pids[2])
     io.stdout:flush()
+  ]] .. STALL .. [[
     local failed, msgs = 0, {}
     for _, f in ipairs(fs) do
       local ok, err = pcall(f.result, f)
@@ -349,7 +372,7 @@ describe("pcrun (the CLI)", function()
     local me, w1, w2 = helpers.wait_output(h,
       "pids%s+(%d+)%s+(%d+)%s+(%d+)", 10)
     assert(me, "the script did not start")
-    helpers.sleep(0.2)
+    wait_ready(h, tonumber(me))  -- asleep in the first result
     return h, tonumber(me), tonumber(w1), tonumber(w2)
   end
 
@@ -388,15 +411,27 @@ describe("pcrun (the CLI)", function()
 
   it("exits 130 at once on a second Ctrl-C, its children reaped",
      function()
+    -- Swallows every error and never waits in pcrun. The outer pcall
+    -- catches an interrupt raised between two turns of the inner loop.
     local h, me, c1, c2 = start_blocked(nil, [[
-      while true do  -- swallows every error, never waits in pcrun
-        pcall(function() local t = os.clock() + 0.05
-          while os.clock() < t do end end)
+      local function busy() local t = os.clock() + 0.05
+        while os.clock() < t do end end
+      local said
+      while true do
+        pcall(function()
+          if not said then said = true print("ready") io.stdout:flush() end
+          while true do pcall(busy) end
+        end)
       end
-    ]])
+    ]], "\nready\n")
     helpers.kill(me, helpers.SIGINT)
     helpers.sleep(0.3)
-    assert.is_false(helpers.is_dead(me))
+    if helpers.is_dead(me) then
+      local r = helpers.wait_cli(h, 5)
+      os.remove(h.script)
+      error(("the first Ctrl-C ended it: status %s, stderr %q")
+            :format(r.status, r.stderr))
+    end
     helpers.kill(me, helpers.SIGINT)
     local r = helpers.wait_cli(h, 5)
     os.remove(h.script)

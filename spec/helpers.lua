@@ -165,6 +165,18 @@ function M.wait_dead(pid, timeout)
   return true
 end
 
+--- Wait up to timeout seconds until pid sleeps in the kernel (state S),
+-- as a process blocked in a wait does; running, runnable or in a page
+-- fault it is R or D. True if it did.
+function M.wait_asleep(pid, timeout)
+  local deadline = M.now() + timeout
+  while M.proc_stat(pid) ~= "S" do
+    if M.now() > deadline then return false end
+    M.sleep(0.01)
+  end
+  return true
+end
+
 --- Wait up to timeout seconds until /proc has no entry for pid at all:
 -- neither running nor a zombie (so someone reaped it).
 function M.wait_gone(pid, timeout)
