@@ -450,6 +450,10 @@ describe("shared objects", function()
       }
       for i, f in ipairs(waits) do
         io.write("ready", i, "\n") io.flush()
+        -- stall as a CLI left waiting for a CPU would: Ctrl-C sent on the
+        -- ready line alone lands before the pcall
+        local t = os.clock() + 0.3
+        while os.clock() < t do end
         local ok, err = pcall(f)
         pcrun.clear_interrupt()  -- else it stays pending: the next raises
         io.write("wait", i, " ", tostring(ok), " ", tostring(err), "\n")
@@ -458,7 +462,7 @@ describe("shared objects", function()
     ]] })
     for i = 1, 6 do
       assert.is_not_nil(helpers.wait_output(h, "ready" .. i, 10))
-      helpers.sleep(0.1)  -- asleep in the wait by now
+      assert.is_true(helpers.wait_asleep(h.pid, 10), "asleep " .. i)
       helpers.kill(h.pid, helpers.SIGINT)
       assert.is_not_nil(helpers.wait_output(h, "wait" .. i .. " (%S+ [^\n]*)",
                                             10), "wait " .. i)
