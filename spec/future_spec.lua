@@ -449,11 +449,16 @@ describe("pcrun.future", function()
     end))
 
     it("waits on futures of several pools", forked(10, function()
-      local p, q = mkpool(1), mkpool(1)
-      local a = p:submit(sleeper(0.3, "a"))
+      -- a cannot finish before as_completed has yielded b: the order holds
+      -- however late q's worker starts
+      local p, q, go = mkpool(1), mkpool(1), pcrun.event()
+      local a = p:submit(function() assert(go:wait(8)) return "a" end)
       local b = q:submit(sleeper(0.05, "b"))
       local got = {}
-      for f in pcrun.as_completed({ a, b }) do got[#got + 1] = f:result() end
+      for f in pcrun.as_completed({ a, b }) do
+        got[#got + 1] = f:result()
+        go:set()
+      end
       assert.are.same({ "b", "a" }, got)
     end))
 
