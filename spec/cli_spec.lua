@@ -416,16 +416,19 @@ describe("pcrun (the CLI)", function()
     local h, me, c1, c2 = start_blocked(nil, [[
       local function busy() local t = os.clock() + 0.05
         while os.clock() < t do end end
+      local function caught() print("caught") io.stdout:flush() end
       local said
       while true do
-        pcall(function()
+        local ok = pcall(function()
           if not said then said = true print("ready") io.stdout:flush() end
-          while true do pcall(busy) end
+          while true do if not pcall(busy) then caught() end end
         end)
+        if not ok then caught() end
       end
     ]], "\nready\n")
     helpers.kill(me, helpers.SIGINT)
-    helpers.sleep(0.3)
+    -- a second SIGINT sent before the first is handled would merge with it
+    helpers.wait_output(h, "\ncaught\n", 10)
     if helpers.is_dead(me) then
       local r = helpers.wait_cli(h, 5)
       os.remove(h.script)

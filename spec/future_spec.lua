@@ -41,10 +41,11 @@ describe("pcrun.future", function()
   describe("pcrun.Future", function()
     it("is not done while its task runs, then done with the result",
        forked(10, function()
-      local p = mkpool(1)
-      local f = p:submit(sleeper(0.4, "v"))
+      local p, go = mkpool(1), pcrun.event()
+      local f = p:submit(function() assert(go:wait(8)) return "v" end)
       assert.is_false(f:done())
       assert.is_false(f:cancelled())
+      go:set()
       assert.are.equal("v", f:result(5))
       assert.is_true(f:done())
       assert.is_false(f:running())
@@ -65,14 +66,15 @@ describe("pcrun.future", function()
 
     it("reports running while a worker runs it, not while queued",
        forked(10, function()
-      local p = mkpool(1)
-      local fs = {}
-      for i = 1, 5 do fs[i] = p:submit(sleeper(0.3, i)) end
+      local p, go = mkpool(1), pcrun.event()
+      local fs = { p:submit(function() assert(go:wait(8)) return 1 end) }
+      for i = 2, 5 do fs[i] = p:submit(sleeper(0.1, i)) end
       helpers.sleep(0.1)
       assert.is_false(fs[1]:done())       -- poll the pool once
       assert.is_true(fs[1]:running())
       assert.is_false(fs[5]:running())    -- still in the parent's queue
       assert.is_false(fs[5]:done())
+      go:set()  -- the first task ends only now
       assert.are.equal(1, fs[1]:result(5))
       assert.is_false(fs[1]:running())
     end))

@@ -1077,13 +1077,14 @@ describe("pcrun.pool", function()
 
   it("map_async times out in get and wait, and raises in successful "
      .. "before it is ready", forked(20, function()
-    local p = mkpool(1)
-    local r = p:map_async(function() sleep(0.5) return 1 end, { 1 })
+    local p, go = mkpool(1), pcrun.event()
+    local r = p:map_async(function() assert(go:wait(8)) return 1 end, { 1 })
     assert.is_false(r:wait(0.05))
     assert.is_false(r:ready())
     error_has("pcrun.AsyncResult:get: timeout", r.get, r, 0.05)
     error_has("pcrun.AsyncResult:successful: the result is not ready",
               r.successful, r)
+    go:set()  -- only now can the task end
     assert.are.same({ 1 }, r:get(10))
     -- a terminated pool fails what it had not finished
     local t = p:map_async(function() sleep(10) end, { 1, 2 })

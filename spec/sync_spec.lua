@@ -47,11 +47,11 @@ describe("pcrun.lock", function()
 
   it("times out while another process holds it, then gets it",
      run(20, function()
-    local l, ev = pcrun.lock(), pcrun.event()
+    local l, ev, go = pcrun.lock(), pcrun.event(), pcrun.event()
     local p = pcrun.process(function()
       l:acquire()
       ev:set()
-      helpers.sleep(0.3)
+      go:wait(10)  -- holds it until the parent has timed out on it
       l:release()
     end):start()
     assert.is_true(ev:wait(5))
@@ -59,6 +59,7 @@ describe("pcrun.lock", function()
     assert.is_false(l:owned())
     error_has("pcrun.Lock:release: this process does not hold the lock",
               l.release, l)
+    go:set()
     assert.is_true(l:acquire(5))
     l:release()
     p:join()

@@ -77,7 +77,12 @@ describe("pcrun.transport_local", function()
     local T, slot = one()
     local function spin() while true do end end
     assert.is_true(T:send(slot, { { 1, 1, { 0 }, 1, 1, spin } }))
-    helpers.sleep(0.1)
+    -- kill it once it runs the chunk (its running word is set), however
+    -- late it starts
+    local deadline = helpers.now() + 10
+    while T.words[0] == 0 and helpers.now() < deadline do
+      helpers.sleep(0.01)
+    end
     T:kill(slot)
     local ev, info = event(T, slot)
     assert.equal("dead", ev)
