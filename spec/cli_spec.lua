@@ -28,18 +28,21 @@ local t = os.clock() + 0.3
 while os.clock() < t do end
 ]]
 
+-- Kill the CLI of h and raise what it printed, what not having happened.
+local function abandon(h, what)
+  helpers.kill(h.pid, helpers.SIGKILL)
+  local r = helpers.wait_cli(h, 5)
+  os.remove(h.script)
+  error("the script " .. what .. ": " .. r.stdout .. r.stderr, 3)
+end
+
 -- Wait until the CLI of h is where its test signals it: asleep in its
 -- blocking call, or (ready, a pattern) past printing that line.
 local function wait_ready(h, me, ready)
   local ok
   if ready then ok = helpers.wait_output(h, ready, 10)
   else ok = helpers.wait_asleep(me, 10) end
-  if not ok then
-    helpers.kill(h.pid, helpers.SIGKILL)
-    local r = helpers.wait_cli(h, 5)
-    os.remove(h.script)
-    error("the script did not get ready: " .. r.stdout .. r.stderr, 3)
-  end
+  if not ok then abandon(h, "did not get ready") end
 end
 
 -- Start a script that forks two children sleeping in a loop, prints
@@ -63,12 +66,7 @@ local function start_blocked(extra_opts, tail, ready)
   h.script = path
   local me, c1, c2 = helpers.wait_output(h, "pids%s+(%d+)%s+(%d+)%s+(%d+)",
                                          10)
-  if not me then
-    helpers.kill(h.pid, helpers.SIGKILL)
-    local r = helpers.wait_cli(h, 5)
-    os.remove(path)
-    error("the script did not start: " .. r.stdout .. r.stderr, 2)
-  end
+  if not me then abandon(h, "did not start") end
   wait_ready(h, tonumber(me), ready)
   return h, tonumber(me), tonumber(c1), tonumber(c2)
 end
